@@ -1,0 +1,60 @@
+"""uwsgi_es: one event-sourced application per worker process, built after the fork.
+
+The public API is re-exported here. Importing it connects to nothing and works outside uWSGI.
+"""
+
+from __future__ import annotations
+
+from uwsgi_es.application import Application, EventStore, PersistencePolicy, PubSub, Repository, pubsub
+from uwsgi_es.domain import Aggregate, DomainEvent
+from uwsgi_es.errors import (
+    AggregateNotFoundError,
+    ApplicationAlreadyInitialisedError,
+    ApplicationClosedError,
+    ApplicationNotInitialisedError,
+    CommandRejectedError,
+    ConcurrencyError,
+    ConfigurationError,
+    DuplicateSubscriptionError,
+    ForkedApplicationError,
+    InitialisationFailedError,
+    SchemaMissingError,
+    StoreUnavailableError,
+    UwsgiEsError,
+)
+from uwsgi_es.registry import (
+    close_application,
+    get_application,
+    get_application_lazily,
+    init_application,
+)
+from uwsgi_es.settings import Settings
+
+__all__ = [
+    "Aggregate",
+    "AggregateNotFoundError",
+    "Application",
+    "ApplicationAlreadyInitialisedError",
+    "ApplicationClosedError",
+    "ApplicationNotInitialisedError",
+    "CommandRejectedError",
+    "ConcurrencyError",
+    "ConfigurationError",
+    "DomainEvent",
+    "DuplicateSubscriptionError",
+    "EventStore",
+    "ForkedApplicationError",
+    "InitialisationFailedError",
+    "PersistencePolicy",
+    "PubSub",
+    "Repository",
+    "SchemaMissingError",
+    "Settings",
+    "StoreUnavailableError",
+    "UwsgiEsError",
+    "close_application",
+    "get_application",
+    "get_application_lazily",
+    "init_application",
+    "pubsub",
+]

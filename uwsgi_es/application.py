@@ -1,0 +1,289 @@
+"""Application layer: the in-process pub-sub, event store, repository, persistence policy and the
+``Application`` base class that wires them to a record store.
+
+Saving an aggregate *publishes* its new events; the persistence policy, subscribed to the
+process-wide pub-sub, stores them. That is why there must be exactly one application per process:
+two policies would store every event twice. ``PubSub.subscribe`` therefore refuses a second
+persistence subscription for overlapping event types, and ``Application.close`` unsubscribes.
+
+Global state, admitted: ``pubsub`` (the process-wide pub-sub) and the per-process construction
+counter. Both are keyed to the current process where it matters; nothing here does I/O on import.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from types import TracebackType
+from typing import Any, ClassVar, Self, TypeVar
+from uuid import UUID
+
+import orjson
+
+from uwsgi_es.domain import Aggregate, DomainEvent, replay, resolve_topic, topic_of
+from uwsgi_es.errors import (
+    AggregateNotFoundError,
+    ApplicationClosedError,
+    ConcurrencyError,
+    DuplicateSubscriptionError,
+    ForkedApplicationError,
+)
+from uwsgi_es.settings import Settings
+from uwsgi_es.stores import RecordStore, StoredRecord, create_record_store
+
+T = TypeVar("T")
+A = TypeVar("A", bound=Aggregate)
+Handler = Callable[[Sequence[DomainEvent]], None]
+
+
+@dataclass(eq=False)
+class Subscription:
+    handler: Handler
+    event_type: type[DomainEvent]
+    persistence: bool
+    owner: str
+    pid: int = field(default_factory=os.getpid)
+
+
+class PubSub:
+    """Synchronous, process-wide publish/subscribe of domain events."""
+
+    def __init__(self) -> None:
+        self._subscriptions: tuple[Subscription, ...] = ()
+        self._lock = threading.Lock()
+
+    def subscribe(
+        self,
+        handler: Handler,
+        event_type: type[DomainEvent],
+        *,
+        persistence: bool = False,
+        owner: str = "",
+    ) -> Subscription:
+        """Call ``handler`` with the published events that are instances of ``event_type``."""
+        new = Subscription(handler, event_type, persistence, owner)
+        with self._lock:
+            if persistence:
+                for old in self._subscriptions:
+                    if old.persistence and (
+                        issubclass(old.event_type, event_type) or issubclass(event_type, old.event_type)
+                    ):
+                        raise DuplicateSubscriptionError(
+                            f"{owner or 'A persistence policy'} would store {topic_of(event_type)} "
+                            f"events, which {old.owner or 'another policy'} (subscribed in process "
+                            f"{old.pid}) already stores: every event would be written twice and "
+                            "every save would conflict. Keep one application per process: use "
+                            "uwsgi_es.get_application(), or close the first application before "
+                            "building another."
+                        )
+            self._subscriptions = (*self._subscriptions, new)
+        return new
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        with self._lock:
+            self._subscriptions = tuple(s for s in self._subscriptions if s is not subscription)
+
+    def publish(self, events: Sequence[DomainEvent]) -> None:
+        """Hand each subscriber, in subscription order, the events it subscribed to."""
+        for subscription in self._subscriptions:  # a tuple: safe against concurrent (un)subscribe
+            matching = [e for e in events if isinstance(e, subscription.event_type)]
+            if matching:
+                subscription.handler(matching)
+
+    def count_persistence_subscriptions(self) -> int:
+        return sum(1 for s in self._subscriptions if s.persistence)
+
+
+pubsub = PubSub()
+"""The process-wide pub-sub every application uses unless given another."""
+
+
+class EventStore:
+    """Maps domain events to stored records (state as JSON text) and back."""
+
+    _header = frozenset({"originator_id", "originator_version"})
+
+    def __init__(self, records: RecordStore) -> None:
+        self.records = records
+        self._state_fields: dict[type, tuple[str, ...]] = {}
+
+    def put(self, events: Sequence[DomainEvent]) -> None:
+        self.records.append([self.to_record(e) for e in events])
+
+    def get(self, originator_id: UUID) -> list[DomainEvent]:
+        return [self.from_record(r) for r in self.records.select(originator_id)]
+
+    def to_record(self, event: DomainEvent) -> StoredRecord:
+        cls = type(event)
+        names = self._state_fields.get(cls)
+        if names is None:
+            names = self._state_fields[cls] = tuple(
+                f.name for f in fields(event) if f.name not in self._header
+            )
+        state = orjson.dumps({name: getattr(event, name) for name in names}).decode()
+        return StoredRecord(event.originator_id, event.originator_version, topic_of(cls), state)
+
+    @staticmethod
+    def from_record(record: StoredRecord) -> DomainEvent:
+        cls = resolve_topic(record.topic)
+        state: dict[str, Any] = orjson.loads(record.state)
+        state["timestamp"] = datetime.fromisoformat(state["timestamp"])
+        event: DomainEvent = cls(
+            originator_id=record.originator_id,
+            originator_version=record.originator_version,
+            **state,
+        )
+        return event
+
+
+class Repository:
+    """Rebuilds aggregates by replaying their stored events."""
+
+    def __init__(self, event_store: EventStore) -> None:
+        self.event_store = event_store
+
+    def get(self, aggregate_id: UUID, aggregate_type: type[A]) -> A:
+        aggregate = replay(self.event_store.get(aggregate_id))
+        if not isinstance(aggregate, aggregate_type):
+            raise AggregateNotFoundError(f"No {aggregate_type.__name__} with id {aggregate_id} is stored.")
+        return aggregate
+
+
+class PersistencePolicy:
+    """Stores every published event of one type: the only writer of the event store."""
+
+    def __init__(
+        self, event_store: EventStore, event_type: type[DomainEvent], bus: PubSub, owner: str
+    ) -> None:
+        self.event_store = event_store
+        self.bus = bus
+        self.subscription = bus.subscribe(self.store_events, event_type, persistence=True, owner=owner)
+
+    def store_events(self, events: Sequence[DomainEvent]) -> None:
+        self.event_store.put(events)
+
+    def close(self) -> None:
+        self.bus.unsubscribe(self.subscription)
+
+
+_construction_lock = threading.Lock()
+_constructions: dict[int, int] = {}
+
+
+def constructions_in_this_process() -> int:
+    """How many applications this process (not its parent) has constructed."""
+    return _constructions.get(os.getpid(), 0)
+
+
+class Application:
+    """An event-sourced application: a repository to load aggregates and ``save`` to store events.
+
+    Subclass it, set ``persist_event_type`` to narrow what it stores, and add command methods.
+    An application owns its record store: ``close()`` unsubscribes and releases the connections.
+    """
+
+    persist_event_type: ClassVar[type[DomainEvent]] = DomainEvent
+
+    def __init__(
+        self, records: RecordStore, *, settings: Settings | None = None, bus: PubSub | None = None
+    ) -> None:
+        self.settings = settings or Settings()
+        self.built_in_pid = os.getpid()
+        self.records = records
+        self.event_store = EventStore(records)
+        self.repository = Repository(self.event_store)
+        self.bus = pubsub if bus is None else bus
+        self.conflicts = 0
+        self.retries = 0
+        self._closed = False
+        try:
+            self.policy = PersistencePolicy(
+                self.event_store,
+                self.persist_event_type,
+                self.bus,
+                owner=f"{type(self).__qualname__} built in process {self.built_in_pid}",
+            )
+        except BaseException:
+            records.close()
+            raise
+        with _construction_lock:
+            _constructions[self.built_in_pid] = _constructions.get(self.built_in_pid, 0) + 1
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Self:
+        """Connect to the store the settings name and build the application on it."""
+        records = create_record_store(settings)
+        if settings.is_sqlite_memory:
+            # An in-memory database is born empty in each process; no migrate step can reach it.
+            records.create_schema()
+        return cls(records, settings=settings)
+
+    def check_usable(self) -> None:
+        """Raise unless this application may be used here: open, and built in this process."""
+        if self._closed:
+            raise ApplicationClosedError(
+                f"{type(self).__qualname__} was closed; build a new one (init_application) instead."
+            )
+        pid = os.getpid()
+        if pid != self.built_in_pid:
+            raise ForkedApplicationError(
+                f"{type(self).__qualname__} was built in process {self.built_in_pid} and is used in "
+                f"process {pid}. An application must be built after the fork, once in each worker: "
+                "use uwsgi_es.hooks.install() under uWSGI, or init_application() in a post-fork hook."
+            )
+
+    def save(self, *aggregates: Aggregate) -> None:
+        """Publish the aggregates' new events; the persistence policy stores them atomically."""
+        self.check_usable()
+        events = [event for aggregate in aggregates for event in aggregate.collect_events()]
+        if events:
+            self.bus.publish(events)
+
+    def get(self, aggregate_id: UUID, aggregate_type: type[A]) -> A:
+        self.check_usable()
+        return self.repository.get(aggregate_id, aggregate_type)
+
+    def command(self, run: Callable[[], T]) -> T:
+        """Run a load-change-save command; on a conflict, reload and run it again (bounded).
+
+        Retrying re-runs the whole command on fresh state; it never re-sends the same events.
+        After ``settings.conflict_retries`` retries the ``ConcurrencyError`` propagates.
+        """
+        retries = self.settings.conflict_retries
+        attempt = 0
+        while True:
+            try:
+                return run()
+            except ConcurrencyError:
+                self.conflicts += 1
+                if attempt >= retries:
+                    raise
+                attempt += 1
+                self.retries += 1
+                # Jitter spreads out writers that collided, so they don't collide again in step.
+                time.sleep(random.uniform(0, 0.001 * attempt))
+
+    def close(self) -> None:
+        """Unsubscribe the persistence policy and release connections. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self.policy.close()
+        self.records.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

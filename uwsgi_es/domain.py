@@ -1,0 +1,179 @@
+"""Domain events and aggregates: the pure-Python heart of an event-sourced model.
+
+An aggregate never changes its state directly. A command method *triggers* an event; the event is
+applied to the aggregate (``Event.apply``) and kept as pending until the application saves it.
+Replaying the stored events through the same ``apply`` methods rebuilds the aggregate.
+
+Event fields beyond the three headers hold JSON values (str, int, bool, None, lists and dicts),
+because the state is stored as JSON text. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+from uuid import UUID, uuid4
+
+from uwsgi_es.errors import TopicError, UwsgiEsError
+
+A = TypeVar("A", bound="Aggregate")
+
+
+class EventSequenceError(UwsgiEsError):
+    """An event does not follow the aggregate's current version: the stream is corrupt."""
+
+
+@dataclass(frozen=True)
+class DomainEvent:
+    """Something that happened to one aggregate, at one version, at one time."""
+
+    originator_id: UUID
+    originator_version: int
+    timestamp: datetime
+
+
+def topic_of(cls: type) -> str:
+    """The importable path of a class, ``module:Qual.Name``: how stored events name their class."""
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+_resolved_topics: dict[str, type] = {}
+
+
+def resolve_topic(topic: str) -> type:
+    """Import the class a topic names (cached: every stored event is decoded through here)."""
+    try:
+        return _resolved_topics[topic]
+    except KeyError:
+        pass
+    module_name, _, qualname = topic.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise TopicError(
+            f"Topic {topic!r} names no importable class ({exc}). Was the event class renamed or "
+            "moved? Keep the old name importable (an alias) so stored events can still be read."
+        ) from exc
+    if not isinstance(obj, type):
+        raise TopicError(f"Topic {topic!r} names {obj!r}, which is not a class.")
+    _resolved_topics[topic] = obj
+    return obj
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Aggregate:
+    """Base class of event-sourced aggregates.
+
+    Subclasses declare nested event classes deriving from ``Aggregate.Event`` (and one creation
+    event deriving from ``Aggregate.Created``) whose ``apply`` method changes the aggregate.
+    """
+
+    id: UUID
+    version: int
+    _pending: list[DomainEvent]
+
+    @dataclass(frozen=True)
+    class Event(DomainEvent):
+        """An event of one aggregate; ``apply`` is the only place its state changes."""
+
+        def apply(self, aggregate: Any) -> None:
+            """Change ``aggregate`` to reflect this event. Override in each event class."""
+
+        def mutate(self, aggregate: Aggregate | None) -> Aggregate:
+            if aggregate is None:
+                raise EventSequenceError(
+                    f"Event {topic_of(type(self))} at version {self.originator_version} of "
+                    f"{self.originator_id} comes before the aggregate's creation event."
+                )
+            if self.originator_version != aggregate.version + 1:
+                raise EventSequenceError(
+                    f"Event version {self.originator_version} does not follow version "
+                    f"{aggregate.version} of aggregate {aggregate.id}."
+                )
+            self.apply(aggregate)
+            aggregate.version = self.originator_version
+            return aggregate
+
+    @dataclass(frozen=True)
+    class Created(Event):
+        """The first event of every aggregate; it names the aggregate class to construct."""
+
+        originator_topic: str
+
+        def mutate(self, aggregate: Aggregate | None) -> Aggregate:
+            if aggregate is not None:
+                raise EventSequenceError(f"Aggregate {self.originator_id} is created twice.")
+            if self.originator_version != 1:
+                raise EventSequenceError(
+                    f"Creation event of {self.originator_id} has version {self.originator_version}, not 1."
+                )
+            cls = resolve_topic(self.originator_topic)
+            if not issubclass(cls, Aggregate):
+                raise TopicError(f"Topic {self.originator_topic!r} does not name an Aggregate subclass.")
+            created = cls.__new__(cls)
+            created.id = self.originator_id
+            created.version = 0
+            created._pending = []
+            self.apply(created)
+            created.version = 1
+            return created
+
+    @classmethod
+    def _create(cls: type[A], event_class: type[Aggregate.Created], **event_fields: Any) -> A:
+        """Construct a new aggregate by triggering its creation event."""
+        event = event_class(
+            originator_id=uuid4(),
+            originator_version=1,
+            timestamp=utcnow(),
+            originator_topic=_topic_of_aggregate(cls),
+            **event_fields,
+        )
+        aggregate = event.mutate(None)
+        if not isinstance(aggregate, cls):
+            raise TopicError(f"{event_class.__qualname__} built a {type(aggregate)}, not a {cls}.")
+        aggregate._pending.append(event)
+        return aggregate
+
+    def trigger_event(self, event_class: type[Aggregate.Event], **event_fields: Any) -> None:
+        """Make the next event of this aggregate, apply it, and keep it until it is saved."""
+        event = event_class(
+            originator_id=self.id,
+            originator_version=self.version + 1,
+            timestamp=utcnow(),
+            **event_fields,
+        )
+        event.mutate(self)
+        self._pending.append(event)
+
+    def collect_events(self) -> list[DomainEvent]:
+        """Hand over the pending events (to be saved) and forget them."""
+        events, self._pending = self._pending, []
+        return events
+
+
+_aggregate_topics: dict[type, str] = {}
+
+
+def _topic_of_aggregate(cls: type) -> str:
+    try:
+        return _aggregate_topics[cls]
+    except KeyError:
+        topic = _aggregate_topics[cls] = topic_of(cls)
+        return topic
+
+
+def replay(events: list[DomainEvent]) -> Aggregate | None:
+    """Rebuild an aggregate from its events, in version order; None when there are none."""
+    aggregate: Aggregate | None = None
+    for event in events:
+        if not isinstance(event, Aggregate.Event):
+            raise EventSequenceError(f"{topic_of(type(event))} is not an aggregate event.")
+        aggregate = event.mutate(aggregate)
+    return aggregate

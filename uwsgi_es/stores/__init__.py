@@ -1,0 +1,19 @@
+"""Record stores: the contract (``base``) and one module per backend.
+
+``create_record_store`` picks the backend the settings name. Backends are imported here lazily,
+so a deployment only needs the drivers of the store it uses.
+"""
+
+from __future__ import annotations
+
+from uwsgi_es.settings import Settings
+from uwsgi_es.stores.base import RecordStore, StoredRecord
+
+__all__ = ["RecordStore", "StoredRecord", "create_record_store"]
+
+
+def create_record_store(settings: Settings) -> RecordStore:
+    """Connect to the store the settings name. Call it in the process that will use the store."""
+    from uwsgi_es.stores.sqlalchemy import SQLAlchemyRecordStore
+
+    return SQLAlchemyRecordStore.from_settings(settings)

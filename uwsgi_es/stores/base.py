@@ -1,0 +1,78 @@
+"""The record-store contract every backend fulfils, and the stored record it speaks in.
+
+A record store knows nothing of domain events: it appends and reads rows of
+(originator_id, originator_version, topic, state). Its one hard promise is optimistic concurrency:
+appending a version that already exists raises ``ConcurrencyError`` and stores none of the batch.
+
+A store remembers the process that built it. Its connections belong to that process alone, so any
+use from a forked child raises ``ForkedApplicationError`` instead of sharing sockets.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from collections.abc import Sequence
+from typing import NamedTuple
+from uuid import UUID
+
+from uwsgi_es.errors import ForkedApplicationError
+
+
+class StoredRecord(NamedTuple):
+    """One stored event. ``id`` is its position in the global order, set by the store."""
+
+    originator_id: UUID
+    originator_version: int
+    topic: str
+    state: str
+    id: int | None = None
+
+
+class RecordStore(abc.ABC):
+    """Append-only storage of records, one stream per originator."""
+
+    def __init__(self) -> None:
+        self.built_in_pid = os.getpid()
+
+    def check_process(self) -> None:
+        """Refuse to be used from a process other than the one that built this store."""
+        pid = os.getpid()
+        if pid != self.built_in_pid:
+            raise ForkedApplicationError(
+                f"This {self.describe()} was built in process {self.built_in_pid} and is used in "
+                f"process {pid}, a forked child. Its connections belong to the parent; using them "
+                "here corrupts both. Build the application after the fork: uwsgi_es.hooks.install() "
+                "under uWSGI, or init_application() in your server's post-fork hook."
+            )
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """Which store this is, without secrets: used in logs and error messages."""
+
+    @abc.abstractmethod
+    def create_schema(self) -> None:
+        """Create the tables if they are missing (idempotent). Run once per deployment."""
+
+    @abc.abstractmethod
+    def append(self, records: Sequence[StoredRecord]) -> None:
+        """Store all records atomically, or none; ``ConcurrencyError`` if a version exists."""
+
+    @abc.abstractmethod
+    def select(self, originator_id: UUID) -> list[StoredRecord]:
+        """The records of one originator, in version order."""
+
+    @abc.abstractmethod
+    def select_all(self, after_id: int, limit: int) -> list[StoredRecord]:
+        """Records of every originator with ``id > after_id``, in id order, at most ``limit``."""
+
+    @abc.abstractmethod
+    def ping(self) -> None:
+        """Raise ``StoreUnavailableError`` (or ``SchemaMissingError``) unless the store answers."""
+
+    def end_request(self) -> None:  # noqa: B027 (optional hook: most stores hold nothing per request)
+        """Release what one request held (sessions, connections). Called after every request."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release every connection. Idempotent."""

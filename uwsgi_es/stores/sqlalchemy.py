@@ -1,0 +1,259 @@
+"""The SQLAlchemy record store: SQLite (the embedded default) and PostgreSQL.
+
+Why it looks the way it does:
+
+- The engine is created by ``SQLAlchemyRecordStore.from_settings`` in the process that uses it
+  (after the fork); nothing here connects at import time.
+- Work goes through a ``scoped_session``; the web layer calls ``end_request()`` after every request
+  (also after errors) so a session never outlives its request and the pool is back to zero.
+- SQLite: WAL, a busy timeout, and ``BEGIN IMMEDIATE`` for writes. A deferred transaction that
+  upgrades to a write can fail with "database is locked" whatever the timeout; taking the write
+  lock up front makes writers queue instead. It also makes insert order equal commit order.
+- The unique index on (originator_id, originator_version) is the optimistic-concurrency lock: a
+  batch with an existing version violates it, the transaction rolls back, nothing is stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Engine,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    Uuid,
+    create_engine,
+    event,
+    insert,
+    select,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session, scoped_session, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from uwsgi_es.errors import (
+    ConcurrencyError,
+    ConfigurationError,
+    SchemaMissingError,
+    StoreUnavailableError,
+)
+from uwsgi_es.settings import Settings
+from uwsgi_es.stores.base import RecordStore, StoredRecord
+
+log = logging.getLogger(__name__)
+
+metadata = MetaData()
+
+records_table = Table(
+    "integer_sequenced_items",
+    metadata,
+    # SQLite only auto-increments an INTEGER PRIMARY KEY, so the big integer becomes INTEGER there.
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    Column("originator_id", Uuid(), nullable=False),
+    Column("originator_version", BigInteger(), nullable=False),
+    Column("topic", String(255), nullable=False),
+    Column("state", Text(), nullable=False),
+    Index("integer_sequenced_items_originator", "originator_id", "originator_version", unique=True),
+)
+
+_WRITE = "uwsgi_es_write"  # execution option: this transaction will write (SQLite: BEGIN IMMEDIATE)
+
+
+def create_engine_from_settings(settings: Settings) -> Engine:
+    """An engine for this process. Call it after the fork, never in the uWSGI master."""
+    url = make_url(settings.database_url)
+    if url.get_backend_name() == "sqlite":
+        return _create_sqlite_engine(settings)
+    try:
+        return create_engine(
+            url,
+            pool_size=settings.pool_size,
+            max_overflow=settings.max_overflow,
+            pool_timeout=settings.pool_timeout,
+            pool_recycle=settings.pool_recycle,
+            pool_pre_ping=settings.pool_pre_ping,
+        )
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"UWSGI_ES_DATABASE_URL uses the {url.drivername!r} driver, which is not installed ({exc}). "
+            "For PostgreSQL install the extra: pip install 'uwsgi_es[postgres]'."
+        ) from exc
+
+
+def _create_sqlite_engine(settings: Settings) -> Engine:
+    engine = create_engine(
+        settings.database_url,
+        connect_args={"timeout": settings.sqlite_busy_timeout_ms / 1000},
+    )
+    is_memory = settings.is_sqlite_memory
+    busy_timeout = settings.sqlite_busy_timeout_ms
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+        # Take transaction control from the sqlite3 module, so "begin" below decides the BEGIN.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            if not is_memory:
+                cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout)}")
+            cursor.execute("PRAGMA synchronous=FULL")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        if connection.get_execution_options().get(_WRITE):
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            connection.exec_driver_sql("BEGIN")
+
+    return engine
+
+
+class SQLAlchemyRecordStore(RecordStore):
+    """Records in the ``integer_sequenced_items`` table of any SQLAlchemy engine."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        sessions: scoped_session[Session] | None = None,
+        owns_engine: bool = True,
+    ) -> None:
+        super().__init__()
+        self.engine = engine
+        self.sessions = sessions or scoped_session(sessionmaker(bind=engine))
+        self._owns_engine = owns_engine
+        self._is_sqlite = engine.dialect.name == "sqlite"
+        self._closed = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SQLAlchemyRecordStore:
+        return cls(create_engine_from_settings(settings))
+
+    def describe(self) -> str:
+        return f"SQLAlchemy store at {self.engine.url.render_as_string()}"
+
+    def create_schema(self) -> None:
+        database = self.engine.url.database
+        if self._is_sqlite and database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        with self._errors():
+            metadata.create_all(self.engine, checkfirst=True)
+
+    def append(self, records: Sequence[StoredRecord]) -> None:
+        if not records:
+            return
+        self.check_process()
+        rows = [
+            {
+                "originator_id": r.originator_id,
+                "originator_version": r.originator_version,
+                "topic": r.topic,
+                "state": r.state,
+            }
+            for r in records
+        ]
+        try:
+            with self._errors(), self._transaction(write=True) as session:
+                session.execute(insert(records_table), rows)
+        except IntegrityError as exc:
+            first = records[0]
+            raise ConcurrencyError(
+                f"Version {first.originator_version} of {first.originator_id} (or a later one in "
+                "the batch) is already stored: another writer got there first. Nothing was stored; "
+                "reload the aggregate and run the command again."
+            ) from exc
+
+    def select(self, originator_id: UUID) -> list[StoredRecord]:
+        self.check_process()
+        t = records_table.c
+        query = (
+            select(t.originator_id, t.originator_version, t.topic, t.state, t.id)
+            .where(t.originator_id == originator_id)
+            .order_by(t.originator_version)
+        )
+        with self._errors(), self._transaction(write=False) as session:
+            return [StoredRecord(*row) for row in session.execute(query)]
+
+    def select_all(self, after_id: int, limit: int) -> list[StoredRecord]:
+        self.check_process()
+        t = records_table.c
+        query = (
+            select(t.originator_id, t.originator_version, t.topic, t.state, t.id)
+            .where(t.id > after_id)
+            .order_by(t.id)
+            .limit(limit)
+        )
+        with self._errors(), self._transaction(write=False) as session:
+            return [StoredRecord(*row) for row in session.execute(query)]
+
+    def ping(self) -> None:
+        self.check_process()
+        with self._errors(), self._transaction(write=False) as session:
+            session.execute(select(records_table.c.id).limit(1)).all()
+
+    def end_request(self) -> None:
+        self.sessions.remove()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if os.getpid() != self.built_in_pid:
+            # Inherited across fork: the sockets are the parent's. Forget them, never close them.
+            self.engine.dispose(close=False)
+            return
+        self.sessions.remove()
+        if self._owns_engine:
+            self.engine.dispose()
+
+    @contextmanager
+    def _transaction(self, *, write: bool) -> Iterator[Session]:
+        session = self.sessions()
+        if session.in_transaction():
+            # The caller (e.g. a Flask-SQLAlchemy view) owns the transaction: join it by a savepoint.
+            with session.begin_nested():
+                yield session
+            return
+        with session.begin():
+            if write and self._is_sqlite:
+                session.connection(execution_options={_WRITE: True})
+            yield session
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Turn driver errors into ours; integrity errors pass through for the caller to judge."""
+        try:
+            yield
+        except IntegrityError:
+            raise
+        except DBAPIError as exc:
+            if _is_missing_table(exc):
+                raise SchemaMissingError(
+                    f"The table {records_table.name} does not exist in {self.describe()}. "
+                    "Create it once per deployment with: uwsgi-es migrate"
+                ) from exc
+            raise StoreUnavailableError(f"{self.describe()} is unavailable: {exc.orig}") from exc
+        except SQLAlchemyError as exc:  # e.g. pool timeout: every connection busy
+            raise StoreUnavailableError(f"{self.describe()} is unavailable: {exc}") from exc
+
+
+def _is_missing_table(exc: DBAPIError) -> bool:
+    if getattr(exc.orig, "sqlstate", None) == "42P01":  # PostgreSQL undefined_table
+        return True
+    return "no such table" in str(exc.orig)
