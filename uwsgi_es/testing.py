@@ -9,8 +9,9 @@ For our own integration tests and for our users' suites (the ``uwsgi_server`` py
 What it does, and why:
 
 - Picks free ports (bind to port 0) for HTTP and the stats server; never a fixed port.
-- Passes the HTTP address as ``UWSGI_ES_HTTP``: an ini file says ``http = $(UWSGI_ES_HTTP)``
-  (as ours does). When the ini never mentions it, or there is no ini, ``--http`` is added.
+- Passes the HTTP address as ``UWSGI_ES_HTTP``: an ini file binds it with
+  ``if-env = UWSGI_ES_HTTP`` / ``http = %(_)`` / ``endif =`` (as ours do). ``--http`` is added
+  when there is no ini or it never mentions the variable (or as ``add_http=`` says).
 - Readiness is not an open port: the HTTP router binds before the workers have built anything.
   It waits until every worker slot (from the stats server) has answered ``/ready`` with 200 and a
   JSON ``worker_id``, firing concurrent requests so that all workers take some.
@@ -96,6 +97,7 @@ class UwsgiServer:
         startup_timeout: float = 60.0,
         stop_timeout: float = 10.0,
         uwsgi_binary: str | None = None,
+        add_http: bool | None = None,
     ) -> None:
         self.ini = Path(ini).resolve() if ini is not None else None
         self.options = list(options)
@@ -107,6 +109,9 @@ class UwsgiServer:
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
         self.uwsgi_binary = uwsgi_binary or find_uwsgi()
+        if add_http is None:
+            add_http = self.ini is None or "UWSGI_ES_HTTP" not in self.ini.read_text()
+        self.add_http = add_http
         self.port = 0
         self.stats_port = 0
         self.process: subprocess.Popen[bytes] | None = None
@@ -120,7 +125,7 @@ class UwsgiServer:
         if self.ini is not None:
             argv += ["--ini", str(self.ini)]
         argv += self.options
-        if self.ini is None or "UWSGI_ES_HTTP" not in self.ini.read_text():
+        if self.add_http:
             argv += ["--http", self.address]
         argv += ["--stats", f"127.0.0.1:{self.stats_port}"]
         return argv

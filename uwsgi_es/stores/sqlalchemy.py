@@ -204,6 +204,13 @@ class SQLAlchemyRecordStore(RecordStore):
 
     def ping(self) -> None:
         self.check_process()
+        database = self.engine.url.database
+        if self._is_sqlite and database and database != ":memory:" and not Path(database).exists():
+            # Connecting would create an empty file (or fail on a missing folder): say what to do.
+            raise SchemaMissingError(
+                f"The SQLite database file {Path(database).resolve()} does not exist. "
+                "Create it once per deployment with: uwsgi-es migrate"
+            )
         with self._errors(), self._transaction(write=False) as session:
             session.execute(select(records_table.c.id).limit(1)).all()
 

@@ -1,0 +1,41 @@
+"""The shipped harness: clear failures with the log, and the pytest fixture users get."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from uwsgi_es.testing import UwsgiServer, UwsgiStartError
+
+from .conftest import INI
+
+pytestmark = pytest.mark.integration
+pytest_plugins = ["pytester"]
+
+
+def test_a_misspelt_option_fails_fast_with_the_log(tmp_path: Path) -> None:
+    """Our strict ini refuses unknown options; the harness raises at once with uWSGI's own words."""
+    ini = tmp_path / "mine.ini"
+    ini.write_text(f"[uwsgi]\nini = {INI}\nproceses = 2\n")
+    server = UwsgiServer(ini, log_dir=tmp_path, startup_timeout=30)
+    with pytest.raises(UwsgiStartError, match="unknown config directive: proceses"):
+        server.start()
+    assert server.process is not None
+    assert server.process.poll() is not None
+
+
+def test_fixture_reports_the_uwsgi_log_when_a_test_fails(pytester: pytest.Pytester, sqlite_url: str) -> None:
+    """A user's failing test shows the uWSGI log in its report, via the auto-registered plugin."""
+    pytester.makepyfile(
+        f"""
+        def test_user(uwsgi_server):
+            server = uwsgi_server({str(INI)!r}, env={{"UWSGI_ES_DATABASE_URL": {sqlite_url!r}}},
+                                  options=["--processes", "2"])
+            assert server.get("/worker").json()["constructions"] == 1
+            assert server.get("/health").status == 999
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*uWSGI log 0*", "*built BankAccounts*"])

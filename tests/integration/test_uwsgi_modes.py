@@ -1,0 +1,137 @@
+"""One application per uWSGI worker, proven on real uWSGI in every process mode (SQLite)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from uwsgi_es.testing import UwsgiServer
+
+from .conftest import INI, assert_one_application_per_worker, fan_out, worker_reports
+
+pytestmark = pytest.mark.integration
+StartServer = Any
+
+
+def test_prefork_one_application_per_worker(uwsgi_server: StartServer, app_env: dict[str, str]) -> None:
+    """4 processes, 400 concurrent requests: each pid built once, in itself; the master never serves."""
+    server = uwsgi_server(INI, env=app_env, options=["--processes", "4"])
+    reports = worker_reports(server, 400)
+    pids = assert_one_application_per_worker(server, reports)
+    assert len(pids) >= 2, f"only {pids} answered 400 concurrent requests"
+    assert pids <= set(server.worker_pids())
+    print(f"prefork: {len(pids)} workers answered; startup {server.startup_seconds:.2f}s")
+
+
+def test_lazy_apps_builds_at_import_in_each_worker(
+    uwsgi_server: StartServer, app_env: dict[str, str]
+) -> None:
+    """With lazy-apps the @postfork never runs for the app module; the build happens at import."""
+    server = uwsgi_server(INI, env=app_env, options=["--processes", "4", "--lazy-apps"])
+    pids = assert_one_application_per_worker(server, worker_reports(server, 400))
+    assert len(pids) >= 2
+    assert "built BankAccounts" in server.log()
+
+
+def test_threads_share_one_application_per_process(
+    uwsgi_server: StartServer, app_env: dict[str, str]
+) -> None:
+    """2 processes x 4 threads: threads of a worker share its one application."""
+    server = uwsgi_server(INI, env=app_env, options=["--processes", "2", "--threads", "4"])
+    pids = assert_one_application_per_worker(server, worker_reports(server, 400))
+    assert len(pids) == 2
+
+
+@pytest.mark.parametrize("lazy", [False, True], ids=["prefork", "lazy-apps"])
+def test_respawned_workers_build_exactly_once(
+    uwsgi_server: StartServer, app_env: dict[str, str], lazy: bool
+) -> None:
+    """max-requests 5: workers are replaced constantly; every replacement builds once, in itself."""
+    options = ["--processes", "4", "--max-requests", "5", "--min-worker-lifetime", "0"]
+    server = uwsgi_server(INI, env=app_env, options=options + (["--lazy-apps"] if lazy else []))
+    pids = assert_one_application_per_worker(server, worker_reports(server, 100, concurrency=8))
+    assert len(pids) > 4, f"expected respawned workers, saw only {sorted(pids)}"
+    print(f"respawn ({'lazy' if lazy else 'prefork'}): {len(pids)} distinct worker pids over 100 requests")
+
+
+def test_concurrent_deposits_are_stored_exactly_once(
+    uwsgi_server: StartServer, app_env: dict[str, str]
+) -> None:
+    """Deposits to 3 accounts from 4x2 workers: balances and versions 1..n match the 200s exactly."""
+    server = uwsgi_server(INI, env=app_env, options=["--processes", "4", "--threads", "2"])
+    accounts = [server.post("/accounts", {"owner": f"owner {i}"}).json()["id"] for i in range(3)]
+
+    def deposit(i: int) -> tuple[str, int, int]:
+        account = accounts[i % 3]
+        amount = 1 + i % 7
+        return account, amount, server.post(f"/accounts/{account}/deposits", {"amount": amount}).status
+
+    outcomes = fan_out(300, deposit, concurrency=24)
+    assert {status for _, _, status in outcomes} <= {200, 409}
+    for account in accounts:
+        acknowledged = [amount for a, amount, status in outcomes if a == account and status == 200]
+        state = server.get(f"/accounts/{account}").json()
+        events = server.get(f"/accounts/{account}/events").json()["events"]
+        assert state["balance"] == sum(acknowledged)
+        assert [e["version"] for e in events] == list(range(1, len(acknowledged) + 2))
+        assert state["version"] == len(acknowledged) + 1
+    reports = worker_reports(server, 40)
+    conflicts = sum(r["conflicts"] for r in {r["pid"]: r for r in reports}.values())
+    refused = sum(1 for *_, status in outcomes if status == 409)
+    print(
+        f"deposits: 300 sent, {300 - refused} acknowledged, {refused} refused after retries, "
+        f"{conflicts}+ conflicts seen"
+    )
+
+
+def test_failed_initialisation_never_serves_200(uwsgi_server: StartServer, app_env: dict[str, str]) -> None:
+    """An invalid setting: every route but /health answers 503 naming it, /ready fails, the log says why."""
+    env = {**app_env, "UWSGI_ES_POOL_SIZE": "plenty"}
+    server = uwsgi_server(INI, env=env, options=["--processes", "2"], wait_for="health")
+    results = fan_out(40, lambda i: server.get(["/ready", "/worker", "/accounts/" + "0" * 32][i % 3]))
+    for result in results:
+        assert result.status == 503
+        assert "UWSGI_ES_POOL_SIZE" in result.json()["error"]
+        assert result.elapsed < 5
+    assert re.search(
+        r"worker \d \(pid \d+\) could not build its application: ConfigurationError", server.log()
+    )
+
+
+def test_nothing_connects_in_the_master(uwsgi_server: StartServer, app_env: dict[str, str]) -> None:
+    """The master holds no handle on the database file; every worker does only after building."""
+    server = uwsgi_server(INI, env=app_env, options=["--processes", "2"])
+    database = Path(app_env["UWSGI_ES_DATABASE_URL"].removeprefix("sqlite:///")).resolve()
+
+    def open_files(pid: int) -> set[str]:
+        fd_dir = Path(f"/proc/{pid}/fd")
+        return {os.path.realpath(fd_dir / fd) for fd in os.listdir(fd_dir)}
+
+    assert str(database) not in open_files(server.pid)
+    built = re.findall(r"\[pid (\d+)\] INFO worker \d \(pid \d+\) built", server.log())
+    assert str(server.pid) not in built
+    assert set(map(int, built)) == set(server.worker_pids())
+
+
+def test_sigint_stops_everything_and_each_worker_closes(app_env: dict[str, str], tmp_path: Path) -> None:
+    """SIGINT stops the instance quickly; each worker closes its application and logs it."""
+    server = UwsgiServer(INI, env=app_env, options=["--processes", "3"], log_dir=tmp_path).start()
+    workers = set(server.worker_pids())
+    started = time.monotonic()
+    os.killpg(server.pid, signal.SIGINT)
+    server.process.wait(10)  # type: ignore[union-attr]
+    took = time.monotonic() - started
+    server.stop()
+    closed = {
+        int(p)
+        for p in re.findall(r"\[pid (\d+)\] INFO worker \d \(pid \d+\) closed its application", server.log())
+    }
+    assert closed == workers
+    assert took < 5
+    print(f"SIGINT stop took {took:.2f}s")

@@ -1,0 +1,39 @@
+"""`uwsgi-es migrate` creates the schema idempotently; `check` says what is wrong in one line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from uwsgi_es.cli import main
+
+
+def test_migrate_is_idempotent_and_check_then_passes(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("UWSGI_ES_DATABASE_URL", f"sqlite:///{tmp_path}/new/dir/events.sqlite3")
+    assert main(["check"]) == 1
+    assert "uwsgi-es migrate" in capsys.readouterr().err
+    assert main(["migrate"]) == 0
+    assert main(["migrate"]) == 0
+    assert main(["check"]) == 0
+    assert "answers and has its tables" in capsys.readouterr().out
+
+
+def test_bad_setting_exits_1_naming_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("UWSGI_ES_POOL_SIZE", "-3")
+    assert main(["migrate"]) == 1
+    assert "UWSGI_ES_POOL_SIZE=-3 is out of range" in capsys.readouterr().err
+
+
+def test_console_script_is_installed(tmp_path: Path) -> None:
+    """The `uwsgi-es` entry point runs (as `make run` uses it)."""
+    script = Path(sys.executable).parent / "uwsgi-es"
+    result = subprocess.run([script, "--help"], capture_output=True, text=True, check=False)
+    assert result.returncode == 0
+    assert "migrate" in result.stdout

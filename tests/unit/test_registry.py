@@ -1,0 +1,150 @@
+"""One application per process: init/get/close, the lazy getter, fork awareness, failure back-off."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+from uwsgi_es import registry
+from uwsgi_es.application import Application, constructions_in_this_process
+from uwsgi_es.bank import BankAccounts
+from uwsgi_es.errors import (
+    ApplicationAlreadyInitialisedError,
+    ApplicationNotInitialisedError,
+    ConfigurationError,
+    ForkedApplicationError,
+    InitialisationFailedError,
+    SchemaMissingError,
+)
+from uwsgi_es.settings import Settings
+from uwsgi_es.stores import create_record_store
+
+from ..forking import in_child
+
+
+def test_get_before_init_says_how_to_fix_it() -> None:
+    with pytest.raises(ApplicationNotInitialisedError, match=r"install\(\)"):
+        registry.get_application()
+
+
+def test_init_then_get_returns_the_same_application(settings: Settings) -> None:
+    app = registry.init_application(BankAccounts, settings=settings)
+    assert registry.get_application() is app
+    assert app.built_in_pid == os.getpid()
+
+
+def test_init_twice_raises(settings: Settings) -> None:
+    registry.init_application(BankAccounts, settings=settings)
+    with pytest.raises(ApplicationAlreadyInitialisedError, match="store every event twice"):
+        registry.init_application(BankAccounts, settings=settings)
+
+
+def test_close_is_idempotent_and_allows_a_new_init(settings: Settings) -> None:
+    app = registry.init_application(BankAccounts, settings=settings)
+    registry.close_application()
+    registry.close_application()
+    assert app.closed
+    with pytest.raises(ApplicationNotInitialisedError):
+        registry.get_application()
+    assert registry.init_application(BankAccounts, settings=settings) is not app
+
+
+def test_factory_defaults_to_the_configured_class(monkeypatch: pytest.MonkeyPatch, sqlite_url: str) -> None:
+    """With no factory the class comes from UWSGI_ES_APPLICATION, settings from the environment."""
+    monkeypatch.setenv("UWSGI_ES_DATABASE_URL", sqlite_url)
+    monkeypatch.setenv("UWSGI_ES_APPLICATION", "uwsgi_es.bank:BankAccounts")
+    assert isinstance(registry.init_application(), BankAccounts)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("no_such_module_xyz:App", "cannot import 'no_such_module_xyz'"),
+        ("uwsgi_es.bank:Nothing", "has no attribute 'Nothing'"),
+        ("uwsgi_es.bank:BankAccount", "not an Application subclass"),
+    ],
+)
+def test_bad_application_setting_is_explained(value: str, expected: str) -> None:
+    with pytest.raises(ConfigurationError, match=expected):
+        registry.load_factory(value)
+
+
+def test_lazy_getter_builds_once_under_concurrent_threads(settings: Settings) -> None:
+    """Many threads asking at once for the first time get one application, built once."""
+    before = constructions_in_this_process()
+    barrier = threading.Barrier(16)
+    seen: list[Application] = []
+
+    def ask() -> None:
+        barrier.wait()
+        seen.append(registry.get_application_lazily(BankAccounts, settings=settings))
+
+    threads = [threading.Thread(target=ask) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(seen) == 16
+    assert len({id(app) for app in seen}) == 1
+    assert constructions_in_this_process() == before + 1
+
+
+def test_inherited_application_is_refused_by_get_and_replaced_by_init(settings: Settings) -> None:
+    """After fork, get_application raises; building in the child makes the child's own."""
+    parent_app = registry.init_application(BankAccounts, settings=settings)
+    account = parent_app.open_account("ann")
+
+    status, detail = in_child(registry.get_application)
+    assert status == "error"
+    assert detail.startswith(ForkedApplicationError.__name__)
+
+    def build_in_child() -> tuple[bool, int, int, int]:
+        child_app = registry.init_application(BankAccounts, settings=settings)
+        return (
+            child_app.built_in_pid == os.getpid(),
+            child_app.bus.count_persistence_subscriptions(),
+            constructions_in_this_process(),
+            child_app.get_account(account.id).balance,
+        )
+
+    assert in_child(build_in_child) == ("ok", (True, 1, 1, 0))
+
+    def lazily_in_child() -> bool:
+        return registry.get_application_lazily(BankAccounts, settings=settings) is not parent_app
+
+    assert in_child(lazily_in_child) == ("ok", True)
+    # The parent's application and connections are untouched by what its children did.
+    assert registry.get_application() is parent_app
+    assert parent_app.get_account(account.id).owner == "ann"
+
+
+def test_failed_build_is_remembered_and_retried_after_back_off(tmp_path: object, sqlite_url: str) -> None:
+    """A build that fails (no schema yet) answers fast until the back-off passes, then retries."""
+    unmigrated = Settings(
+        database_url=f"sqlite:///{tmp_path}/fresh.sqlite3", init_retry_seconds=0.2, init_retry_max_seconds=0.4
+    )
+    with pytest.raises(SchemaMissingError, match="uwsgi-es migrate"):
+        registry.get_application_lazily(BankAccounts, settings=unmigrated)
+    assert isinstance(registry.initialisation_failure(), SchemaMissingError)
+    with pytest.raises(InitialisationFailedError, match="attempt 1, next try in"):
+        registry.get_application_lazily(BankAccounts, settings=unmigrated)
+    with pytest.raises(InitialisationFailedError, match="could not build"):
+        registry.get_application()
+
+    store = create_record_store(unmigrated)
+    store.create_schema()  # the operator runs the migration
+    store.close()
+    time.sleep(0.25)
+    app = registry.get_application_lazily(BankAccounts, settings=unmigrated)
+    assert registry.initialisation_failure() is None
+    assert registry.get_application() is app
+
+
+def test_memory_database_is_refused_only_with_several_processes() -> None:
+    """In one process an in-memory database works (schema created with it)."""
+    app = registry.init_application(BankAccounts, settings=Settings(database_url="sqlite:///:memory:"))
+    assert isinstance(app, BankAccounts)
+    assert app.get_account(app.open_account("ann").id).owner == "ann"

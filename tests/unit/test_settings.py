@@ -1,0 +1,64 @@
+"""Settings come from UWSGI_ES_* variables, are validated, and errors name the variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from uwsgi_es.errors import ConfigurationError
+from uwsgi_es.settings import DEFAULT_DATABASE_URL, Settings
+
+
+def test_defaults_suit_the_sqlite_quick_start() -> None:
+    settings = Settings.from_environ({})
+    assert settings.store == "sqlalchemy"
+    assert settings.database_url == DEFAULT_DATABASE_URL
+    assert settings.is_sqlite
+    assert not settings.is_sqlite_memory
+
+
+def test_values_are_parsed() -> None:
+    settings = Settings.from_environ(
+        {
+            "UWSGI_ES_DATABASE_URL": "postgresql+psycopg://u:secret@db:5432/app",
+            "UWSGI_ES_POOL_SIZE": "7",
+            "UWSGI_ES_POOL_PRE_PING": "off",
+            "UWSGI_ES_POOL_TIMEOUT": "2.5",
+            "UWSGI_ES_CONFLICT_RETRIES": "0",
+        }
+    )
+    assert (settings.pool_size, settings.pool_pre_ping, settings.pool_timeout) == (7, False, 2.5)
+    assert settings.conflict_retries == 0
+    assert "secret" not in settings.describe_store()
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("UWSGI_ES_STORE", "mongodb", "UWSGI_ES_STORE='mongodb' is not a known store"),
+        ("UWSGI_ES_DATABASE_URL", "not a url", "UWSGI_ES_DATABASE_URL is not a SQLAlchemy database URL"),
+        ("UWSGI_ES_DATABASE_URL", "mysql://x/y", "supports sqlite and postgresql"),
+        ("UWSGI_ES_POOL_SIZE", "many", "UWSGI_ES_POOL_SIZE='many' is not a whole number"),
+        ("UWSGI_ES_POOL_SIZE", "0", "UWSGI_ES_POOL_SIZE=0 is out of range"),
+        ("UWSGI_ES_POOL_PRE_PING", "maybe", "UWSGI_ES_POOL_PRE_PING='maybe' is not a boolean"),
+        ("UWSGI_ES_APPLICATION", "no_colon", "package.module:ApplicationClass"),
+        ("UWSGI_ES_DATABSE_URL", "sqlite://", "Did you mean UWSGI_ES_DATABASE_URL?"),
+    ],
+)
+def test_bad_values_name_the_variable(name: str, value: str, expected: str) -> None:
+    """Each error quotes the variable and says what is accepted."""
+    with pytest.raises(ConfigurationError, match=expected.replace("?", r"\?").replace("(", r"\(")):
+        Settings.from_environ({name: value})
+
+
+def test_blank_values_mean_the_default() -> None:
+    assert Settings.from_environ({"UWSGI_ES_POOL_SIZE": "  "}).pool_size == Settings().pool_size
+
+
+def test_retry_ceiling_must_not_be_below_the_first_delay() -> None:
+    with pytest.raises(ConfigurationError, match="UWSGI_ES_INIT_RETRY_MAX_SECONDS"):
+        Settings.from_environ({"UWSGI_ES_INIT_RETRY_SECONDS": "10", "UWSGI_ES_INIT_RETRY_MAX_SECONDS": "1"})
+
+
+def test_memory_database_is_recognised() -> None:
+    assert Settings(database_url="sqlite:///:memory:").is_sqlite_memory
+    assert Settings(database_url="sqlite://").is_sqlite_memory
