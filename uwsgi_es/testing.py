@@ -14,7 +14,8 @@ What it does, and why:
   when there is no ini or it never mentions the variable (or as ``add_http=`` says).
 - Readiness is not an open port: the HTTP router binds before the workers have built anything.
   It waits until every worker slot (from the stats server) has answered ``/ready`` with 200 and a
-  JSON ``worker_id``, firing concurrent requests so that all workers take some.
+  JSON ``worker_id``, firing concurrent requests so that all workers take some, and then until
+  the stats server shows every worker idle.
 - uWSGI runs in its own session with its log in a file; stopping sends SIGINT to the process
   group, waits up to ``stop_timeout`` seconds, then SIGKILLs the group (a master throttling
   respawns can ignore SIGINT). Startup failures raise ``UwsgiStartError`` with the log's tail.
@@ -260,12 +261,29 @@ class UwsgiServer:
                     else:
                         last_problem = outcome
                 if slots and slots <= ready:
+                    self.wait_until_idle(max(0.1, deadline - time.monotonic()))
                     return
                 time.sleep(0.02)
         raise UwsgiStartError(
             f"not every worker became ready within {self.startup_timeout}s: workers {sorted(slots)}, "
             f"ready {sorted(ready)}; last problem: {last_problem}\n--- log ---\n{self.log_tail()}"
         )
+
+    def wait_until_idle(self, timeout: float = 10.0) -> None:
+        """Until the stats server shows every worker idle (none still finishing a request).
+
+        A worker signalled while uWSGI still counts it busy skips its atexit hooks, so a
+        test that stops the server right after a request should wait for this first.
+        """
+        deadline = time.monotonic() + timeout
+        statuses: list[str] = []
+        while time.monotonic() < deadline:
+            self._check_alive("idle workers")
+            statuses = [str(w.get("status")) for w in self.stats()["workers"]]
+            if statuses and all(status == "idle" for status in statuses):
+                return
+            time.sleep(0.01)
+        raise UwsgiStartError(f"workers never all idle within {timeout}s: {statuses}")
 
     def _probe_ready(self) -> int | str:
         try:
