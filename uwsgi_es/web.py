@@ -105,6 +105,10 @@ def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
         raw = request.get_data(cache=False)
     except RequestEntityTooLarge:
         raise BadRequestError(f"the body is larger than the limit of {max_bytes} bytes", 413) from None
+    if not raw:
+        if "chunked" in request.headers.get("Transfer-Encoding", "").lower():
+            raise BadRequestError("chunked request bodies are not supported: send a Content-Length", 411)
+        raise BadRequestError("the body is empty: send a JSON object")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -120,6 +124,11 @@ def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadRequestError(f"the body must be a JSON object, not {_json_type(body)}")
     return body
+
+
+def _shorten(text: str, limit: int = 200) -> str:
+    """Quote client input back in errors without echoing megabytes."""
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _json_type(value: Any) -> str:
@@ -189,11 +198,12 @@ class JsonApi:
         except BadRequestError as exc:
             return error_response(str(exc), exc.status)
         except NotFound:
-            return error_response(f"no route for {request.path!r}", 404)
+            return error_response(f"no route for {_shorten(request.path)!r}", 404)
         except MethodNotAllowed as exc:
             allowed = ", ".join(sorted(exc.valid_methods or ()))
+            method, path = _shorten(request.method), _shorten(request.path)
             return error_response(
-                f"method {request.method} is not allowed on {request.path!r}; use {allowed}",
+                f"method {method} is not allowed on {path!r}; use {allowed}",
                 405,
                 {"Allow": allowed},
             )

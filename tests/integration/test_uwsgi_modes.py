@@ -135,3 +135,41 @@ def test_sigint_stops_everything_and_each_worker_closes(app_env: dict[str, str],
     assert closed == workers
     assert took < 5
     print(f"SIGINT stop took {took:.2f}s")
+
+
+@pytest.mark.parametrize("lazy", [False, True], ids=["prefork", "lazy-apps"])
+def test_reload_replaces_every_worker_and_each_builds_once(
+    uwsgi_server: StartServer, app_env: dict[str, str], lazy: bool
+) -> None:
+    """SIGHUP (graceful reload): new workers, each built once in itself; stored data survives."""
+    server = uwsgi_server(INI, env=app_env, options=["--processes", "3"] + (["--lazy-apps"] if lazy else []))
+    account = server.post("/accounts", {"owner": "before reload"}).json()["id"]
+    before = set(server.worker_pids())
+    os.kill(server.pid, signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            after = set(server.worker_pids())
+        except OSError:  # the stats server is re-bound during the reload
+            after = set()
+        if len(after) == 3 and not after & before:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"workers were not replaced: before {before}, now {after}")
+    server.wait_until_ready()
+    pids = assert_one_application_per_worker(server, worker_reports(server, 120))
+    assert not pids & before
+    assert server.get(f"/accounts/{account}").json()["owner"] == "before reload"
+
+
+def test_memory_database_is_refused_with_several_workers(uwsgi_server: StartServer) -> None:
+    """sqlite:///:memory: would give each worker its own empty database: 503 naming the variable."""
+    env = {"UWSGI_ES_DATABASE_URL": "sqlite:///:memory:"}
+    server = uwsgi_server(INI, env=env, options=["--processes", "2"], wait_for="health")
+    for result in fan_out(10, lambda _: server.get("/ready")):
+        assert result.status == 503
+        assert (
+            "UWSGI_ES_DATABASE_URL='sqlite:///:memory:' is an in-memory SQLite database"
+            in result.json()["error"]
+        )

@@ -93,6 +93,7 @@ def test_operational_routes(client: Client) -> None:
 BAD_BODIES: list[tuple[str, bytes, str, int, str]] = [
     # (what, body, content type, status, words the error must contain)
     ("malformed JSON", b'{"amount": ', "application/json", 400, "not valid JSON"),
+    ("empty body", b"", "application/json", 400, "the body is empty"),
     ("a JSON array", b"[1, 2]", "application/json", 400, "must be a JSON object, not an array"),
     ("JSON null", b"null", "application/json", 400, "not null"),
     ("a float", b'{"amount": 1.5}', "application/json", 400, "whole number of cents, not float"),
