@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from uwsgi_es import close_application
 from uwsgi_es.settings import Settings
 from uwsgi_es.stores.sqlalchemy import SQLAlchemyRecordStore
+from uwsgi_es.testing import PostgresServer
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -38,3 +40,24 @@ def sqlite_url(tmp_path: Path) -> str:
 @pytest.fixture
 def settings(sqlite_url: str) -> Settings:
     return Settings(database_url=sqlite_url)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL server for the session. Never skipped: if it cannot start, the
+    tests that need it fail with its log (`make test` installs the server binaries when root)."""
+    with PostgresServer() as server:
+        yield server
+
+
+_database_numbers = itertools.count()
+
+
+@pytest.fixture
+def postgres_url(postgres: PostgresServer) -> str:
+    """A new, empty, migrated PostgreSQL database for one test."""
+    url = postgres.create_database(f"test_{os.getpid()}_{next(_database_numbers)}")
+    store = SQLAlchemyRecordStore.from_settings(Settings(database_url=url))
+    store.create_schema()
+    store.close()
+    return url

@@ -265,8 +265,9 @@ class Application:
                     raise
                 attempt += 1
                 self.retries += 1
-                # Jitter spreads out writers that collided, so they don't collide again in step.
-                time.sleep(random.uniform(0, 0.001 * attempt))
+                # Exponential back-off with full jitter: writers that collided spread out
+                # instead of colliding again in step (2 ms, 4 ms, ... capped at 100 ms).
+                time.sleep(random.uniform(0, min(0.1, 0.001 * 2**attempt)))
 
     def close(self) -> None:
         """Unsubscribe the persistence policy and release connections. Idempotent."""

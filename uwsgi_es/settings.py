@@ -46,6 +46,7 @@ class Settings:
     pool_timeout: float = 10.0
     pool_recycle: int = 1800
     pool_pre_ping: bool = True
+    connect_timeout: int = 5
     conflict_retries: int = 10
     max_body_bytes: int = 65536
     init_retry_seconds: float = 1.0
@@ -174,6 +175,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "pool_timeout": _number(0.1, 600.0),
     "pool_recycle": _integer(-1, 86_400),
     "pool_pre_ping": _boolean,
+    "connect_timeout": _integer(1, 600),
     "conflict_retries": _integer(0, 100),
     "max_body_bytes": _integer(64, 64 * 1024 * 1024),
     "init_retry_seconds": _number(0.01, 3600.0),

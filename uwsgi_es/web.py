@@ -241,5 +241,6 @@ class JsonApi:
                 "worker_id": hooks.worker_id(),
                 "conflicts": app.conflicts,
                 "retries": app.retries,
+                "pool": app.records.pool_status(),
             }
         )

@@ -73,6 +73,10 @@ class RecordStore(abc.ABC):
     def end_request(self) -> None:  # noqa: B027 (optional hook: most stores hold nothing per request)
         """Release what one request held (sessions, connections). Called after every request."""
 
+    def pool_status(self) -> dict[str, int]:
+        """Connection-pool figures for diagnostics (``/worker``), e.g. ``{"checked_out": 0}``."""
+        return {}
+
     @abc.abstractmethod
     def close(self) -> None:
         """Release every connection. Idempotent."""

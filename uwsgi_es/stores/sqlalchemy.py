@@ -11,6 +11,12 @@ Why it looks the way it does:
   lock up front makes writers queue instead. It also makes insert order equal commit order.
 - The unique index on (originator_id, originator_version) is the optimistic-concurrency lock: a
   batch with an existing version violates it, the transaction rolls back, nothing is stored.
+- The global feed (``select_all``) must never skip an event. Ids are handed out at insert time but
+  become visible at commit, so with concurrent writers a reader could see id 7 before id 6
+  commits, move past 6 and never see it. We make insert order equal commit order instead of
+  making readers gap-aware: PostgreSQL writers take ``LOCK TABLE ... IN EXCLUSIVE MODE`` for
+  their (short) transaction, which queues writers but never blocks readers; SQLite's
+  ``BEGIN IMMEDIATE`` already admits one writer at a time. Simple readers stay correct.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from sqlalchemy import (
     event,
     insert,
     select,
+    text,
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
@@ -69,6 +76,7 @@ records_table = Table(
     Index("integer_sequenced_items_originator", "originator_id", "originator_version", unique=True),
 )
 
+_LOCK_FOR_APPEND = text(f"LOCK TABLE {records_table.name} IN EXCLUSIVE MODE")
 _WRITE = "uwsgi_es_write"  # execution option: this transaction will write (SQLite: BEGIN IMMEDIATE)
 
 
@@ -80,6 +88,7 @@ def create_engine_from_settings(settings: Settings) -> Engine:
     try:
         return create_engine(
             url,
+            connect_args={"connect_timeout": settings.connect_timeout},
             pool_size=settings.pool_size,
             max_overflow=settings.max_overflow,
             pool_timeout=settings.pool_timeout,
@@ -139,6 +148,7 @@ class SQLAlchemyRecordStore(RecordStore):
         self.sessions = sessions or scoped_session(sessionmaker(bind=engine))
         self._owns_engine = owns_engine
         self._is_sqlite = engine.dialect.name == "sqlite"
+        self._is_postgres = engine.dialect.name == "postgresql"
         self._closed = False
 
     @classmethod
@@ -170,6 +180,8 @@ class SQLAlchemyRecordStore(RecordStore):
         ]
         try:
             with self._errors(), self._transaction(write=True) as session:
+                if self._is_postgres:  # insert order = commit order: see the module docstring
+                    session.execute(_LOCK_FOR_APPEND)
                 session.execute(insert(records_table), rows)
         except IntegrityError as exc:
             first = records[0]
@@ -216,6 +228,10 @@ class SQLAlchemyRecordStore(RecordStore):
 
     def end_request(self) -> None:
         self.sessions.remove()
+
+    def pool_status(self) -> dict[str, int]:
+        checked_out = getattr(self.engine.pool, "checkedout", None)
+        return {"checked_out": int(checked_out())} if callable(checked_out) else {}
 
     def close(self) -> None:
         if self._closed:

@@ -11,7 +11,8 @@ What it does, and why:
 - Picks free ports (bind to port 0) for HTTP and the stats server; never a fixed port.
 - Passes the HTTP address as ``UWSGI_ES_HTTP``: an ini file binds it with
   ``if-env = UWSGI_ES_HTTP`` / ``http = %(_)`` / ``endif =`` (as ours do). ``--http`` is added
-  when there is no ini or it never mentions the variable (or as ``add_http=`` says).
+  when there is no ini or it (with the files it includes) never mentions the variable, or as
+  ``add_http=`` says.
 - Readiness is not an open port: the HTTP router binds before the workers have built anything.
   It waits until every worker slot (from the stats server) has answered ``/ready`` with 200 and a
   JSON ``worker_id``, firing concurrent requests so that all workers take some, and then until
@@ -29,6 +30,7 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -68,6 +70,18 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _ini_mentions(ini: Path, needle: str, depth: int = 0) -> bool:
+    """Whether an ini file, or one it includes with ``ini = ...``, contains ``needle``."""
+    text = ini.read_text()
+    if needle in text:
+        return True
+    for included in re.findall(r"^\s*ini\s*=\s*(\S+)\s*$", text, flags=re.MULTILINE):
+        path = Path(included.replace("%d", f"{ini.parent}/"))
+        if depth < 5 and path.exists() and _ini_mentions(path, needle, depth + 1):
+            return True
+    return False
 
 
 def find_uwsgi() -> str:
@@ -111,7 +125,7 @@ class UwsgiServer:
         self.stop_timeout = stop_timeout
         self.uwsgi_binary = uwsgi_binary or find_uwsgi()
         if add_http is None:
-            add_http = self.ini is None or "UWSGI_ES_HTTP" not in self.ini.read_text()
+            add_http = self.ini is None or not _ini_mentions(self.ini, "UWSGI_ES_HTTP")
         self.add_http = add_http
         self.port = 0
         self.stats_port = 0

@@ -1,0 +1,163 @@
+"""A throwaway PostgreSQL server for tests: initdb in a temporary folder, a free port, gone after.
+
+Tests never depend on a server someone left running. ``PostgresServer`` uses the binaries of
+Debian's ``postgresql`` package (``/usr/lib/postgresql/<version>/bin``, newest first; or the folder
+named by ``ES_TEST_POSTGRES_BIN``). As root it runs them as the ``postgres`` user, which initdb
+requires. It starts in about a second; ``stop_server()`` / ``start_server()`` keep the data folder,
+for outage tests. The server runs with test-only speed settings (``fsync=off`` and friends, see
+``FAST_SETTINGS``): fine for functional tests, never for benchmarks of durability.
+
+Standard library only: databases are created with the server's own ``createdb``.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from uwsgi_es.testing.uwsgi_server import free_port
+
+FAST_SETTINGS: Mapping[str, str] = {
+    "fsync": "off",
+    "synchronous_commit": "off",
+    "full_page_writes": "off",
+    "max_connections": "300",
+}
+
+INSTALL_HINT = (
+    "PostgreSQL's server binaries (initdb, pg_ctl) were not found. On Debian/Ubuntu: "
+    "sudo apt-get install postgresql (`make test` does this itself when run as root), "
+    "or set ES_TEST_POSTGRES_BIN to the folder holding initdb."
+)
+
+
+class PostgresUnavailableError(RuntimeError):
+    """The server could not be found, started or reached; the message ends with its log."""
+
+
+def find_postgres_bin() -> Path:
+    configured = os.environ.get("ES_TEST_POSTGRES_BIN")
+    candidates = [configured] if configured else []
+    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=_version_key, reverse=True)
+    on_path = shutil.which("initdb")
+    if on_path:
+        candidates.append(str(Path(on_path).parent))
+    for candidate in candidates:
+        if (Path(candidate) / "initdb").exists() and (Path(candidate) / "pg_ctl").exists():
+            return Path(candidate)
+    raise PostgresUnavailableError(INSTALL_HINT)
+
+
+def _version_key(path: str) -> tuple[int, ...]:
+    return tuple(int(n) for n in re.findall(r"\d+", path)) or (0,)
+
+
+class PostgresServer:
+    """One PostgreSQL server on 127.0.0.1 and a free port, in its own temporary folder."""
+
+    def __init__(self, *, settings: Mapping[str, str] = FAST_SETTINGS, bin_dir: Path | None = None) -> None:
+        self.settings = dict(settings)
+        self.bin_dir = bin_dir or find_postgres_bin()
+        self.port = 0
+        self.folder: Path | None = None
+        self._as_postgres = os.geteuid() == 0  # initdb refuses to run as root
+
+    @property
+    def data(self) -> Path:
+        return self._folder / "data"
+
+    @property
+    def log_path(self) -> Path:
+        return self._folder / "server.log"
+
+    @property
+    def _folder(self) -> Path:
+        if self.folder is None:
+            raise PostgresUnavailableError("the server was never started")
+        return self.folder
+
+    def url(self, database: str = "postgres", driver: str = "postgresql+psycopg") -> str:
+        return f"{driver}://postgres@127.0.0.1:{self.port}/{database}"
+
+    def start(self) -> Self:
+        self.port = free_port()
+        self.folder = Path(tempfile.mkdtemp(prefix="uwsgi_es-pg-"))
+        if self._as_postgres:
+            shutil.chown(self.folder, "postgres", "postgres")
+        self._run(
+            "initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-locale"
+        )
+        self.start_server()
+        return self
+
+    def start_server(self) -> None:
+        """Start (or restart after ``stop_server``) on the same data folder and port."""
+        options = [f"-p {self.port}", f"-k {self._folder}", "-c listen_addresses=127.0.0.1"]
+        options += [f"-c {name}={value}" for name, value in self.settings.items()]
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.log_path),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            " ".join(options),
+            "start",
+        )
+
+    def stop_server(self) -> None:
+        """Stop the server (fast shutdown: clients are disconnected) but keep its data."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def stop(self) -> None:
+        """Stop the server and delete its folder. Idempotent."""
+        if self.folder is None:
+            return
+        try:
+            if (self.data / "postmaster.pid").exists():
+                self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        finally:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None
+
+    def create_database(self, name: str) -> str:
+        """Create a database and return its SQLAlchemy URL."""
+        self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", name)
+        return self.url(name)
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except (FileNotFoundError, PostgresUnavailableError):
+            return ""
+
+    def _run(self, program: str, *arguments: str) -> None:
+        command = [str(self.bin_dir / program), *arguments]
+        if self._as_postgres:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        result = subprocess.run(command, capture_output=True, text=True, check=False, cwd="/")
+        if result.returncode != 0:
+            output = result.stderr.strip() or result.stdout.strip()
+            raise PostgresUnavailableError(
+                f"{program} failed with exit code {result.returncode}: {output}"
+                f"\n--- server log ---\n{self.log()[-4000:]}"
+            )
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
