@@ -7,12 +7,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 
-.PHONY: run test check lint format pytest migrate clean postgres-binaries
+.PHONY: run test check lint format pytest migrate clean postgres-binaries java-and-maven cassandra-up cassandra-down
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,postgres]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,postgres,cassandra]'
 	@touch $(STAMP)
 
 ## run: serve the example API under `uwsgi --ini uwsgi.ini` at 127.0.0.1:8080 on SQLite
@@ -32,7 +32,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check uwsgi_es tests
 	$(BIN)/mypy --strict uwsgi_es
 
-pytest: $(STAMP) postgres-binaries
+pytest: $(STAMP) postgres-binaries java-and-maven
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # The tests start their own throwaway PostgreSQL from Debian's server binaries; install them when
@@ -44,6 +44,25 @@ postgres-binaries:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
 	else \
 	  echo "PostgreSQL server binaries are missing: sudo apt-get install postgresql (or set ES_TEST_POSTGRES_BIN)"; \
+	  exit 1; \
+	fi
+
+# A real Cassandra 5.0 node from Maven Central (cached in .cache/cassandra), for development;
+# `make test` starts and stops its own. The last line printed is host:port.
+cassandra-up: $(STAMP) java-and-maven
+	@$(BIN)/python -m uwsgi_es.testing.cassandra up
+
+cassandra-down: $(STAMP)
+	@$(BIN)/python -m uwsgi_es.testing.cassandra down
+
+# Cassandra runs on JDK 17 and is fetched with Maven; install them when missing (as root).
+java-and-maven:
+	@if command -v java >/dev/null && command -v mvn >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing JDK 17 and Maven (apt-get install openjdk-17-jdk-headless maven)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jdk-headless maven >/dev/null; \
+	else \
+	  echo "Cassandra needs java (17) and mvn: sudo apt-get install openjdk-17-jdk-headless maven"; \
 	  exit 1; \
 	fi
 

@@ -11,8 +11,10 @@ import pytest
 
 from uwsgi_es import close_application
 from uwsgi_es.settings import Settings
+from uwsgi_es.stores import create_record_store
 from uwsgi_es.stores.sqlalchemy import SQLAlchemyRecordStore
 from uwsgi_es.testing import PostgresServer
+from uwsgi_es.testing.cassandra import CassandraNode
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -61,3 +63,36 @@ def postgres_url(postgres: PostgresServer) -> str:
     store.create_schema()
     store.close()
     return url
+
+
+@pytest.fixture(scope="session")
+def cassandra() -> Iterator[CassandraNode]:
+    """One real Cassandra node for the session (fetched from Maven Central once, then cached in
+    .cache/cassandra). Never skipped: if it cannot start, its tests fail with the node's log."""
+    with CassandraNode(PROJECT / ".cache" / "cassandra") as node:
+        print(f"Cassandra {node.version} answered CQL after {node.startup_seconds:.1f}s")
+        yield node
+
+
+@pytest.fixture
+def cassandra_settings(cassandra: CassandraNode) -> Settings:
+    """Settings for a new keyspace with the table created, as `uwsgi-es migrate` would."""
+    settings = Settings(
+        store="cassandra",
+        cassandra_port=cassandra.native_port,
+        cassandra_keyspace=f"test_{os.getpid()}_{next(_database_numbers)}",
+    )
+    store = create_record_store(settings)
+    store.create_schema()
+    store.close()
+    return settings
+
+
+@pytest.fixture
+def cassandra_env(cassandra_settings: Settings) -> dict[str, str]:
+    """The environment a worker needs to use that keyspace."""
+    return {
+        "UWSGI_ES_STORE": "cassandra",
+        "UWSGI_ES_CASSANDRA_PORT": str(cassandra_settings.cassandra_port),
+        "UWSGI_ES_CASSANDRA_KEYSPACE": cassandra_settings.cassandra_keyspace,
+    }

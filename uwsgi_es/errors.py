@@ -63,6 +63,10 @@ class SchemaMissingError(StoreUnavailableError):
     """The store answers but its tables do not exist: run ``uwsgi-es migrate``."""
 
 
+class UnsupportedOperationError(UwsgiEsError, NotImplementedError):
+    """The configured store cannot do this (e.g. a global event feed on Cassandra)."""
+
+
 class TopicError(UwsgiEsError, LookupError):
     """A stored event's topic does not name an importable event class."""
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Literal, TypeVar, get_args
@@ -21,7 +22,10 @@ from sqlalchemy.exc import ArgumentError
 from uwsgi_es.errors import ConfigurationError
 
 PREFIX = "UWSGI_ES_"
-StoreKind = Literal["sqlalchemy"]
+StoreKind = Literal["sqlalchemy", "cassandra"]
+Reactor = Literal["libev", "asyncio"]
+CONSISTENCY_LEVELS = ("ONE", "TWO", "THREE", "QUORUM", "ALL", "LOCAL_QUORUM", "EACH_QUORUM", "LOCAL_ONE")
+SERIAL_CONSISTENCY_LEVELS = ("SERIAL", "LOCAL_SERIAL")
 DEFAULT_DATABASE_URL = "sqlite:///var/uwsgi_es.sqlite3"
 
 # Read by uwsgi.ini and the test harness, not by Python code; listed so they are not "unknown".
@@ -51,6 +55,16 @@ class Settings:
     max_body_bytes: int = 65536
     init_retry_seconds: float = 1.0
     init_retry_max_seconds: float = 30.0
+    cassandra_hosts: str = "127.0.0.1"
+    cassandra_port: int = 9042
+    cassandra_keyspace: str = "uwsgi_es"
+    cassandra_replication: str = "SimpleStrategy:1"
+    cassandra_local_dc: str = "datacenter1"
+    cassandra_consistency: str = "LOCAL_QUORUM"
+    cassandra_serial_consistency: str = "LOCAL_SERIAL"
+    cassandra_protocol_version: int = 5
+    cassandra_request_timeout: float = 10.0
+    cassandra_reactor: Reactor = "libev"
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -85,15 +99,28 @@ class Settings:
 
     @property
     def is_sqlite(self) -> bool:
-        return make_url(self.database_url).get_backend_name() == "sqlite"
+        return self.store == "sqlalchemy" and make_url(self.database_url).get_backend_name() == "sqlite"
 
     @property
     def is_sqlite_memory(self) -> bool:
         url = make_url(self.database_url)
-        return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+        return self.is_sqlite and url.database in (None, "", ":memory:")
+
+    @property
+    def cassandra_host_list(self) -> list[str]:
+        return [host.strip() for host in self.cassandra_hosts.split(",") if host.strip()]
+
+    @property
+    def cassandra_replication_map(self) -> dict[str, str]:
+        """The keyspace's replication as CQL wants it, e.g. {'class': 'SimpleStrategy', ...}."""
+        return _replication("UWSGI_ES_CASSANDRA_REPLICATION", self.cassandra_replication)
 
     def describe_store(self) -> str:
         """The store and database, with any password hidden: safe for logs and error messages."""
+        if self.store == "cassandra":
+            return (
+                f"cassandra store at {self.cassandra_hosts}:{self.cassandra_port}/{self.cassandra_keyspace}"
+            )
         return f"{self.store} store at {make_url(self.database_url).render_as_string()}"
 
 
@@ -136,11 +163,50 @@ def _boolean(name: str, raw: str) -> bool:
     raise ConfigurationError(f"{name}={raw!r} is not a boolean: use one of 1/0, true/false, yes/no, on/off.")
 
 
-def _store(name: str, raw: str) -> StoreKind:
-    accepted: tuple[str, ...] = get_args(StoreKind)
-    if raw not in accepted:
-        raise ConfigurationError(f"{name}={raw!r} is not a known store: use one of {', '.join(accepted)}.")
-    return "sqlalchemy"
+def _one_of(accepted: tuple[str, ...], what: str) -> Callable[[str, str], str]:
+    def parse(name: str, raw: str) -> str:
+        value = raw.upper() if accepted[0].isupper() else raw.lower()
+        if value not in accepted:
+            raise ConfigurationError(
+                f"{name}={raw!r} is not a known {what}: use one of {', '.join(accepted)}."
+            )
+        return value
+
+    return parse
+
+
+def _hosts(name: str, raw: str) -> str:
+    hosts = [host.strip() for host in raw.split(",")]
+    if not all(hosts) or any(" " in host for host in hosts):
+        raise ConfigurationError(f"{name}={raw!r} must be host names or addresses separated by commas.")
+    return ",".join(hosts)
+
+
+def _identifier(name: str, raw: str) -> str:
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,47}", raw):
+        raise ConfigurationError(
+            f"{name}={raw!r} is not a valid keyspace name: a letter, then letters, digits or _ (48 at most)."
+        )
+    return raw
+
+
+def _replication(name: str, raw: str) -> dict[str, str]:
+    strategy, _, spec = raw.partition(":")
+    if strategy == "SimpleStrategy" and spec.isdigit() and int(spec) > 0:
+        return {"class": "SimpleStrategy", "replication_factor": spec}
+    if strategy == "NetworkTopologyStrategy" and spec:
+        pairs = [pair.partition("=") for pair in spec.split(",")]
+        if all(dc and sep and factor.isdigit() for dc, sep, factor in pairs):
+            return {"class": "NetworkTopologyStrategy", **{dc: factor for dc, _, factor in pairs}}
+    raise ConfigurationError(
+        f"{name}={raw!r} is not a replication: use 'SimpleStrategy:<factor>' (one data centre) or "
+        "'NetworkTopologyStrategy:<dc>=<factor>,<dc>=<factor>'."
+    )
+
+
+def _checked_replication(name: str, raw: str) -> str:
+    _replication(name, raw)
+    return raw
 
 
 def _database_url(name: str, raw: str) -> str:
@@ -166,7 +232,7 @@ def _import_string(name: str, raw: str) -> str:
 
 
 _PARSERS: dict[str, Callable[[str, str], Any]] = {
-    "store": _store,
+    "store": _one_of(get_args(StoreKind), "store"),
     "database_url": _database_url,
     "application": _import_string,
     "sqlite_busy_timeout_ms": _integer(0, 600_000),
@@ -180,4 +246,14 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "max_body_bytes": _integer(64, 64 * 1024 * 1024),
     "init_retry_seconds": _number(0.01, 3600.0),
     "init_retry_max_seconds": _number(0.01, 3600.0),
+    "cassandra_hosts": _hosts,
+    "cassandra_port": _integer(1, 65535),
+    "cassandra_keyspace": _identifier,
+    "cassandra_replication": _checked_replication,
+    "cassandra_local_dc": lambda name, raw: raw,
+    "cassandra_consistency": _one_of(CONSISTENCY_LEVELS, "consistency level"),
+    "cassandra_serial_consistency": _one_of(SERIAL_CONSISTENCY_LEVELS, "serial consistency level"),
+    "cassandra_protocol_version": _integer(3, 5),
+    "cassandra_request_timeout": _number(0.1, 600.0),
+    "cassandra_reactor": _one_of(get_args(Reactor), "reactor"),
 }

@@ -39,6 +39,7 @@ from uwsgi_es.errors import (
     ForkedApplicationError,
     InitialisationFailedError,
     StoreUnavailableError,
+    UnsupportedOperationError,
     UwsgiEsError,
 )
 
@@ -58,6 +59,7 @@ _STATUS: tuple[tuple[type[Exception], int], ...] = (
     (ForkedApplicationError, 503),
     (ApplicationClosedError, 503),
     (ConfigurationError, 503),
+    (UnsupportedOperationError, 501),
 )
 
 Handler = Callable[..., Response]

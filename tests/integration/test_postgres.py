@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import re
 from typing import Any
 
@@ -12,7 +11,7 @@ from sqlalchemy import create_engine, text
 from uwsgi_es.testing import UwsgiServer, UwsgiStartError
 
 from ..conftest import PROJECT
-from .conftest import INI, assert_one_application_per_worker, fan_out, worker_reports
+from .conftest import INI, assert_one_application_per_worker, fan_out, move_money_concurrently, worker_reports
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 POSTGRES_INI = PROJECT / "deploy" / "uwsgi-postgres.ini"
@@ -93,44 +92,6 @@ def test_a_request_failing_mid_transaction_leaves_nothing_behind(
 def test_concurrent_deposits_and_withdrawals_stay_consistent(
     uwsgi_server: StartServer, postgres_url: str
 ) -> None:
-    """4 processes x 4 threads move money on 3 accounts at once. Every acknowledged operation is
-    stored exactly once, versions are 1..n, no balance ever dips below zero, and the final
-    balance is the sum of what was acknowledged."""
+    """4 processes x 4 threads move money on 3 accounts at once: see ``move_money_concurrently``."""
     server = uwsgi_server(POSTGRES_INI, env={"UWSGI_ES_DATABASE_URL": postgres_url})
-    accounts = [server.post("/accounts", {"owner": f"acct {i}"}).json()["id"] for i in range(3)]
-    rng = random.Random(7)
-    plan = [
-        (accounts[rng.randrange(3)], rng.choice(["deposits", "deposits", "withdrawals"]), rng.randint(1, 50))
-        for _ in range(600)
-    ]
-
-    def run(i: int) -> tuple[str, str, int, int, str]:
-        account, kind, amount = plan[i]
-        result = server.post(f"/accounts/{account}/{kind}", {"amount": amount})
-        return account, kind, amount, result.status, result.json().get("error", "")
-
-    outcomes = fan_out(len(plan), run, concurrency=32)
-    assert {status for *_, status, _ in outcomes} <= {200, 409}
-    for account in accounts:
-        mine = [o for o in outcomes if o[0] == account and o[3] == 200]
-        events = server.get(f"/accounts/{account}/events").json()["events"]
-        assert [e["version"] for e in events] == list(range(1, len(mine) + 2))
-        running = 0
-        for event in events[1:]:
-            running += event["state"]["amount"] * (1 if event["topic"].endswith("Deposited") else -1)
-            assert running >= 0
-        expected = sum(a if k == "deposits" else -a for _, k, a, _, _ in mine)
-        assert server.get(f"/accounts/{account}").json()["balance"] == running == expected
-    reports = {r["pid"]: r for r in worker_reports(server, 200)}
-    refused_funds = sum(
-        1 for *_, status, error in outcomes if status == 409 and "insufficient funds" in error
-    )
-    refused_conflict = sum(
-        1 for *_, status, error in outcomes if status == 409 and "insufficient" not in error
-    )
-    print(
-        f"postgres 4x4: {len(plan)} operations, {sum(1 for o in outcomes if o[3] == 200)} acknowledged, "
-        f"{refused_funds} insufficient funds, {refused_conflict} conflicts after retries; "
-        f"workers saw {sum(r['conflicts'] for r in reports.values())} conflicts and "
-        f"{sum(r['retries'] for r in reports.values())} retries (lower bound: {len(reports)} workers sampled)"
-    )
+    print(f"postgres 4x4: {move_money_concurrently(server)}")

@@ -1,4 +1,4 @@
-"""One application per uWSGI worker, proven on real uWSGI in every process mode (SQLite)."""
+"""One application per uWSGI worker, proven on real uWSGI in every process mode, on every store."""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ pytestmark = pytest.mark.integration
 StartServer = Any
 
 
-def test_prefork_one_application_per_worker(uwsgi_server: StartServer, app_env: dict[str, str]) -> None:
+def test_prefork_one_application_per_worker(uwsgi_server: StartServer, backend_env: dict[str, str]) -> None:
     """4 processes, 400 concurrent requests: each pid built once, in itself; the master never serves."""
-    server = uwsgi_server(INI, env=app_env, options=["--processes", "4"])
+    server = uwsgi_server(INI, env=backend_env, options=["--processes", "4"])
     reports = worker_reports(server, 400)
     pids = assert_one_application_per_worker(server, reports)
     assert len(pids) >= 2, f"only {pids} answered 400 concurrent requests"
@@ -30,41 +30,41 @@ def test_prefork_one_application_per_worker(uwsgi_server: StartServer, app_env: 
 
 
 def test_lazy_apps_builds_at_import_in_each_worker(
-    uwsgi_server: StartServer, app_env: dict[str, str]
+    uwsgi_server: StartServer, backend_env: dict[str, str]
 ) -> None:
     """With lazy-apps the @postfork never runs for the app module; the build happens at import."""
-    server = uwsgi_server(INI, env=app_env, options=["--processes", "4", "--lazy-apps"])
+    server = uwsgi_server(INI, env=backend_env, options=["--processes", "4", "--lazy-apps"])
     pids = assert_one_application_per_worker(server, worker_reports(server, 400))
     assert len(pids) >= 2
     assert "built BankAccounts" in server.log()
 
 
 def test_threads_share_one_application_per_process(
-    uwsgi_server: StartServer, app_env: dict[str, str]
+    uwsgi_server: StartServer, backend_env: dict[str, str]
 ) -> None:
     """2 processes x 4 threads: threads of a worker share its one application."""
-    server = uwsgi_server(INI, env=app_env, options=["--processes", "2", "--threads", "4"])
+    server = uwsgi_server(INI, env=backend_env, options=["--processes", "2", "--threads", "4"])
     pids = assert_one_application_per_worker(server, worker_reports(server, 400))
     assert len(pids) == 2
 
 
 @pytest.mark.parametrize("lazy", [False, True], ids=["prefork", "lazy-apps"])
 def test_respawned_workers_build_exactly_once(
-    uwsgi_server: StartServer, app_env: dict[str, str], lazy: bool
+    uwsgi_server: StartServer, backend_env: dict[str, str], lazy: bool
 ) -> None:
     """max-requests 5: workers are replaced constantly; every replacement builds once, in itself."""
     options = ["--processes", "4", "--max-requests", "5", "--min-worker-lifetime", "0"]
-    server = uwsgi_server(INI, env=app_env, options=options + (["--lazy-apps"] if lazy else []))
+    server = uwsgi_server(INI, env=backend_env, options=options + (["--lazy-apps"] if lazy else []))
     pids = assert_one_application_per_worker(server, worker_reports(server, 100, concurrency=8))
     assert len(pids) > 4, f"expected respawned workers, saw only {sorted(pids)}"
     print(f"respawn ({'lazy' if lazy else 'prefork'}): {len(pids)} distinct worker pids over 100 requests")
 
 
 def test_concurrent_deposits_are_stored_exactly_once(
-    uwsgi_server: StartServer, app_env: dict[str, str]
+    uwsgi_server: StartServer, backend_env: dict[str, str]
 ) -> None:
     """Deposits to 3 accounts from 4x2 workers: balances and versions 1..n match the 200s exactly."""
-    server = uwsgi_server(INI, env=app_env, options=["--processes", "4", "--threads", "2"])
+    server = uwsgi_server(INI, env=backend_env, options=["--processes", "4", "--threads", "2"])
     accounts = [server.post("/accounts", {"owner": f"owner {i}"}).json()["id"] for i in range(3)]
 
     def deposit(i: int) -> tuple[str, int, int]:
@@ -139,10 +139,12 @@ def test_sigint_stops_everything_and_each_worker_closes(app_env: dict[str, str],
 
 @pytest.mark.parametrize("lazy", [False, True], ids=["prefork", "lazy-apps"])
 def test_reload_replaces_every_worker_and_each_builds_once(
-    uwsgi_server: StartServer, app_env: dict[str, str], lazy: bool
+    uwsgi_server: StartServer, backend_env: dict[str, str], lazy: bool
 ) -> None:
     """SIGHUP (graceful reload): new workers, each built once in itself; stored data survives."""
-    server = uwsgi_server(INI, env=app_env, options=["--processes", "3"] + (["--lazy-apps"] if lazy else []))
+    server = uwsgi_server(
+        INI, env=backend_env, options=["--processes", "3"] + (["--lazy-apps"] if lazy else [])
+    )
     account = server.post("/accounts", {"owner": "before reload"}).json()["id"]
     before = set(server.worker_pids())
     os.kill(server.pid, signal.SIGHUP)

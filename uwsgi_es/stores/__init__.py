@@ -6,6 +6,7 @@ so a deployment only needs the drivers of the store it uses.
 
 from __future__ import annotations
 
+from uwsgi_es.errors import ConfigurationError
 from uwsgi_es.settings import Settings
 from uwsgi_es.stores.base import RecordStore, StoredRecord
 
@@ -14,6 +15,14 @@ __all__ = ["RecordStore", "StoredRecord", "create_record_store"]
 
 def create_record_store(settings: Settings) -> RecordStore:
     """Connect to the store the settings name. Call it in the process that will use the store."""
+    if settings.store == "cassandra":
+        try:
+            from uwsgi_es.stores.cassandra import CassandraRecordStore
+        except ImportError as exc:
+            raise ConfigurationError(
+                f"UWSGI_ES_STORE=cassandra needs cassandra-driver ({exc}): pip install 'uwsgi_es[cassandra]'"
+            ) from exc
+        return CassandraRecordStore.from_settings(settings)
     from uwsgi_es.stores.sqlalchemy import SQLAlchemyRecordStore
 
     return SQLAlchemyRecordStore.from_settings(settings)

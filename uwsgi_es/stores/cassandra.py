@@ -1,0 +1,262 @@
+"""The Cassandra record store: one partition per aggregate, lightweight transactions for concurrency.
+
+Why it looks the way it does:
+
+- Table ``integer_sequenced_items``: ``originator_id`` is the partition key and
+  ``originator_version`` the clustering key, so an aggregate's events share one partition (reads
+  are one partition scan, in version order) and a conditional batch may cover them.
+- Optimistic concurrency: every insert is ``IF NOT EXISTS`` (a lightweight transaction, Paxos).
+  A batch holds one aggregate's events only, so it stays inside one partition and is all or
+  nothing; ``[applied]`` false means another writer got there first and nothing was stored.
+  Plain writes are never mixed with LWT writes on these partitions.
+- A write timeout on a conditional write means "maybe applied". It is resolved by re-reading the
+  versions at SERIAL consistency (which completes any Paxos round in flight) and answering
+  success, conflict, or "nothing stored" from what is actually there.
+- The ``Cluster``/``Session`` is created by ``from_settings`` in the process that uses it, after
+  the fork (a session inherited across fork times out); statements are prepared once per
+  process; reactor, protocol version and a DC-aware, token-aware load-balancing policy are set
+  explicitly. ``close()`` shuts the cluster down, except in a forked child, where it only forgets.
+- Cassandra keeps no global order of events, so ``select_all`` (the ``/events`` feed) is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import groupby
+from typing import Any
+from uuid import UUID, uuid4
+
+from cassandra import ConsistencyLevel, DriverException, InvalidRequest, WriteTimeout
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, Session
+from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
+from cassandra.query import BatchStatement, PreparedStatement
+
+from uwsgi_es.errors import (
+    ConcurrencyError,
+    SchemaMissingError,
+    StoreUnavailableError,
+    UnsupportedOperationError,
+)
+from uwsgi_es.settings import Settings
+from uwsgi_es.stores.base import RecordStore, StoredRecord
+
+log = logging.getLogger(__name__)
+
+TABLE = "integer_sequenced_items"
+
+
+def _connection_class(reactor: str) -> Any:
+    if reactor == "asyncio":
+        from cassandra.io.asyncioreactor import AsyncioConnection
+
+        return AsyncioConnection
+    from cassandra.io.libevreactor import LibevConnection  # bundled with the driver's wheels
+
+    return LibevConnection
+
+
+@dataclass(frozen=True)
+class _Statements:
+    insert: PreparedStatement
+    select: PreparedStatement
+    select_serial: PreparedStatement
+
+
+class CassandraRecordStore(RecordStore):
+    """Records in ``<keyspace>.integer_sequenced_items`` on a Cassandra cluster."""
+
+    def __init__(self, cluster: Cluster, session: Session, settings: Settings) -> None:
+        super().__init__()
+        self.cluster = cluster
+        self.session = session
+        self.settings = settings
+        self.keyspace = settings.cassandra_keyspace
+        self._statements: _Statements | None = None
+        self._prepare_lock = threading.Lock()
+        self._closed = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CassandraRecordStore:
+        """Connect (in this process, after the fork). Statements are prepared at the first ping."""
+        profile = ExecutionProfile(
+            load_balancing_policy=TokenAwarePolicy(
+                DCAwareRoundRobinPolicy(local_dc=settings.cassandra_local_dc)
+            ),
+            consistency_level=ConsistencyLevel.name_to_value[settings.cassandra_consistency],
+            serial_consistency_level=ConsistencyLevel.name_to_value[settings.cassandra_serial_consistency],
+            request_timeout=settings.cassandra_request_timeout,
+        )
+        cluster = Cluster(
+            settings.cassandra_host_list,
+            port=settings.cassandra_port,
+            protocol_version=settings.cassandra_protocol_version,
+            execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+            connection_class=_connection_class(settings.cassandra_reactor),
+            connect_timeout=settings.connect_timeout,
+            control_connection_timeout=settings.connect_timeout,
+        )
+        try:
+            session = cluster.connect()
+        except (NoHostAvailable, DriverException, OSError) as exc:
+            cluster.shutdown()
+            raise StoreUnavailableError(f"{settings.describe_store()} is unavailable: {exc}") from exc
+        log.info(
+            "process %d connected to Cassandra %s (protocol v%d, %s reactor, local DC %s)",
+            os.getpid(),
+            settings.cassandra_hosts,
+            settings.cassandra_protocol_version,
+            settings.cassandra_reactor,
+            settings.cassandra_local_dc,
+        )
+        return cls(cluster, session, settings)
+
+    def describe(self) -> str:
+        return self.settings.describe_store()
+
+    def create_schema(self) -> None:
+        replication = ", ".join(f"'{k}': '{v}'" for k, v in self.settings.cassandra_replication_map.items())
+        try:
+            self.session.execute(
+                f"CREATE KEYSPACE IF NOT EXISTS {self.keyspace} WITH replication = {{{replication}}}"
+            )
+            self.session.execute(
+                f"CREATE TABLE IF NOT EXISTS {self.keyspace}.{TABLE} ("
+                "originator_id uuid, originator_version bigint, topic text, state text, "
+                "PRIMARY KEY ((originator_id), originator_version)"
+                ") WITH CLUSTERING ORDER BY (originator_version ASC)"
+            )
+        except DriverException as exc:
+            raise StoreUnavailableError(f"{self.describe()}: creating the schema failed: {exc}") from exc
+
+    def statements(self) -> _Statements:
+        """Prepared once per process, on first use (the registry pings right after connecting)."""
+        if self._statements is not None:
+            return self._statements
+        with self._prepare_lock:
+            if self._statements is None:
+                # The keyspace name was validated as an identifier by Settings; values are bound.
+                table = f"{self.keyspace}.{TABLE}"
+                insert = (
+                    f"INSERT INTO {table} (originator_id, originator_version, topic, state) "  # noqa: S608
+                    "VALUES (?, ?, ?, ?) IF NOT EXISTS"
+                )
+                select = f"SELECT originator_version, topic, state FROM {table} WHERE originator_id = ?"  # noqa: S608
+                try:
+                    self._statements = _Statements(
+                        insert=self.session.prepare(insert),
+                        select=self.session.prepare(select),
+                        select_serial=self._serial(self.session.prepare(select)),
+                    )
+                except InvalidRequest as exc:
+                    raise SchemaMissingError(
+                        f"The table {table} does not exist in {self.describe()} ({exc}). "
+                        "Create it once per deployment with: UWSGI_ES_STORE=cassandra uwsgi-es migrate"
+                    ) from exc
+                except (NoHostAvailable, DriverException) as exc:
+                    raise StoreUnavailableError(f"{self.describe()} is unavailable: {exc}") from exc
+        return self._statements
+
+    def _serial(self, statement: PreparedStatement) -> PreparedStatement:
+        statement.consistency_level = ConsistencyLevel.name_to_value[
+            self.settings.cassandra_serial_consistency
+        ]
+        return statement
+
+    def append(self, records: Sequence[StoredRecord]) -> None:
+        """Per aggregate, one conditional write (a batch for several events): all or nothing.
+
+        Events of different aggregates saved together go in separate transactions, in order:
+        Cassandra cannot make writes to several partitions atomic.
+        """
+        self.check_process()
+        for originator_id, group in groupby(records, key=lambda r: r.originator_id):
+            self._append_one_partition(originator_id, list(group))
+
+    def _append_one_partition(self, originator_id: UUID, records: list[StoredRecord]) -> None:
+        statements = self.statements()
+        rows = [(r.originator_id, r.originator_version, r.topic, r.state) for r in records]
+        if len({row[1] for row in rows}) != len(rows):
+            # Conditions of one batch all see the state before it: duplicates would both "apply".
+            raise ConcurrencyError(f"The batch for {originator_id} repeats a version; nothing was stored.")
+        statement: Any
+        if len(rows) == 1:
+            statement = statements.insert.bind(rows[0])
+        else:
+            statement = BatchStatement()
+            for row in rows:
+                statement.add(statements.insert, row)
+        try:
+            applied = self.session.execute(statement).was_applied
+        except WriteTimeout as exc:
+            applied = self._resolve_timeout(originator_id, records, exc)
+        except (NoHostAvailable, DriverException) as exc:
+            raise StoreUnavailableError(f"{self.describe()} is unavailable: {exc}") from exc
+        if not applied:
+            first = records[0]
+            raise ConcurrencyError(
+                f"Version {first.originator_version} of {originator_id} (or a later one in the batch) is "
+                "already stored: another writer got there first. Nothing was stored; reload the "
+                "aggregate and run the command again."
+            )
+
+    def _resolve_timeout(self, originator_id: UUID, records: list[StoredRecord], exc: WriteTimeout) -> bool:
+        """A timed-out conditional write may or may not have been applied: look, at SERIAL."""
+        try:
+            stored = {
+                row.originator_version: (row.topic, row.state)
+                for row in self._read(originator_id, serial=True)
+            }
+        except StoreUnavailableError as read_error:
+            raise StoreUnavailableError(
+                f"{self.describe()}: a conditional write timed out ({exc}) and re-reading at SERIAL "
+                f"failed too ({read_error}); whether it was stored is unknown."
+            ) from exc
+        ours = [stored.get(r.originator_version) == (r.topic, r.state) for r in records]
+        if all(ours):
+            log.warning(
+                "a conditional write to %s timed out but was applied (checked at SERIAL)", originator_id
+            )
+            return True
+        if any(r.originator_version in stored for r in records):
+            return False  # someone else's events hold these versions: a conflict
+        raise StoreUnavailableError(
+            f"{self.describe()}: a conditional write timed out and was not applied (checked at SERIAL); "
+            "nothing was stored, try again."
+        ) from exc
+
+    def select(self, originator_id: UUID) -> list[StoredRecord]:
+        self.check_process()
+        return [
+            StoredRecord(originator_id, row.originator_version, row.topic, row.state)
+            for row in self._read(originator_id, serial=False)
+        ]
+
+    def _read(self, originator_id: UUID, *, serial: bool) -> list[Any]:
+        statements = self.statements()
+        statement = statements.select_serial if serial else statements.select
+        try:
+            return list(self.session.execute(statement, (originator_id,)))
+        except (NoHostAvailable, DriverException) as exc:
+            raise StoreUnavailableError(f"{self.describe()} is unavailable: {exc}") from exc
+
+    def select_all(self, after_id: int, limit: int) -> list[StoredRecord]:
+        raise UnsupportedOperationError(
+            "The Cassandra store keeps no global order of events, so the event feed is not available "
+            "on it; read events per aggregate instead."
+        )
+
+    def ping(self) -> None:
+        self.check_process()
+        self._read(uuid4(), serial=False)  # prepares the statements, then queries the table
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if os.getpid() != self.built_in_pid:
+            return  # inherited across fork: the driver's threads and sockets belong to the parent
+        self.cluster.shutdown()

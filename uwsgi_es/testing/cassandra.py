@@ -1,0 +1,346 @@
+"""A real Apache Cassandra node for tests and development, without Docker or a tarball.
+
+Cassandra 5.0 is published on Maven Central as the jar ``org.apache.cassandra:cassandra-all``;
+its runtime dependencies are the jars of the server tarball's ``lib/``. ``CassandraNode.fetch()``
+copies them into a cache folder with ``mvn`` (once; later runs reuse the cache), and ``start()``
+runs one node on 127.0.0.1 with free ports, a small heap and JDK 17, and waits until a CQL query
+answers. ``stop()`` ends it and removes its data.
+
+    python -m uwsgi_es.testing.cassandra up      # prints host:port last (make cassandra-up)
+    python -m uwsgi_es.testing.cassandra down    # (make cassandra-down)
+
+Needs ``java`` (17+) and ``mvn`` on PATH, and cassandra-driver to check readiness.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from uwsgi_es.testing.uwsgi_server import free_port
+
+CASSANDRA_VERSION = os.environ.get("ES_TEST_CASSANDRA_VERSION", "5.0.9")
+DEFAULT_CACHE = Path(os.environ.get("ES_TEST_CASSANDRA_CACHE", Path.cwd() / ".cache" / "cassandra"))
+STARTUP_TIMEOUT = 240.0
+
+POM = """<?xml version="1.0" encoding="UTF-8"?>
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>uwsgi_es</groupId>
+  <artifactId>cassandra-node</artifactId>
+  <version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency>
+      <groupId>org.apache.cassandra</groupId>
+      <artifactId>cassandra-all</artifactId>
+      <version>{version}</version>
+    </dependency>
+  </dependencies>
+</project>
+"""
+
+# 5.0 key names. One node, one token, fast start; durability settings are the defaults'.
+CONFIG = """cluster_name: uwsgi_es_test
+num_tokens: 1
+initial_token: 0
+partitioner: org.apache.cassandra.dht.Murmur3Partitioner
+endpoint_snitch: SimpleSnitch
+seed_provider:
+  - class_name: org.apache.cassandra.locator.SimpleSeedProvider
+    parameters: [{{seeds: "127.0.0.1:{storage_port}"}}]
+listen_address: 127.0.0.1
+rpc_address: 127.0.0.1
+storage_port: {storage_port}
+native_transport_port: {native_port}
+start_native_transport: true
+commitlog_sync: periodic
+commitlog_sync_period: 10000ms
+auto_snapshot: false
+authenticator: AllowAllAuthenticator
+authorizer: AllowAllAuthorizer
+"""
+
+LOGBACK = """<configuration>
+  <appender name="FILE" class="ch.qos.logback.core.FileAppender">
+    <file>{log}</file>
+    <encoder><pattern>%-5level [%thread] %date{{ISO8601}} %F:%L - %msg%n</pattern></encoder>
+  </appender>
+  <root level="INFO"><appender-ref ref="FILE"/></root>
+</configuration>
+"""
+
+# From Cassandra's own conf/jvm17-server.options: the JDK-internal packages it needs opened.
+JDK17_FLAGS = [
+    *(
+        f"--add-exports={module}=ALL-UNNAMED"
+        for module in (
+            "java.base/jdk.internal.misc",
+            "java.rmi/sun.rmi.registry",
+            "java.rmi/sun.rmi.server",
+            "java.sql/java.sql",
+            "java.base/java.lang.ref",
+            "jdk.unsupported/sun.misc",
+            "jdk.compiler/com.sun.tools.javac.file",
+            "jdk.attach/sun.tools.attach",
+            "java.management.rmi/com.sun.jmx.remote.internal.rmi",
+        )
+    ),
+    *(
+        f"--add-opens={module}=ALL-UNNAMED"
+        for module in (
+            "java.base/java.lang.module",
+            "java.base/jdk.internal.loader",
+            "java.base/jdk.internal.ref",
+            "java.base/jdk.internal.reflect",
+            "java.base/jdk.internal.math",
+            "java.base/jdk.internal.module",
+            "java.base/jdk.internal.util.jar",
+            "jdk.management/com.sun.management.internal",
+            "java.base/sun.nio.ch",
+            "java.base/java.io",
+            "java.base/java.lang.reflect",
+            "jdk.compiler/com.sun.tools.javac",
+            "java.base/java.lang",
+            "java.base/java.util",
+            "java.base/java.nio",
+        )
+    ),
+]
+
+
+class CassandraUnavailableError(RuntimeError):
+    """The node could not be fetched, started or reached; the message ends with its log."""
+
+
+class CassandraNode:
+    """One Cassandra node on 127.0.0.1 and free ports, its data in a temporary folder."""
+
+    def __init__(
+        self, cache: Path = DEFAULT_CACHE, *, version: str = CASSANDRA_VERSION, heap: str = "1G"
+    ) -> None:
+        self.cache = cache
+        self.version = version
+        self.heap = heap
+        self.lib = cache / f"cassandra-{version}" / "lib"
+        self.native_port = 0
+        self.storage_port = 0
+        self.folder: Path | None = None
+        self.process: subprocess.Popen[bytes] | None = None
+        self.startup_seconds = 0.0
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.native_port}"
+
+    @property
+    def log_path(self) -> Path:
+        if self.folder is None:
+            raise CassandraUnavailableError("the node was never started")
+        return self.folder / "system.log"
+
+    def log(self) -> str:
+        parts = []
+        with contextlib.suppress(CassandraUnavailableError, FileNotFoundError):
+            parts.append(self.log_path.read_text(errors="replace"))
+        with contextlib.suppress(CassandraUnavailableError, FileNotFoundError):
+            parts.append((self.log_path.parent / "stdout.log").read_text(errors="replace"))
+        return "\n".join(parts)
+
+    def fetch(self) -> None:
+        """Copy cassandra-all and its runtime dependencies from Maven Central (once)."""
+        if any(self.lib.glob(f"cassandra-all-{self.version}.jar")):
+            return
+        mvn = shutil.which("mvn")
+        if mvn is None:
+            raise CassandraUnavailableError("mvn is not installed: apt-get install maven (and a JDK 17)")
+        work = self.lib.parent
+        work.mkdir(parents=True, exist_ok=True)
+        (work / "pom.xml").write_text(POM.format(version=self.version))
+        partial = work / "lib.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        command = [
+            mvn,
+            "-B",
+            "-q",
+            "org.apache.maven.plugins:maven-dependency-plugin:3.6.1:copy-dependencies",
+            "-DincludeScope=runtime",
+            f"-DoutputDirectory={partial}",
+        ]
+        result = subprocess.run(command, cwd=work, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise CassandraUnavailableError(
+                f"mvn could not fetch Cassandra {self.version}:\n{result.stdout}{result.stderr}"
+            )
+        partial.rename(self.lib)  # only a complete download counts as cached
+
+    def command(self) -> list[str]:
+        assert self.folder is not None
+        java = shutil.which("java") or "java"
+        jamm = sorted(self.lib.glob("jamm-*.jar"))
+        return [
+            java,
+            f"-Xms{self.heap}",
+            f"-Xmx{self.heap}",
+            "-XX:+ExitOnOutOfMemoryError",
+            *JDK17_FLAGS,
+            "-Djdk.attach.allowAttachSelf=true",
+            "-Dio.netty.tryReflectionSetAccessible=true",
+            *([f"-javaagent:{jamm[-1]}"] if jamm else []),
+            f"-Dcassandra.config=file://{self.folder / 'cassandra.yaml'}",
+            f"-Dcassandra.storagedir={self.folder / 'data'}",
+            f"-Dlogback.configurationFile=file://{self.folder / 'logback.xml'}",
+            "-Dcassandra-foreground=yes",
+            "-Dcassandra.skip_wait_for_gossip_to_settle=0",
+            "-Dcassandra.ring_delay_ms=1000",
+            "-Dcassandra.unsafesystem=true",
+            "-Dcassandra.superuser_setup_delay_ms=0",
+            "-cp",
+            f"{self.lib}/*",
+            "org.apache.cassandra.service.CassandraDaemon",
+        ]
+
+    def start(self) -> Self:
+        self.fetch()
+        self.native_port, self.storage_port = free_port(), free_port()
+        self.folder = Path(tempfile.mkdtemp(prefix="uwsgi_es-cassandra-"))
+        (self.folder / "cassandra.yaml").write_text(
+            CONFIG.format(storage_port=self.storage_port, native_port=self.native_port)
+        )
+        (self.folder / "logback.xml").write_text(LOGBACK.format(log=self.log_path))
+        started = time.monotonic()
+        with open(self.folder / "stdout.log", "ab") as out:
+            self.process = subprocess.Popen(
+                self.command(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        try:
+            self.wait_until_answering()
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_seconds = time.monotonic() - started
+        return self
+
+    def wait_until_answering(self, timeout: float = STARTUP_TIMEOUT) -> None:
+        """Until a CQL query answers (an open port is not enough)."""
+        from cassandra.cluster import Cluster  # the driver is needed only to check readiness
+
+        deadline = time.monotonic() + timeout
+        problem = "not started"
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise CassandraUnavailableError(
+                    f"Cassandra exited with code {self.process.returncode}\n--- log ---\n{self.log()[-6000:]}"
+                )
+            cluster = Cluster(["127.0.0.1"], port=self.native_port, protocol_version=5, connect_timeout=2)
+            try:
+                session = cluster.connect()
+                session.execute("SELECT release_version FROM system.local")
+                return
+            except Exception as exc:  # NoHostAvailable, timeouts, refused: keep waiting
+                problem = f"{type(exc).__name__}: {exc}"
+            finally:
+                cluster.shutdown()
+            time.sleep(1.0)
+        raise CassandraUnavailableError(
+            f"Cassandra did not answer CQL within {timeout}s ({problem})\n--- log ---\n{self.log()[-6000:]}"
+        )
+
+    def stop_process(self) -> None:
+        """Stop the node (SIGTERM, then SIGKILL) and keep its data."""
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+    def stop(self) -> None:
+        """Stop the node and delete its data. Idempotent."""
+        self.stop_process()
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``up``: start a node that outlives this command (state in the cache); ``down``: stop it."""
+    parser = argparse.ArgumentParser(prog="python -m uwsgi_es.testing.cassandra")
+    parser.add_argument("action", choices=["up", "down", "fetch"])
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    arguments = parser.parse_args(argv)
+    state = arguments.cache / "node.json"
+    node = CassandraNode(arguments.cache)
+    if arguments.action == "fetch":
+        node.fetch()
+        print(node.lib)
+        return 0
+    if arguments.action == "down":
+        if not state.exists():
+            print("no Cassandra node is running (nothing to stop)")
+            return 0
+        saved = json.loads(state.read_text())
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(saved["pid"], signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and Path(f"/proc/{saved['pid']}").exists():
+            time.sleep(0.2)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(saved["pid"], signal.SIGKILL)
+        shutil.rmtree(saved["folder"], ignore_errors=True)
+        state.unlink()
+        print(f"stopped the Cassandra node at {saved['address']}")
+        return 0
+    if state.exists():
+        saved = json.loads(state.read_text())
+        if Path(f"/proc/{saved['pid']}").exists():
+            print(
+                f"a Cassandra node is already running; stop it with: make cassandra-down\n{saved['address']}"
+            )
+            return 0
+        state.unlink()
+    try:
+        node.start()
+    except CassandraUnavailableError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    if node.process is None or node.folder is None:  # pragma: no cover - start() sets both
+        return 1
+    state.write_text(
+        json.dumps({"pid": node.process.pid, "folder": str(node.folder), "address": node.address})
+    )
+    print(f"Cassandra {node.version} answered CQL after {node.startup_seconds:.1f}s; log: {node.log_path}")
+    print(node.address)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
