@@ -25,9 +25,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
+from uwsgi_es.testing.lifecycle import StartStop
 from uwsgi_es.testing.uwsgi_server import free_port
 
 CASSANDRA_VERSION = os.environ.get("ES_TEST_CASSANDRA_VERSION", "5.0.9")
@@ -124,7 +124,7 @@ class CassandraUnavailableError(RuntimeError):
     """The node could not be fetched, started or reached; the message ends with its log."""
 
 
-class CassandraNode:
+class CassandraNode(StartStop):
     """One Cassandra node on 127.0.0.1 and free ports, its data in a temporary folder."""
 
     def __init__(
@@ -281,14 +281,6 @@ class CassandraNode:
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
             self.folder = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 def main(argv: list[str] | None = None) -> int:

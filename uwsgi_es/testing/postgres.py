@@ -20,9 +20,9 @@ import subprocess
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
+from uwsgi_es.testing.lifecycle import StartStop
 from uwsgi_es.testing.uwsgi_server import free_port
 
 FAST_SETTINGS: Mapping[str, str] = {
@@ -60,7 +60,7 @@ def _version_key(path: str) -> tuple[int, ...]:
     return tuple(int(n) for n in re.findall(r"\d+", path)) or (0,)
 
 
-class PostgresServer:
+class PostgresServer(StartStop):
     """One PostgreSQL server on 127.0.0.1 and a free port, in its own temporary folder."""
 
     def __init__(self, *, settings: Mapping[str, str] = FAST_SETTINGS, bin_dir: Path | None = None) -> None:
@@ -153,11 +153,3 @@ class PostgresServer:
                 f"{program} failed with exit code {result.returncode}: {output}"
                 f"\n--- server log ---\n{self.log()[-4000:]}"
             )
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()

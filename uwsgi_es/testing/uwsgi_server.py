@@ -41,8 +41,9 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal, Self
+
+from uwsgi_es.testing.lifecycle import StartStop
 
 WaitFor = Literal["ready", "health", "nothing"]
 
@@ -96,7 +97,7 @@ def find_uwsgi() -> str:
     raise UwsgiStartError("No uwsgi binary found: pip install uwsgi (it is a dependency of uwsgi_es).")
 
 
-class UwsgiServer:
+class UwsgiServer(StartStop):
     """One real uWSGI instance. Use as a context manager, or call ``start()`` and ``stop()``."""
 
     def __init__(
@@ -202,14 +203,6 @@ class UwsgiServer:
             os.killpg(process.pid, signal.SIGKILL)  # stragglers: workers, the HTTP router
         code = process.wait()
         return code
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     def log(self) -> str:
         try:
