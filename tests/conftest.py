@@ -15,6 +15,7 @@ from uwsgi_es.stores import create_record_store
 from uwsgi_es.stores.sqlalchemy import SQLAlchemyRecordStore
 from uwsgi_es.testing import PostgresServer
 from uwsgi_es.testing.cassandra import CassandraNode
+from uwsgi_es.testing.postgres import ExistingPostgres
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -45,9 +46,14 @@ def settings(sqlite_url: str) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer]:
-    """One throwaway PostgreSQL server for the session. Never skipped: if it cannot start, the
-    tests that need it fail with its log (`make test` installs the server binaries when root)."""
+def postgres() -> Iterator[PostgresServer | ExistingPostgres]:
+    """One throwaway PostgreSQL server for the session, or the server ES_TEST_POSTGRES_URL names.
+    Never skipped: if it cannot start, the tests that need it fail with its log (`make test`
+    installs the server binaries when root)."""
+    existing = os.environ.get("ES_TEST_POSTGRES_URL")
+    if existing:
+        yield ExistingPostgres(existing)
+        return
     with PostgresServer() as server:
         yield server
 
@@ -56,7 +62,7 @@ _database_numbers = itertools.count()
 
 
 @pytest.fixture
-def postgres_url(postgres: PostgresServer) -> str:
+def postgres_url(postgres: PostgresServer | ExistingPostgres) -> str:
     """A new, empty, migrated PostgreSQL database for one test."""
     url = postgres.create_database(f"test_{os.getpid()}_{next(_database_numbers)}")
     store = SQLAlchemyRecordStore.from_settings(Settings(database_url=url))

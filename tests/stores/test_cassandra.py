@@ -7,6 +7,7 @@ from dataclasses import replace
 from uuid import uuid4
 
 import pytest
+from cassandra import WriteTimeout, WriteType
 
 from uwsgi_es.errors import ConcurrencyError, SchemaMissingError, StoreUnavailableError
 from uwsgi_es.settings import Settings
@@ -88,3 +89,20 @@ def test_the_driver_logs_no_warnings(cassandra_settings: Settings, caplog: pytes
         store.append(records(uuid4(), range(1, 2)))
         store.close()
     assert [r.getMessage() for r in caplog.records if r.name.startswith("cassandra")] == []
+
+
+def test_a_timed_out_conditional_write_is_resolved_by_reading_at_serial(cassandra_settings: Settings) -> None:
+    """'Maybe applied': ours at SERIAL means success, someone else's means a conflict, nothing
+    there means nothing was stored (503, try again). Checked against what the node really holds."""
+    store = CassandraRecordStore.from_settings(cassandra_settings)
+    timeout = WriteTimeout("simulated timeout of a CAS write", write_type=WriteType.CAS)
+    originator = uuid4()
+    ours = records(originator, range(1, 3))
+    store.append(ours)
+    assert store._resolve_timeout(originator, ours, timeout) is True
+    theirs = [r._replace(state='{"someone": "else"}') for r in ours]
+    assert store._resolve_timeout(originator, theirs, timeout) is False
+    missing = records(originator, range(3, 4))
+    with pytest.raises(StoreUnavailableError, match="was not applied"):
+        store._resolve_timeout(originator, missing, timeout)
+    store.close()

@@ -13,6 +13,7 @@ from uwsgi_es.settings import Settings
 from uwsgi_es.stores.base import RecordStore
 from uwsgi_es.stores.sqlalchemy import SQLAlchemyRecordStore
 from uwsgi_es.testing import PostgresServer
+from uwsgi_es.testing.postgres import ExistingPostgres
 
 from .contract import RecordStoreContract, records
 
@@ -40,14 +41,16 @@ def test_pool_settings_reach_the_engine(postgres_url: str) -> None:
     store.close()
 
 
-def test_unmigrated_database_says_to_migrate(postgres: PostgresServer) -> None:
+def test_unmigrated_database_says_to_migrate(postgres: PostgresServer | ExistingPostgres) -> None:
     store = SQLAlchemyRecordStore.from_settings(Settings(database_url=postgres.create_database("unmigrated")))
     with pytest.raises(SchemaMissingError, match="uwsgi-es migrate"):
         store.ping()
     store.close()
 
 
-def test_unreachable_server_is_unavailable_within_the_connect_timeout(postgres: PostgresServer) -> None:
+def test_unreachable_server_is_unavailable_within_the_connect_timeout(
+    postgres: PostgresServer | ExistingPostgres,
+) -> None:
     url = f"postgresql+psycopg://postgres@127.0.0.1:{postgres.port + 1}/nowhere"
     store = SQLAlchemyRecordStore.from_settings(Settings(database_url=url, connect_timeout=2))
     with pytest.raises(StoreUnavailableError, match=r"127\.0\.0\.1"):

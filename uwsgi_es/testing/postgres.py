@@ -153,3 +153,28 @@ class PostgresServer(StartStop):
                 f"{program} failed with exit code {result.returncode}: {output}"
                 f"\n--- server log ---\n{self.log()[-4000:]}"
             )
+
+
+class ExistingPostgres:
+    """A server someone else runs, named by ``ES_TEST_POSTGRES_URL`` (a SQLAlchemy URL whose user
+    may create databases). Tests create their databases in it; nothing is stopped or removed."""
+
+    def __init__(self, url: str) -> None:
+        from sqlalchemy.engine import make_url  # a dependency of uwsgi_es anyway
+
+        self.base_url = make_url(url)
+        self.port = self.base_url.port or 5432
+
+    def url(self, database: str = "postgres", driver: str = "postgresql+psycopg") -> str:
+        return self.base_url.set(drivername=driver, database=database).render_as_string(hide_password=False)
+
+    def create_database(self, name: str) -> str:
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(self.url(self.base_url.database or "postgres"), isolation_level="AUTOCOMMIT")
+        try:
+            with engine.connect() as connection:
+                connection.execute(text(f'CREATE DATABASE "{name}"'))
+        finally:
+            engine.dispose()
+        return self.url(name)
