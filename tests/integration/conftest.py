@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import random
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -95,3 +97,32 @@ def move_money_concurrently(server: UwsgiServer, operations: int = 600, concurre
         f"{len(reports)} workers sampled saw {sum(r['conflicts'] for r in reports.values())} conflicts "
         f"and {sum(r['retries'] for r in reports.values())} retries"
     )
+
+
+@pytest.fixture
+def report(request: pytest.FixtureRequest) -> Callable[[str, dict[str, str], str], None]:
+    """Print a reliability figure line, and collect it when RELIABILITY_REPORT names a file."""
+
+    def record(scenario: str, env: dict[str, str], figures: str) -> None:
+        store = env.get("UWSGI_ES_STORE") or env.get("UWSGI_ES_DATABASE_URL", "sqlite").split(":")[0]
+        store = {"sqlite": "SQLite", "postgresql+psycopg": "PostgreSQL", "cassandra": "Cassandra"}.get(
+            store, store
+        )
+        line = f"{scenario} | {store} | {figures}"
+        print(line)
+        target = os.environ.get("RELIABILITY_REPORT")
+        if target:
+            with open(target, "a") as out:
+                out.write(
+                    json.dumps(
+                        {
+                            "test": request.node.nodeid,
+                            "scenario": scenario,
+                            "store": store,
+                            "figures": figures,
+                        }
+                    )
+                    + "\n"
+                )
+
+    return record

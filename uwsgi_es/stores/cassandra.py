@@ -32,7 +32,7 @@ from uuid import UUID, uuid4
 
 from cassandra import ConsistencyLevel, DriverException, InvalidRequest, WriteTimeout
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, Session
-from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
+from cassandra.policies import DCAwareRoundRobinPolicy, ExponentialReconnectionPolicy, TokenAwarePolicy
 from cassandra.query import BatchStatement, PreparedStatement
 
 from uwsgi_es.errors import (
@@ -98,6 +98,8 @@ class CassandraRecordStore(RecordStore):
             connection_class=_connection_class(settings.cassandra_reactor),
             connect_timeout=settings.connect_timeout,
             control_connection_timeout=settings.connect_timeout,
+            # After an outage, find the node again within seconds (the default waits up to 10 min).
+            reconnection_policy=ExponentialReconnectionPolicy(base_delay=0.5, max_delay=2.0),
         )
         try:
             session = cluster.connect()

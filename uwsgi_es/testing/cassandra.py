@@ -219,6 +219,17 @@ class CassandraNode(StartStop):
             CONFIG.format(storage_port=self.storage_port, native_port=self.native_port)
         )
         (self.folder / "logback.xml").write_text(LOGBACK.format(log=self.log_path))
+        try:
+            self.start_process()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def start_process(self) -> None:
+        """Start the node (again, after ``stop_process``: same data, same ports) and wait for CQL."""
+        if self.folder is None:
+            raise CassandraUnavailableError("start() the node first")
         started = time.monotonic()
         with open(self.folder / "stdout.log", "ab") as out:
             self.process = subprocess.Popen(
@@ -228,13 +239,8 @@ class CassandraNode(StartStop):
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        try:
-            self.wait_until_answering()
-        except BaseException:
-            self.stop()
-            raise
+        self.wait_until_answering()
         self.startup_seconds = time.monotonic() - started
-        return self
 
     def wait_until_answering(self, timeout: float = STARTUP_TIMEOUT) -> None:
         """Until a CQL query answers (an open port is not enough)."""

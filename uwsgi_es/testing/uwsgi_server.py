@@ -246,8 +246,9 @@ class UwsgiServer(StartStop):
             f"{path} never answered 200 within {self.startup_timeout}s\n--- log ---\n{self.log_tail()}"
         )
 
-    def wait_until_ready(self) -> None:
-        """Until every worker slot has answered ``ready_path`` with 200 (not just an open port)."""
+    def wait_until_ready(self, *, idle: bool = True) -> None:
+        """Until every worker slot has answered ``ready_path`` with 200 (not just an open port),
+        and then (``idle``) until none is still busy with a request. Say ``idle=False`` under load."""
         deadline = time.monotonic() + self.startup_timeout
         ready: set[int] = set()
         slots: set[int] = set()
@@ -268,7 +269,8 @@ class UwsgiServer(StartStop):
                     else:
                         last_problem = outcome
                 if slots and slots <= ready:
-                    self.wait_until_idle(max(0.1, deadline - time.monotonic()))
+                    if idle:
+                        self.wait_until_idle(max(0.1, deadline - time.monotonic()))
                     return
                 time.sleep(0.02)
         raise UwsgiStartError(

@@ -1,0 +1,133 @@
+"""Continuous write load against a real server, and the audit of what it left in the store.
+
+Every deposit carries a unique amount, so the audit can tell, event by event, which request
+stored it: an acknowledged deposit missing from the store is *lost*, an amount stored twice is
+*duplicated*, and a deposit stored although its request failed is *in flight* (allowed only for
+requests that failed, e.g. on a worker killed mid-request).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from uwsgi_es.testing import UwsgiServer
+
+
+@dataclass
+class Outcome:
+    account: str
+    amount: int
+    status: int  # 0: no HTTP answer (connection refused or reset)
+    error: str = ""
+    finished: float = 0.0  # time.monotonic() when the answer (or the failure) came
+    elapsed: float = 0.0
+
+
+@dataclass
+class Audit:
+    sent: int
+    acknowledged: int
+    failed: int
+    lost: int
+    duplicated: int
+    stored_after_failure: int
+    stored_after_refusal: int  # stored although answered 4xx/503: must never happen
+    statuses: Counter[int]
+    versions_contiguous: bool
+
+    def check(self) -> None:
+        """Nothing acknowledged lost, nothing stored twice, nothing refused stored, versions 1..n."""
+        assert self.lost == 0, self.line()
+        assert self.duplicated == 0, self.line()
+        assert self.stored_after_refusal == 0, self.line()
+        assert self.versions_contiguous, self.line()
+        assert self.acknowledged > 0, self.line()
+
+    def line(self) -> str:
+        return (
+            f"sent {self.sent}, acknowledged {self.acknowledged}, failed {self.failed}, lost {self.lost}, "
+            f"duplicated {self.duplicated}, stored though failed {self.stored_after_failure}, "
+            f"statuses {dict(sorted(self.statuses.items()))}"
+        )
+
+
+@dataclass
+class DepositLoad:
+    """``threads`` clients depositing unique amounts into ``accounts`` until ``stop()``."""
+
+    server: UwsgiServer
+    accounts: int = 6
+    threads: int = 8
+    timeout: float = 15.0
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.account_ids = [
+            self.server.post("/accounts", {"owner": f"load {i}"}).json()["id"] for i in range(self.accounts)
+        ]
+        self._amounts = itertools.count(1)
+        self._lock = threading.Lock()
+        self._running = threading.Event()
+        self._workers: list[threading.Thread] = []
+
+    def start(self) -> DepositLoad:
+        self._running.set()
+        self._workers = [
+            threading.Thread(target=self._client, args=(n,), daemon=True) for n in range(self.threads)
+        ]
+        for worker in self._workers:
+            worker.start()
+        return self
+
+    def stop(self) -> None:
+        self._running.clear()
+        for worker in self._workers:
+            worker.join(self.timeout + 5)
+
+    def _client(self, n: int) -> None:
+        while self._running.is_set():
+            with self._lock:
+                amount = next(self._amounts)
+            account = self.account_ids[(amount + n) % self.accounts]
+            started = time.monotonic()
+            try:
+                result = self.server.post(
+                    f"/accounts/{account}/deposits", {"amount": amount}, timeout=self.timeout
+                )
+                error = "" if result.status == 200 else result.body.decode(errors="replace")[:200]
+                outcome = Outcome(account, amount, result.status, error)
+            except OSError as exc:
+                outcome = Outcome(account, amount, 0, f"{type(exc).__name__}: {exc}")
+            outcome.finished = time.monotonic()
+            outcome.elapsed = outcome.finished - started
+            if outcome.status != 200:
+                time.sleep(0.01)  # the server or the database is away: don't spin
+            with self._lock:
+                self.outcomes.append(outcome)
+
+    def audit(self) -> Audit:
+        """Read every account back (after the load stopped) and compare with what was answered."""
+        stored: Counter[int] = Counter()
+        contiguous = True
+        for account in self.account_ids:
+            events = self.server.get(f"/accounts/{account}/events").json()["events"]
+            contiguous &= [e["version"] for e in events] == list(range(1, len(events) + 1))
+            stored.update(e["state"]["amount"] for e in events[1:])
+        acknowledged = {o.amount for o in self.outcomes if o.status == 200}
+        failed = {o.amount for o in self.outcomes if o.status != 200}
+        refused = {o.amount for o in self.outcomes if 400 <= o.status < 500 or o.status == 503}
+        return Audit(
+            sent=len(self.outcomes),
+            acknowledged=len(acknowledged),
+            failed=len(failed),
+            lost=len(acknowledged - set(stored)),
+            duplicated=sum(1 for count in stored.values() if count > 1),
+            stored_after_failure=len(failed & set(stored)),
+            stored_after_refusal=len(refused & set(stored)),
+            statuses=Counter(o.status for o in self.outcomes),
+            versions_contiguous=contiguous,
+        )

@@ -1,0 +1,229 @@
+"""Reliability on real uWSGI and real databases: killed workers, reloads, outages, clean stops.
+
+Each test prints its figures (requests sent, acknowledged, failed, lost, duplicated); with
+RELIABILITY_REPORT=path they are also collected into that file (`make reliability` turns them
+into docs/RELIABILITY.md).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import random
+import re
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from uwsgi_es.settings import Settings
+from uwsgi_es.stores import create_record_store
+from uwsgi_es.testing import PostgresServer, UwsgiServer
+from uwsgi_es.testing.cassandra import CassandraNode
+
+from ..conftest import PROJECT
+from .conftest import INI, assert_one_application_per_worker, worker_reports
+from .load import DepositLoad
+
+pytestmark = [pytest.mark.integration, pytest.mark.reliability]
+StartServer = Any
+BUILT = re.compile(r"\[pid (\d+)\] INFO worker \d+ \(pid \d+\) built")
+KILL_SECONDS = float(os.environ.get("RELIABILITY_KILL_SECONDS", "20"))
+
+
+def migrate(url: str) -> None:
+    store = create_record_store(Settings(database_url=url))
+    store.create_schema()
+    store.close()
+
+
+def built_once_each(server: UwsgiServer) -> collections.Counter[int]:
+    """Every pid that built an application built exactly one."""
+    builds = collections.Counter(int(pid) for pid in BUILT.findall(server.log()))
+    assert builds, "no worker logged a build"
+    assert set(builds.values()) == {1}, builds
+    return builds
+
+
+def test_killed_workers_lose_nothing_acknowledged(
+    uwsgi_server: StartServer, backend_env: dict[str, str], report: Any
+) -> None:
+    """SIGKILL a random worker every 2 s for 20 s under write load. Only requests in flight on a
+    killed worker may fail; every acknowledged write is stored once; replacements build once."""
+    server = uwsgi_server(INI, env=backend_env, options=["--processes", "4"])
+    load = DepositLoad(server).start()
+    rng = random.Random(11)
+    kills = 0
+    deadline = time.monotonic() + KILL_SECONDS
+    while time.monotonic() < deadline:
+        time.sleep(2)
+        victims = server.worker_pids()
+        if victims:
+            os.kill(rng.choice(victims), signal.SIGKILL)
+            kills += 1
+    time.sleep(1)
+    load.stop()
+    server.wait_until_ready()
+    audit = load.audit()
+    audit.check()
+    assert audit.failed <= kills, f"{audit.failed} failures for {kills} kills: {audit.line()}"
+    builds = built_once_each(server)
+    assert set(server.worker_pids()) <= set(builds)
+    assert len(builds) > 4, "no replacement worker was built"
+    assert_one_application_per_worker(server, worker_reports(server, 40))
+    report(
+        "killed workers", backend_env, f"{kills} workers SIGKILLed over {KILL_SECONDS:.0f}s; {audit.line()}"
+    )
+
+
+def reload_under_load(server: UwsgiServer, trigger: Path) -> tuple[DepositLoad, set[int], set[int]]:
+    """Touch ``trigger`` under write load; return the load and the worker pids before and after."""
+    before = set(server.worker_pids())
+    load = DepositLoad(server).start()
+    time.sleep(1)
+    os.utime(trigger)  # uWSGI compares whole-second mtimes: the file was made 10 s older
+    deadline = time.monotonic() + 60
+    after: set[int] = set()
+    while time.monotonic() < deadline:
+        try:
+            after = set(server.worker_pids())
+        except OSError:  # the stats server is re-bound during a full reload
+            after = set()
+        if len(after) == len(before) and not after & before:
+            break
+        time.sleep(0.1)
+    else:
+        load.stop()
+        pytest.fail(f"not every worker was replaced: before {before}, now {after}")
+    server.wait_until_ready(idle=False)
+    time.sleep(1)
+    load.stop()
+    return load, before, after
+
+
+def aged_trigger(tmp_path: Path) -> Path:
+    trigger = tmp_path / "reload-trigger"
+    trigger.touch()
+    past = time.time() - 10
+    os.utime(trigger, (past, past))
+    return trigger
+
+
+def test_chain_reload_replaces_every_worker_without_failing_a_request(
+    uwsgi_server: StartServer, backend_env: dict[str, str], report: Any, tmp_path: Path
+) -> None:
+    """lazy-apps + touch-chain-reload: workers are replaced one by one under load, zero failures."""
+    trigger = aged_trigger(tmp_path)
+    options = ["--processes", "4", "--lazy-apps", "--touch-chain-reload", str(trigger)]
+    server = uwsgi_server(INI, env=backend_env, options=options)
+    load, before, after = reload_under_load(server, trigger)
+    audit = load.audit()
+    audit.check()
+    assert audit.failed == 0, audit.line()
+    assert after <= set(built_once_each(server))
+    report(
+        "chain reload (lazy-apps)", backend_env, f"{len(before)} workers replaced one by one; {audit.line()}"
+    )
+
+
+def test_full_reload_loses_no_acknowledged_write(
+    uwsgi_server: StartServer, backend_env: dict[str, str], report: Any, tmp_path: Path
+) -> None:
+    """touch-reload (a full, graceful reload): requests may fail meanwhile, acknowledged ones never."""
+    trigger = aged_trigger(tmp_path)
+    server = uwsgi_server(INI, env=backend_env, options=["--processes", "4", "--touch-reload", str(trigger)])
+    load, before, after = reload_under_load(server, trigger)
+    audit = load.audit()
+    audit.check()
+    assert after <= set(built_once_each(server))
+    report(
+        "full reload (touch-reload)", backend_env, f"{len(before)} workers replaced at once; {audit.line()}"
+    )
+
+
+def outage_under_load(
+    server: UwsgiServer, stop: Callable[[], None], start: Callable[[], None], seconds: float = 5.0
+) -> tuple[DepositLoad, float, float, list[int]]:
+    """Stop the database for ``seconds`` under write load, then start it again. Returns the load,
+    when the outage began and ended, and /ready's statuses during the outage."""
+    load = DepositLoad(server, timeout=30).start()
+    time.sleep(2)
+    began = time.monotonic()
+    stop()
+    ready_statuses = []
+    while time.monotonic() - began < seconds:
+        ready_statuses.append(server.get("/ready").status)
+        time.sleep(0.5)
+    start()
+    ended = time.monotonic()
+    time.sleep(8)
+    load.stop()
+    return load, began, ended, ready_statuses
+
+
+def check_outage(load: DepositLoad, began: float, ended: float, ready_statuses: list[int], store: str) -> str:
+    """503 naming the store during the outage (never a 500 or a hang); serving again within 5 s."""
+    audit = load.audit()
+    audit.check()
+    assert set(audit.statuses) <= {200, 503}, audit.line()
+    refusals = [o for o in load.outcomes if o.status == 503]
+    assert refusals, "the outage was never noticed"
+    assert all(store in o.error for o in refusals), refusals[0].error
+    slowest = max(o.elapsed for o in load.outcomes)
+    assert slowest < 12, f"a request hung for {slowest:.1f}s"
+    assert set(ready_statuses) == {503} or ready_statuses.count(503) >= len(ready_statuses) - 1, (
+        ready_statuses
+    )
+    first_success = min(o.finished for o in load.outcomes if o.status == 200 and o.finished > ended)
+    recovery = first_success - ended
+    assert recovery < 5, f"serving again only {recovery:.1f}s after the database came back"
+    last_refusal = max(o.finished for o in refusals) - ended
+    return (
+        f"{audit.line()}; 503s during the outage {len(refusals)}, slowest answer {slowest:.2f}s, "
+        f"first success {recovery:.2f}s after the database was back, last 503 {last_refusal:+.2f}s"
+    )
+
+
+def test_postgres_outage_answers_503_then_recovers_without_restart(
+    uwsgi_server: StartServer, report: Any, tmp_path: Path
+) -> None:
+    """PostgreSQL stopped for 5 s under load, then started again: see ``check_outage``."""
+    with PostgresServer() as database:
+        url = database.create_database("outage")
+        migrate(url)
+        env = {"UWSGI_ES_DATABASE_URL": url}
+        server = uwsgi_server(INI, env=env, options=["--processes", "4"])
+        load, began, ended, ready = outage_under_load(server, database.stop_server, database.start_server)
+        report(
+            "database outage (5 s)",
+            env,
+            check_outage(load, began, ended, ready, "SQLAlchemy store at postgresql"),
+        )
+
+
+def test_cassandra_outage_answers_503_then_recovers_without_restart(
+    uwsgi_server: StartServer, report: Any, cassandra_settings: Settings
+) -> None:
+    """A dedicated Cassandra node stopped for 5 s under load, then restarted: see ``check_outage``.
+    Restarting a node takes ~10 s, so 'back' means: answering CQL again."""
+    with CassandraNode(PROJECT / ".cache" / "cassandra") as node:
+        settings = replace(cassandra_settings, cassandra_port=node.native_port)
+        store = create_record_store(settings)
+        store.create_schema()
+        store.close()
+        env = {
+            "UWSGI_ES_STORE": "cassandra",
+            "UWSGI_ES_CASSANDRA_PORT": str(node.native_port),
+            "UWSGI_ES_CASSANDRA_KEYSPACE": settings.cassandra_keyspace,
+        }
+        server = uwsgi_server(INI, env=env, options=["--processes", "4"])
+        load, began, ended, ready = outage_under_load(server, node.stop_process, node.start_process)
+        report(
+            "database outage (5 s)",
+            env,
+            check_outage(load, began, ended, ready, "cassandra store at 127.0.0.1"),
+        )
