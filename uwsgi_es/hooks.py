@@ -11,6 +11,12 @@
 A failed build never leaves a half-built worker serving 200s: uWSGI would print and swallow an
 exception from a post-fork hook, so it is caught here, logged with its cause, and recorded by the
 registry; every request then answers 503 naming it, and the build is retried with back-off.
+
+With ``UWSGI_ES_FAIL_FAST=true`` the instance stops instead. The settings are validated when
+``install()`` runs (in the master under prefork: parsing only, no connection), so a bad value
+stops uWSGI at start with a message naming the variable. A worker that cannot build exits with
+uWSGI's "failed app" code 22: with ``lazy-apps`` and ``need-app`` uWSGI then stops with that
+code; in prefork mode the worker also asks the master to stop, so it never becomes a respawn storm.
 Outside uWSGI (plain pytest, gunicorn) ``install()`` does nothing and ``import uwsgi_es`` works.
 """
 
@@ -19,13 +25,14 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import signal
 import sys
 from types import ModuleType
 
 from uwsgi_es import registry
 from uwsgi_es.errors import UwsgiUnavailableError
 from uwsgi_es.registry import ApplicationFactory
-from uwsgi_es.settings import Settings
+from uwsgi_es.settings import TRUE_WORDS, Settings
 
 uwsgi: ModuleType | None
 try:
@@ -34,6 +41,7 @@ except ImportError:
     uwsgi = None
 
 log = logging.getLogger("uwsgi_es")
+FAILED_APP_EXIT_CODE = 22  # uWSGI's UWSGI_FAILED_APP_CODE: with lazy-apps + need-app, the instance stops
 
 _installed_in_pid: int | None = None
 
@@ -68,6 +76,8 @@ def install(factory: ApplicationFactory | None = None, *, settings: Settings | N
         return  # imported twice in one process (e.g. by another name): keep one hook
     _installed_in_pid = os.getpid()
     configure_logging()
+    if _fail_fast(settings) and settings is None:
+        Settings.from_environ()  # parsing only, nothing connects: a bad value stops uWSGI at start
     already_forked = worker_id() > 0 or int(getattr(uwsgi, "mule_id", lambda: 0)()) > 0
     if already_forked:
         build_in_this_process(factory, settings)
@@ -90,18 +100,41 @@ def build_in_this_process(
     try:
         app = registry.init_application(factory, settings=settings)
     except Exception as exc:
+        fail_fast = _fail_fast(settings)
+        consequence = (
+            "UWSGI_ES_FAIL_FAST is on: stopping uWSGI"
+            if fail_fast
+            else ("It answers 503 and /ready fails until a retry succeeds")
+        )
         log.error(
-            "worker %d (pid %d) could not build its application: %s: %s. It answers 503 and "
-            "/ready fails until a retry succeeds.",
+            "worker %d (pid %d) could not build its application: %s: %s. %s.",
             wid,
             pid,
             type(exc).__name__,
             exc,
+            consequence,
             exc_info=not isinstance(exc, registry.EXPECTED_FAILURES),
         )
+        if fail_fast:
+            _stop_instance()
         return
     atexit.register(_close_at_exit)
     log.info("worker %d (pid %d) built %s on %s", wid, pid, type(app).__qualname__, app.records.describe())
+
+
+def _fail_fast(settings: Settings | None) -> bool:
+    """Read on its own, so that fail-fast still applies when another setting is invalid."""
+    if settings is not None:
+        return settings.fail_fast
+    return os.environ.get("UWSGI_ES_FAIL_FAST", "").strip().lower() in TRUE_WORDS
+
+
+def _stop_instance() -> None:
+    """Exit with uWSGI's failed-app code; in prefork mode also ask the master to stop."""
+    if uwsgi is not None and not (_option("lazy-apps") or _option("lazy")):
+        os.kill(int(uwsgi.masterpid()), signal.SIGINT)
+    sys.stderr.flush()
+    os._exit(FAILED_APP_EXIT_CODE)
 
 
 def _close_at_exit() -> None:

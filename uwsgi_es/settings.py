@@ -55,6 +55,7 @@ class Settings:
     max_body_bytes: int = 65536
     init_retry_seconds: float = 1.0
     init_retry_max_seconds: float = 30.0
+    fail_fast: bool = False
     cassandra_hosts: str = "127.0.0.1"
     cassandra_port: int = 9042
     cassandra_keyspace: str = "uwsgi_es"
@@ -150,13 +151,13 @@ def _number(minimum: float, maximum: float) -> Callable[[str, str], float]:
     return parse
 
 
-_TRUE = {"1", "true", "yes", "on"}
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 _FALSE = {"0", "false", "no", "off"}
 
 
 def _boolean(name: str, raw: str) -> bool:
     lowered = raw.lower()
-    if lowered in _TRUE:
+    if lowered in TRUE_WORDS:
         return True
     if lowered in _FALSE:
         return False
@@ -246,6 +247,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "max_body_bytes": _integer(64, 64 * 1024 * 1024),
     "init_retry_seconds": _number(0.01, 3600.0),
     "init_retry_max_seconds": _number(0.01, 3600.0),
+    "fail_fast": _boolean,
     "cassandra_hosts": _hosts,
     "cassandra_port": _integer(1, 65535),
     "cassandra_keyspace": _identifier,

@@ -59,7 +59,7 @@ _STATUS: tuple[tuple[type[Exception], int], ...] = (
     (ForkedApplicationError, 503),
     (ApplicationClosedError, 503),
     (ConfigurationError, 503),
-    (UnsupportedOperationError, 501),
+    (UnsupportedOperationError, 404),  # not a server fault: this deployment has no such resource
 )
 
 Handler = Callable[..., Response]
@@ -123,6 +123,8 @@ def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
         ) from None
     except RecursionError:
         raise BadRequestError("the JSON body is nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer longer than Python's 4300-digit conversion limit
+        raise BadRequestError(f"the JSON body holds a value that cannot be read: {exc}") from None
     if not isinstance(body, dict):
         raise BadRequestError(f"the body must be a JSON object, not {_json_type(body)}")
     return body

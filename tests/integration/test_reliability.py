@@ -22,7 +22,7 @@ import pytest
 
 from uwsgi_es.settings import Settings
 from uwsgi_es.stores import create_record_store
-from uwsgi_es.testing import PostgresServer, UwsgiServer
+from uwsgi_es.testing import PostgresServer, UwsgiServer, UwsgiStartError, free_port
 from uwsgi_es.testing.cassandra import CassandraNode
 
 from ..conftest import PROJECT
@@ -227,3 +227,80 @@ def test_cassandra_outage_answers_503_then_recovers_without_restart(
             env,
             check_outage(load, began, ended, ready, "cassandra store at 127.0.0.1"),
         )
+
+
+def test_fail_fast_with_an_invalid_setting_stops_uwsgi_at_once(tmp_path: Path, report: Any) -> None:
+    """Prefork + UWSGI_ES_FAIL_FAST: the master validates the settings (no connection) and exits."""
+    env = {"UWSGI_ES_FAIL_FAST": "true", "UWSGI_ES_POOL_SIZE": "lots"}
+    server = UwsgiServer(INI, env=env, log_dir=tmp_path, startup_timeout=20)
+    started = time.monotonic()
+    with pytest.raises(UwsgiStartError, match="exited with code"):
+        server.start()
+    took = time.monotonic() - started
+    code = server.process.returncode if server.process else None
+    assert code not in (0, None)
+    assert took < 5
+    assert "UWSGI_ES_POOL_SIZE='lots' is not a whole number" in server.log()
+    assert "built" not in server.log()
+    report(
+        "initialiser failure, fail-fast (invalid setting)",
+        env,
+        f"uWSGI exited with code {code} after {took:.1f}s",
+    )
+
+
+def test_fail_fast_with_an_unreachable_database_stops_uwsgi_without_a_respawn_storm(
+    tmp_path: Path, report: Any
+) -> None:
+    """lazy-apps + need-app + UWSGI_ES_FAIL_FAST: the first worker that cannot connect stops uWSGI
+    with the failed-app code, within a few seconds."""
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/nowhere"
+    env = {"UWSGI_ES_FAIL_FAST": "1", "UWSGI_ES_DATABASE_URL": url, "UWSGI_ES_CONNECT_TIMEOUT": "2"}
+    server = UwsgiServer(INI, env=env, options=["--lazy-apps"], log_dir=tmp_path, startup_timeout=30)
+    started = time.monotonic()
+    with pytest.raises(UwsgiStartError, match="exited with code 22"):
+        server.start()
+    took = time.monotonic() - started
+    attempts = server.log().count("could not build its application")
+    assert 1 <= attempts <= 4, f"{attempts} build attempts: a respawn storm"
+    assert took < 10
+    assert "UWSGI_ES_FAIL_FAST is on: stopping uWSGI" in server.log()
+    report(
+        "initialiser failure, fail-fast (unreachable database)",
+        env,
+        f"exit code 22 after {took:.1f}s, {attempts} attempts",
+    )
+
+
+def test_unreachable_database_at_start_answers_503_then_recovers(
+    uwsgi_server: StartServer, report: Any
+) -> None:
+    """Without fail-fast: workers that cannot connect answer 503 (never 200, never a hang), retry
+    with back-off, and serve once the database appears, without restarting uWSGI."""
+    database = PostgresServer()
+    port = free_port()
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/app"
+    env = {
+        "UWSGI_ES_DATABASE_URL": url,
+        "UWSGI_ES_INIT_RETRY_SECONDS": "0.5",
+        "UWSGI_ES_INIT_RETRY_MAX_SECONDS": "2",
+    }
+    server = uwsgi_server(INI, env=env, options=["--processes", "2"], wait_for="health")
+    answers = [server.get(path) for path in ("/ready", "/worker", "/accounts/" + "0" * 32) * 5]
+    assert {a.status for a in answers} == {503}
+    assert all("SQLAlchemy store at postgresql" in a.json()["error"] for a in answers)
+    assert max(a.elapsed for a in answers) < 5
+    try:
+        database.start(port=port)
+        migrate(database.create_database("app"))
+        appeared = time.monotonic()
+        server.wait_until_ready()
+        recovered = time.monotonic() - appeared
+    finally:
+        database.stop()
+    assert recovered < 10
+    report(
+        "initialiser failure (database unreachable at start)",
+        env,
+        f"{len(answers)} requests answered 503; served {recovered:.1f}s after the database appeared",
+    )

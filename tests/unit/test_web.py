@@ -101,6 +101,7 @@ BAD_BODIES: list[tuple[str, bytes, str, int, str]] = [
     ("a boolean", b'{"amount": true}', "application/json", 400, "not a boolean"),
     ("null amount", b'{"amount": null}', "application/json", 400, "not NoneType"),
     ("a huge number", b'{"amount": ' + b"9" * 400 + b"}", "application/json", 400, "amount"),
+    ("a 5000-digit number", b'{"amount": ' + b"9" * 5000 + b"}", "application/json", 400, "cannot be read"),
     ("zero", b'{"amount": 0}', "application/json", 400, "between 1 and"),
     ("negative", b'{"amount": -5}', "application/json", 400, "between 1 and"),
     ("missing field", b"{}", "application/json", 400, "missing field(s): amount"),

@@ -87,8 +87,9 @@ class PostgresServer(StartStop):
     def url(self, database: str = "postgres", driver: str = "postgresql+psycopg") -> str:
         return f"{driver}://postgres@127.0.0.1:{self.port}/{database}"
 
-    def start(self) -> Self:
-        self.port = free_port()
+    def start(self, port: int | None = None) -> Self:
+        """initdb and start, on ``port`` or a free one."""
+        self.port = port or free_port()
         self.folder = Path(tempfile.mkdtemp(prefix="uwsgi_es-pg-"))
         if self._as_postgres:
             shutil.chown(self.folder, "postgres", "postgres")
