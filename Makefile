@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 
-.PHONY: run test check lint format pytest migrate clean postgres-binaries java-and-maven cassandra-up cassandra-down
+.PHONY: run test check lint format pytest migrate clean postgres-binaries java-and-maven cassandra-up cassandra-down reliability
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,12 @@ postgres-binaries:
 	  echo "PostgreSQL server binaries are missing: sudo apt-get install postgresql (or set ES_TEST_POSTGRES_BIN)"; \
 	  exit 1; \
 	fi
+
+## reliability: the fault-injection scenarios alone, writing their figures to docs/RELIABILITY.md
+reliability: $(STAMP) postgres-binaries java-and-maven
+	@mkdir -p .cache && rm -f .cache/reliability.jsonl
+	RELIABILITY_REPORT=$(CURDIR)/.cache/reliability.jsonl $(BIN)/pytest -m reliability -q -p no:cacheprovider
+	$(BIN)/python -m tests.integration.reliability_report .cache/reliability.jsonl > docs/RELIABILITY.md
 
 # A real Cassandra 5.0 node from Maven Central (cached in .cache/cassandra), for development;
 # `make test` starts and stops its own. The last line printed is host:port.

@@ -139,9 +139,16 @@ def _stop_instance() -> None:
 
 def _close_at_exit() -> None:
     # Best effort: uWSGI skips atexit after SIGKILL or harakiri, and nothing may depend on it.
-    if registry.initialisation_failure() is None:
-        registry.close_application()
-        log.info("worker %d (pid %d) closed its application", worker_id(), os.getpid())
+    if registry.initialisation_failure() is not None:
+        return
+    try:
+        released = registry.get_application().records.describe()
+    except Exception:
+        return  # nothing of this process's own to close
+    registry.close_application()
+    log.info(
+        "worker %d (pid %d) closed its application and released the %s", worker_id(), os.getpid(), released
+    )
 
 
 def configure_logging() -> None:

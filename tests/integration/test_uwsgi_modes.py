@@ -119,22 +119,34 @@ def test_nothing_connects_in_the_master(uwsgi_server: StartServer, app_env: dict
     assert set(map(int, built)) == set(server.worker_pids())
 
 
-def test_sigint_stops_everything_and_each_worker_closes(app_env: dict[str, str], tmp_path: Path) -> None:
-    """SIGINT stops the instance quickly; each worker closes its application and logs it."""
-    server = UwsgiServer(INI, env=app_env, options=["--processes", "3"], log_dir=tmp_path).start()
-    workers = set(server.worker_pids())
-    started = time.monotonic()
-    os.killpg(server.pid, signal.SIGINT)
-    server.process.wait(10)  # type: ignore[union-attr]
-    took = time.monotonic() - started
-    server.stop()
-    closed = {
-        int(p)
-        for p in re.findall(r"\[pid (\d+)\] INFO worker \d \(pid \d+\) closed its application", server.log())
-    }
-    assert closed == workers
+@pytest.mark.reliability
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_stop_signals_stop_everything_and_each_worker_closes(
+    backend_env: dict[str, str], tmp_path: Path, signum: int, report: Any
+) -> None:
+    """SIGINT and SIGTERM (die-on-term) stop the whole instance within 5 s; each worker closes its
+    application (engine disposed, Cassandra cluster shut down) and says so in the log."""
+    server = UwsgiServer(INI, env=backend_env, options=["--processes", "3"], log_dir=tmp_path).start()
+    try:
+        workers = set(server.worker_pids())
+        started = time.monotonic()
+        os.kill(server.pid, signum)
+        code = server.process.wait(10)  # type: ignore[union-attr]
+        took = time.monotonic() - started
+    finally:
+        server.stop()
+    closed = re.findall(
+        r"\[pid (\d+)\] INFO worker \d \(pid \d+\) closed its application and released the (.+)", server.log()
+    )
+    assert {int(pid) for pid, _ in closed} == workers
     assert took < 5
-    print(f"SIGINT stop took {took:.2f}s")
+    assert code == 0
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
+    report(
+        f"clean stop ({signal.Signals(signum).name})",
+        backend_env,
+        f"{len(workers)} workers closed ({closed[0][1]}), stopped in {took:.2f}s",
+    )
 
 
 @pytest.mark.parametrize("lazy", [False, True], ids=["prefork", "lazy-apps"])
