@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 
-.PHONY: run test check lint format pytest migrate clean postgres-binaries java-and-maven cassandra-up cassandra-down reliability
+.PHONY: run test check lint format pytest migrate clean postgres-binaries java-and-maven cassandra-up cassandra-down reliability bench
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,8 +28,8 @@ test: lint pytest
 check: test
 
 lint: $(STAMP)
-	$(BIN)/ruff format --check uwsgi_es tests
-	$(BIN)/ruff check uwsgi_es tests
+	$(BIN)/ruff format --check uwsgi_es tests bench
+	$(BIN)/ruff check uwsgi_es tests bench
 	$(BIN)/mypy --strict uwsgi_es
 
 pytest: $(STAMP) postgres-binaries java-and-maven
@@ -53,6 +53,14 @@ reliability: $(STAMP) postgres-binaries java-and-maven
 	RELIABILITY_REPORT=$(CURDIR)/.cache/reliability.jsonl $(BIN)/pytest -m reliability -q -p no:cacheprovider
 	$(BIN)/python -m tests.integration.reliability_report .cache/reliability.jsonl > docs/RELIABILITY.md
 
+## bench: uwsgi_es against its anchors (wrk, side by side); writes BENCHMARKS.md and BENCHMARKS.png
+bench: $(STAMP) postgres-binaries java-and-maven
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } || \
+	  { echo "the benchmarks need wrk: sudo apt-get install wrk"; exit 1; }
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python -m bench.run
+
 # A real Cassandra 5.0 node from Maven Central (cached in .cache/cassandra), for development;
 # `make test` starts and stops its own. The last line printed is host:port.
 cassandra-up: $(STAMP) java-and-maven
@@ -73,8 +81,8 @@ java-and-maven:
 	fi
 
 format: $(STAMP)
-	$(BIN)/ruff format uwsgi_es tests
-	$(BIN)/ruff check --fix uwsgi_es tests
+	$(BIN)/ruff format uwsgi_es tests bench
+	$(BIN)/ruff check --fix uwsgi_es tests bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -27,6 +27,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from types import ModuleType
 
 from uwsgi_es import registry
@@ -97,6 +98,7 @@ def build_in_this_process(
 ) -> None:
     """Build the application here, logging the outcome; never raise into uWSGI."""
     pid, wid = os.getpid(), worker_id()
+    started = time.perf_counter()
     try:
         app = registry.init_application(factory, settings=settings)
     except Exception as exc:
@@ -119,7 +121,15 @@ def build_in_this_process(
             _stop_instance()
         return
     atexit.register(_close_at_exit)
-    log.info("worker %d (pid %d) built %s on %s", wid, pid, type(app).__qualname__, app.records.describe())
+    took = (time.perf_counter() - started) * 1000
+    log.info(
+        "worker %d (pid %d) built %s on %s in %.1f ms",
+        wid,
+        pid,
+        type(app).__qualname__,
+        app.records.describe(),
+        took,
+    )
 
 
 def _fail_fast(settings: Settings | None) -> bool:

@@ -114,6 +114,7 @@ class UwsgiServer(StartStop):
         stop_timeout: float = 10.0,
         uwsgi_binary: str | None = None,
         add_http: bool | None = None,
+        http_option: str = "--http",
     ) -> None:
         self.ini = Path(ini).resolve() if ini is not None else None
         self.options = list(options)
@@ -128,6 +129,7 @@ class UwsgiServer(StartStop):
         if add_http is None:
             add_http = self.ini is None or not _ini_mentions(self.ini, "UWSGI_ES_HTTP")
         self.add_http = add_http
+        self.http_option = http_option  # "--http" (uWSGI's HTTP router) or "--http-socket"
         self.port = 0
         self.stats_port = 0
         self.process: subprocess.Popen[bytes] | None = None
@@ -142,7 +144,7 @@ class UwsgiServer(StartStop):
             argv += ["--ini", str(self.ini)]
         argv += self.options
         if self.add_http:
-            argv += ["--http", self.address]
+            argv += [self.http_option, self.address]
         argv += ["--stats", f"127.0.0.1:{self.stats_port}"]
         return argv
 

@@ -1,0 +1,412 @@
+"""`make bench`: uwsgi_es against its anchors, side by side, under the same uWSGI settings.
+
+Every application runs as `uwsgi --master --processes 2 --http-socket ... --disable-logging`
+(the same options for all), all at once, on the same machine as the load generator (wrk, 1 thread,
+8 connections). Each scenario gets a warm-up, then ROUNDS rounds; in each round every contender
+runs once, back to back, so a ratio compares runs made within seconds of each other. The report
+gives medians of requests per second and the median of the per-round ratios: on a shared, noisy
+machine absolute numbers drift, ratios hold.
+
+Writes BENCHMARKS.md and BENCHMARKS.png at the top of the project.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.apps import raw_sql
+from uwsgi_es.settings import Settings
+from uwsgi_es.stores import create_record_store
+from uwsgi_es.testing import PostgresServer, UwsgiServer
+from uwsgi_es.testing.cassandra import CassandraNode
+
+PROJECT = Path(__file__).resolve().parent.parent
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
+WARMUP = int(os.environ.get("BENCH_WARMUP", "2"))
+CONNECTIONS = 8
+COMMON = [
+    "--master",
+    "--processes",
+    "2",
+    "--disable-logging",
+    "--need-app",
+    "--die-on-term",
+    "--enable-threads",
+]
+POSTGRES_DURABILITY = "fsync=on, synchronous_commit=on (PostgreSQL's durable defaults)"
+SQLITE_DURABILITY = "WAL, synchronous=FULL"
+
+
+@dataclass
+class Contender:
+    name: str
+    server: UwsgiServer
+    accounts: dict[str, list[str]] = field(default_factory=dict)  # account ids by purpose
+
+
+@dataclass
+class Row:
+    scenario: str
+    store: str
+    ours: str
+    anchor: str
+    ours_rps: list[float]
+    anchor_rps: list[float]
+    ratios: list[float]
+    target: float
+
+    @property
+    def ratio(self) -> float:
+        return statistics.median(self.ratios)
+
+    @property
+    def met(self) -> bool:
+        return self.ratio >= self.target
+
+
+def start(module: str, env: dict[str, str], log_dir: Path, wait_for: Any = "health") -> UwsgiServer:
+    return UwsgiServer(
+        options=[*COMMON, "--module", module],
+        env=env,
+        cwd=PROJECT,
+        log_dir=log_dir,
+        wait_for=wait_for,
+        add_http=True,
+        http_option="--http-socket",
+    ).start()
+
+
+def wrk(server: UwsgiServer, script: str, seconds: int) -> float:
+    """Requests per second of one wrk run; non-2xx answers make the run fail loudly."""
+    return wrk_run(server, script, seconds)[0]
+
+
+def wrk_run(server: UwsgiServer, script: str, seconds: int) -> tuple[float, int]:
+    """(requests per second, requests) of one wrk run."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as lua:
+        lua.write(script)
+    result = subprocess.run(
+        ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "-s", lua.name, server.url],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    os.unlink(lua.name)
+    if "Non-2xx" in result.stdout:
+        raise RuntimeError(f"errors during the run:\n{result.stdout}\n{server.log_tail(20)}")
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", result.stdout).group(1))  # type: ignore[union-attr]
+    count = int(re.search(r"(\d+) requests in", result.stdout).group(1))  # type: ignore[union-attr]
+    return rate, count
+
+
+def script(method: str, paths: list[str], body: str | None = None) -> str:
+    listing = ", ".join(f'"{p}"' for p in paths)
+    lines = [f"local paths = {{ {listing} }}", "local n = 0", f'wrk.method = "{method}"']
+    if body is not None:
+        lines += ['wrk.headers["Content-Type"] = "application/json"', f"wrk.body = '{body}'"]
+    lines += [
+        "request = function()",
+        "  n = n + 1",
+        "  return wrk.format(nil, paths[(n % #paths) + 1])",
+        "end",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def compare(
+    scenario: str,
+    store: str,
+    ours: Contender,
+    anchor: Contender,
+    make_script: Callable[[Contender], str],
+    target: float,
+) -> Row:
+    """Warm both, then ROUNDS rounds of (ours, anchor) runs; ratios within each round."""
+    for contender in (ours, anchor):
+        wrk(contender.server, make_script(contender), WARMUP)
+    ours_rps, anchor_rps, ratios = [], [], []
+    for _ in range(ROUNDS):
+        a = wrk(ours.server, make_script(ours), SECONDS)
+        b = wrk(anchor.server, make_script(anchor), SECONDS)
+        ours_rps.append(a)
+        anchor_rps.append(b)
+        ratios.append(a / b)
+    row = Row(scenario, store, ours.name, anchor.name, ours_rps, anchor_rps, ratios, target)
+    print(
+        f"{scenario:<28} {store:<11} {ours.name} vs {anchor.name}: {statistics.median(ours_rps):8.0f} / "
+        f"{statistics.median(anchor_rps):8.0f} req/s, ratio {row.ratio:.2f} (target >= {target})",
+        flush=True,
+    )
+    return row
+
+
+def open_accounts(contender: Contender, purpose: str, count: int, events: int) -> None:
+    """``count`` accounts of ``events`` events each (the opening counts as one where there is one)."""
+    server = contender.server
+    ids = []
+    for _ in range(count):
+        if contender.name == "raw SQL":
+            import uuid
+
+            account = str(uuid.uuid4())
+            deposits = events
+        else:
+            account = server.post("/accounts", {"owner": "bench"}).json()["id"]
+            deposits = events - 1
+        for _ in range(deposits):
+            answer = server.post(f"/accounts/{account}/deposits", {"amount": 1})
+            assert answer.status == 200, answer.body
+        ids.append(account)
+    contender.accounts[purpose] = ids
+
+
+def deposit_script(contender: Contender) -> str:
+    return script("POST", [f"/accounts/{a}/deposits" for a in contender.accounts["write"]], '{"amount": 1}')
+
+
+def read_script(purpose: str) -> Callable[[Contender], str]:
+    return lambda contender: script("GET", [f"/accounts/{a}" for a in contender.accounts[purpose]])
+
+
+def rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024  # type: ignore[union-attr]
+
+
+def sql_rows(
+    store: str, env_ours: dict[str, str], env_raw: dict[str, str], env_lib: dict[str, str], logs: Path
+) -> list[Row]:
+    ours = Contender(
+        "uwsgi_es", start("uwsgi_es.wsgi:application", env_ours, logs / f"ours-{store}", wait_for="ready")
+    )
+    raw = Contender("raw SQL", start("bench.apps.raw_sql:application", env_raw, logs / f"raw-{store}"))
+    library = Contender(
+        "eventsourcing", start("bench.apps.es_library:application", env_lib, logs / f"lib-{store}")
+    )
+    rows = []
+    try:
+        for contender in (ours, raw, library):
+            open_accounts(contender, "write", 100, 1)
+            open_accounts(contender, "read10", 10, 10)
+            open_accounts(contender, "read100", 10, 100)
+        rows.append(compare("write: deposit", store, ours, raw, deposit_script, 0.9))
+        rows.append(compare("write: deposit", store, ours, library, deposit_script, 1.2))
+        for purpose, label in (("read10", "read: 10 events"), ("read100", "read: 100 events")):
+            rows.append(compare(label, store, ours, raw, read_script(purpose), 0.9))
+            rows.append(compare(label, store, ours, library, read_script(purpose), 1.2))
+    finally:
+        for contender in (ours, raw, library):
+            contender.server.stop()
+    return rows
+
+
+def boot_figures(env: dict[str, str], log_dir: Path, label: str, runs: int = 3) -> dict[str, float]:
+    """Median per-worker build time (fork → ready, from the hook's log) and ini start → 4 ready."""
+    builds, starts = [], []
+    for n in range(runs):
+        server = UwsgiServer(
+            PROJECT / "uwsgi.ini",
+            env=env,
+            options=["--processes", "4"],
+            log_dir=log_dir / f"boot-{label}-{n}",
+        )
+        server.start()
+        starts.append(server.startup_seconds)
+        server.stop()
+        builds += [float(ms) for ms in re.findall(r"built \S+ on .+ in ([\d.]+) ms", server.log())]
+    return {"build_ms": statistics.median(builds), "start_s": statistics.median(starts)}
+
+
+def memory_figures(env: dict[str, str], logs: Path) -> dict[str, float]:
+    ours = Contender("uwsgi_es", start("uwsgi_es.wsgi:application", env, logs / "mem-ours", wait_for="ready"))
+    hello = Contender("hello", start("bench.apps.hello:application", {}, logs / "mem-hello"))
+    try:
+        open_accounts(ours, "write", 50, 1)
+        reads = script("GET", [f"/accounts/{a}" for a in ours.accounts["write"]])
+        done = 0
+        while done < 10_000:  # deposits and reads, then the same number of requests to hello
+            done += wrk_run(ours.server, deposit_script(ours), 2)[1]
+            done += wrk_run(ours.server, reads, 2)[1]
+        served = 0
+        while served < done:
+            served += wrk_run(hello.server, script("GET", ["/"]), 2)[1]
+        return {
+            "ours_mb": statistics.median(rss_mb(p) for p in ours.server.worker_pids()),
+            "hello_mb": statistics.median(rss_mb(p) for p in hello.server.worker_pids()),
+            "requests": done,
+        }
+    finally:
+        ours.server.stop()
+        hello.server.stop()
+
+
+def ceiling_row(logs: Path, env: dict[str, str]) -> Row:
+    ours = Contender(
+        "uwsgi_es /health", start("uwsgi_es.wsgi:application", env, logs / "ceiling-ours", wait_for="ready")
+    )
+    hello = Contender("bare WSGI hello", start("bench.apps.hello:application", {}, logs / "ceiling-hello"))
+    try:
+        return compare("ceiling: GET /health", "-", ours, hello, lambda c: script("GET", ["/health"]), 0.8)
+    finally:
+        ours.server.stop()
+        hello.server.stop()
+
+
+def migrate(settings: Settings) -> None:
+    store = create_record_store(settings)
+    store.create_schema()
+    store.close()
+
+
+def main() -> None:
+    logs = Path(tempfile.mkdtemp(prefix="uwsgi_es-bench-"))
+    rows: list[Row] = []
+    boot: dict[str, dict[str, float]] = {}
+
+    sqlite_dir = Path(tempfile.mkdtemp(prefix="uwsgi_es-bench-sqlite-"))
+    ours_sqlite = f"sqlite:///{sqlite_dir}/ours.sqlite3"
+    raw_sqlite = f"sqlite:///{sqlite_dir}/raw.sqlite3"
+    migrate(Settings(database_url=ours_sqlite))
+    raw_sql.create_schema(raw_sqlite)
+    sqlite_lib = {
+        "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+        "SQLITE_DBNAME": f"{sqlite_dir}/library.sqlite3",
+    }
+
+    rows.append(ceiling_row(logs, {"UWSGI_ES_DATABASE_URL": ours_sqlite}))
+    rows += sql_rows(
+        "SQLite",
+        {"UWSGI_ES_DATABASE_URL": ours_sqlite},
+        {"UWSGI_ES_DATABASE_URL": raw_sqlite},
+        sqlite_lib,
+        logs,
+    )
+    boot["SQLite"] = boot_figures({"UWSGI_ES_DATABASE_URL": ours_sqlite}, logs, "sqlite")
+    memory = memory_figures({"UWSGI_ES_DATABASE_URL": ours_sqlite}, logs)
+
+    with PostgresServer(settings={"max_connections": "300"}) as postgres:
+        ours_pg, raw_pg = postgres.create_database("ours"), postgres.create_database("raw")
+        postgres.create_database("library")
+        migrate(Settings(database_url=ours_pg))
+        raw_sql.create_schema(raw_pg)
+        pg_lib = {
+            "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            "POSTGRES_DBNAME": "library",
+            "POSTGRES_HOST": "127.0.0.1",
+            "POSTGRES_PORT": str(postgres.port),
+            "POSTGRES_USER": "postgres",
+            "POSTGRES_PASSWORD": "unused",
+        }
+        rows += sql_rows(
+            "PostgreSQL", {"UWSGI_ES_DATABASE_URL": ours_pg}, {"UWSGI_ES_DATABASE_URL": raw_pg}, pg_lib, logs
+        )
+        boot["PostgreSQL"] = boot_figures({"UWSGI_ES_DATABASE_URL": ours_pg}, logs, "postgres")
+
+    with CassandraNode(PROJECT / ".cache" / "cassandra") as node:
+        settings = Settings(store="cassandra", cassandra_port=node.native_port, cassandra_keyspace="bench")
+        migrate(settings)
+        env = {
+            "UWSGI_ES_STORE": "cassandra",
+            "UWSGI_ES_CASSANDRA_PORT": str(node.native_port),
+            "UWSGI_ES_CASSANDRA_KEYSPACE": "bench",
+        }
+        boot["Cassandra"] = boot_figures(env, logs, "cassandra")
+
+    write_report(rows, boot, memory)
+    print(f"logs of every server: {logs}")
+
+
+BOOT_TARGETS_MS = {"SQLite": 50, "PostgreSQL": 100, "Cassandra": 1000}
+
+
+def write_report(rows: list[Row], boot: dict[str, dict[str, float]], memory: dict[str, float]) -> None:
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Generated by `make bench` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC "
+        f"({platform.platform()}, {os.cpu_count()} cores, Python {platform.python_version()}).",
+        "",
+        f"Every contender runs under the same uWSGI settings (`{' '.join(COMMON)} --http-socket`), all at once,",
+        f"loaded by wrk on the same machine (1 thread, {CONNECTIONS} connections). Per scenario: a {WARMUP} s warm-up",
+        f"each, then {ROUNDS} rounds of {SECONDS} s runs, ours and the anchor back to back in every round. The",
+        "ratio is the median of the per-round ratios (ours / anchor): absolute numbers drift on this shared",
+        "machine, ratios measured seconds apart hold. Deposits go round-robin over 100 accounts; reads over",
+        "10 accounts of 10 or 100 events.",
+        "",
+        f"Durability: SQLite {SQLITE_DURABILITY} for uwsgi_es and raw SQL (the eventsourcing library sets WAL and",
+        f"keeps SQLite's default synchronous); PostgreSQL {POSTGRES_DURABILITY}.",
+        "",
+        "| scenario | store | ours | anchor | ours req/s (median) | anchor req/s (median) | ratio | target | met |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.scenario} | {r.store} | {r.ours} | {r.anchor} | {statistics.median(r.ours_rps):.0f} | "
+            f"{statistics.median(r.anchor_rps):.0f} | {r.ratio:.2f} | ≥ {r.target} | {'yes' if r.met else '**no**'} |"
+        )
+    lines += [
+        "",
+        "## Boot",
+        "",
+        "| store | per-worker build after fork (median) | target | `uwsgi --ini` start → 4 workers ready (median) |",
+        "|---|---|---|---|",
+    ]
+    for store, figures in boot.items():
+        met = "yes" if figures["build_ms"] <= BOOT_TARGETS_MS[store] else "**no**"
+        lines.append(
+            f"| {store} | {figures['build_ms']:.1f} ms ({met}) | ≤ {BOOT_TARGETS_MS[store]} ms | {figures['start_s'] * 1000:.0f} ms |"
+        )
+    met = "yes" if memory["ours_mb"] <= 40 else "**no**"
+    lines += [
+        "",
+        "## Memory",
+        "",
+        f"RSS per worker after {memory['requests']:.0f} requests: uwsgi_es {memory['ours_mb']:.1f} MB ({met}, target ≤ 40 MB); "
+        f"a bare hello-world worker {memory['hello_mb']:.1f} MB.",
+        "",
+        "![ratios](BENCHMARKS.png)",
+        "",
+        "The command: `make bench` (BENCH_ROUNDS, BENCH_SECONDS and BENCH_WARMUP override the defaults).",
+    ]
+    (PROJECT / "BENCHMARKS.md").write_text("\n".join(lines) + "\n")
+    (PROJECT / ".cache").mkdir(exist_ok=True)
+    (PROJECT / ".cache" / "bench.json").write_text(json.dumps([r.__dict__ for r in rows], indent=1))
+    chart(rows)
+
+
+def chart(rows: list[Row]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r.scenario}\n{r.store} vs {r.anchor}" for r in rows]
+    figure, axes = plt.subplots(figsize=(10, 0.55 * len(rows) + 1.5))
+    colours = ["#2a9d8f" if r.met else "#e76f51" for r in rows]
+    axes.barh(range(len(rows)), [r.ratio for r in rows], color=colours)
+    for i, r in enumerate(rows):
+        axes.plot([r.target, r.target], [i - 0.4, i + 0.4], color="black", linewidth=1.5)
+        axes.text(r.ratio + 0.02, i, f"{r.ratio:.2f}", va="center", fontsize=8)
+    axes.set_yticks(range(len(rows)), labels, fontsize=7)
+    axes.invert_yaxis()
+    axes.set_xlabel("throughput ratio, uwsgi_es / anchor (median of rounds); black line: target")
+    axes.set_title("uwsgi_es against its anchors (green: target met)")
+    figure.tight_layout()
+    figure.savefig(PROJECT / "BENCHMARKS.png", dpi=110)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
