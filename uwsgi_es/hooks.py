@@ -79,6 +79,7 @@ def install(factory: ApplicationFactory | None = None, *, settings: Settings | N
     configure_logging()
     if _fail_fast(settings) and settings is None:
         Settings.from_environ()  # parsing only, nothing connects: a bad value stops uWSGI at start
+    _preload(settings)
     already_forked = worker_id() > 0 or int(getattr(uwsgi, "mule_id", lambda: 0)()) > 0
     if already_forked:
         build_in_this_process(factory, settings)
@@ -130,6 +131,23 @@ def build_in_this_process(
         app.records.describe(),
         took,
     )
+
+
+def _preload(settings: Settings | None) -> None:
+    """Import, never connect, what each worker's build will need: done once here (in the master
+    under prefork) the modules are shared by every worker instead of imported after each fork."""
+    try:
+        settings = settings or Settings.from_environ()
+        if settings.store == "cassandra":
+            import cassandra.cluster  # creates no Cluster: no threads, no sockets
+            import cassandra.io.libevreactor  # noqa: F401
+        else:
+            import sqlalchemy.orm  # noqa: F401
+            from sqlalchemy.engine import make_url
+
+            make_url(settings.database_url).get_dialect().import_dbapi()
+    except Exception:  # a bad setting or a missing driver is reported by the build, with its cause
+        return
 
 
 def _fail_fast(settings: Settings | None) -> bool:
