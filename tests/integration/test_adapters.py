@@ -1,0 +1,99 @@
+"""The same one-application-per-process guarantee under gunicorn and in a Flask app, with real processes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from uwsgi_es.testing import UwsgiServer, free_port
+
+from ..conftest import PROJECT
+from .conftest import INI, assert_one_application_per_worker, fan_out
+
+pytestmark = pytest.mark.integration
+StartServer = Any
+GUNICORN_CONF = PROJECT / "deploy" / "gunicorn.conf.py"
+
+
+@contextlib.contextmanager
+def gunicorn(
+    env: dict[str, str], log: Path, *extra: str
+) -> Iterator[tuple[subprocess.Popen[bytes], UwsgiServer]]:
+    """A real gunicorn (3 workers) from deploy/gunicorn.conf.py; yields it and an HTTP client."""
+    port = free_port()
+    client = UwsgiServer(options=[], log_dir=log.parent, wait_for="nothing")  # used for its HTTP helpers only
+    client.port = port
+    full_env = {**os.environ, **env, "UWSGI_ES_HTTP": f"127.0.0.1:{port}", "GUNICORN_WORKERS": "3"}
+    command = [str(Path(sys.executable).parent / "gunicorn"), "-c", str(GUNICORN_CONF), *extra]
+    with open(log, "ab") as out:
+        process = subprocess.Popen(
+            command, cwd=PROJECT, env=full_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert process.poll() is None, log.read_text()
+            with contextlib.suppress(OSError):
+                if client.get("/health", timeout=2).status == 200:
+                    break
+            time.sleep(0.05)
+        yield process, client
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@pytest.mark.parametrize("preload", [False, True], ids=["default", "preload"])
+def test_gunicorn_builds_one_application_per_worker(
+    app_env: dict[str, str], tmp_path: Path, preload: bool
+) -> None:
+    """gunicorn with 3 workers, importing the app per worker or once in the master (--preload):
+    post_fork builds in each worker; every pid answers from the application it built itself."""
+    log = tmp_path / "gunicorn.log"
+    with gunicorn(app_env, log, *(["--preload"] if preload else [])) as (process, client):
+        reports: list[dict[str, int]] = []
+        deadline = time.monotonic() + 30
+        while len({r["pid"] for r in reports}) < 3 and time.monotonic() < deadline:
+            reports += [r.json() for r in fan_out(60, lambda _: client.get("/worker"), concurrency=12)]
+        for report in reports:
+            assert report["pid"] == report["built_in_pid"], report
+            assert (report["constructions"], report["subscriptions"]) == (1, 1), report
+        pids = {r["pid"] for r in reports}
+        assert len(pids) == 3
+        assert process.pid not in pids
+        account = client.post("/accounts", {"owner": "gunicorn"}).json()["id"]
+        assert client.post(f"/accounts/{account}/deposits", {"amount": 3}).json()["balance"] == 3
+    text = log.read_text()
+    assert text.count("uwsgi_es: worker pid") >= 6, text  # built and closed, in each of 3 workers
+    assert text.count("closed its application") == 3, text
+
+
+@pytest.mark.parametrize("lazy", [False, True], ids=["prefork", "lazy-apps"])
+def test_flask_app_factory_under_uwsgi(
+    uwsgi_server: StartServer, app_env: dict[str, str], lazy: bool
+) -> None:
+    """examples/flask_app.py (an app factory with the UwsgiEs extension) under real uWSGI."""
+    options = ["--module", "examples.flask_app:app", "--processes", "4"] + (["--lazy-apps"] if lazy else [])
+    server = uwsgi_server(INI, env=app_env, options=options)
+    reports = [r.json() for r in fan_out(400, lambda _: server.get("/worker"))]
+    pids = assert_one_application_per_worker(server, reports)
+    assert len(pids) >= 2
+    account = server.post("/accounts", {"owner": "flask"}).json()["id"]
+    assert server.post(f"/accounts/{account}/deposits", {"amount": 4}).json()["balance"] == 4
+    missing = server.post("/accounts/00000000-0000-4000-8000-000000000000/deposits", {"amount": 4})
+    assert missing.status == 404
+    assert "No BankAccount" in missing.json()["error"]
