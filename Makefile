@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 
-.PHONY: run test check lint format pytest migrate clean postgres-binaries java-and-maven cassandra-up cassandra-down reliability bench
+.PHONY: run test check lint format pytest migrate clean postgres-binaries java-and-maven redis cassandra-up cassandra-down reliability bench
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,11 +28,11 @@ test: lint pytest
 check: test
 
 lint: $(STAMP)
-	$(BIN)/ruff format --check uwsgi_es tests bench
-	$(BIN)/ruff check uwsgi_es tests bench
+	$(BIN)/ruff format --check uwsgi_es tests bench examples
+	$(BIN)/ruff check uwsgi_es tests bench examples
 	$(BIN)/mypy --strict uwsgi_es
 
-pytest: $(STAMP) postgres-binaries java-and-maven
+pytest: $(STAMP) postgres-binaries java-and-maven redis
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # The tests start their own throwaway PostgreSQL from Debian's server binaries; install them when
@@ -69,6 +69,17 @@ cassandra-up: $(STAMP) java-and-maven
 cassandra-down: $(STAMP)
 	@$(BIN)/python -m uwsgi_es.testing.cassandra down
 
+# The RQ and Celery tests run a throwaway redis-server; install it when missing (as root).
+redis:
+	@if command -v redis-server >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing redis-server (apt-get install redis-server)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	else \
+	  echo "the worker tests need redis-server: sudo apt-get install redis-server"; \
+	  exit 1; \
+	fi
+
 # Cassandra runs on JDK 17 and is fetched with Maven; install them when missing (as root).
 java-and-maven:
 	@if command -v java >/dev/null && command -v mvn >/dev/null; then exit 0; fi; \
@@ -81,8 +92,8 @@ java-and-maven:
 	fi
 
 format: $(STAMP)
-	$(BIN)/ruff format uwsgi_es tests bench
-	$(BIN)/ruff check --fix uwsgi_es tests bench
+	$(BIN)/ruff format uwsgi_es tests bench examples
+	$(BIN)/ruff check --fix uwsgi_es tests bench examples
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

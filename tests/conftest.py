@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
+import shutil
+import socket
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +18,7 @@ from uwsgi_es import close_application
 from uwsgi_es.settings import Settings
 from uwsgi_es.stores import create_record_store
 from uwsgi_es.stores.sqlalchemy import SQLAlchemyRecordStore
-from uwsgi_es.testing import PostgresServer
+from uwsgi_es.testing import PostgresServer, free_port
 from uwsgi_es.testing.cassandra import CassandraNode
 from uwsgi_es.testing.postgres import ExistingPostgres
 
@@ -102,3 +107,45 @@ def cassandra_env(cassandra_settings: Settings) -> dict[str, str]:
         "UWSGI_ES_CASSANDRA_PORT": str(cassandra_settings.cassandra_port),
         "UWSGI_ES_CASSANDRA_KEYSPACE": cassandra_settings.cassandra_keyspace,
     }
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A throwaway redis-server on a free port (Debian's redis-server; `make test` installs it)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError(
+            "redis-server is missing: apt-get install redis-server (`make test` does, as root)"
+        )
+    port = free_port()
+    folder = tmp_path_factory.mktemp("redis")
+    process = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(folder),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            if sock.recv(16).startswith(b"+PONG"):
+                break
+        if time.monotonic() > deadline or process.poll() is not None:
+            process.kill()
+            raise RuntimeError(f"redis-server did not answer on port {port}")
+        time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    process.terminate()
+    process.wait(10)
