@@ -22,7 +22,7 @@ from sqlalchemy.exc import ArgumentError
 from uwsgi_es.errors import ConfigurationError
 
 PREFIX = "UWSGI_ES_"
-StoreKind = Literal["sqlalchemy", "cassandra"]
+StoreKind = Literal["sqlalchemy", "cassandra", "django"]
 Reactor = Literal["libev", "asyncio"]
 CONSISTENCY_LEVELS = ("ONE", "TWO", "THREE", "QUORUM", "ALL", "LOCAL_QUORUM", "EACH_QUORUM", "LOCAL_ONE")
 SERIAL_CONSISTENCY_LEVELS = ("SERIAL", "LOCAL_SERIAL")
@@ -118,6 +118,8 @@ class Settings:
 
     def describe_store(self) -> str:
         """The store and database, with any password hidden: safe for logs and error messages."""
+        if self.store == "django":
+            return "django store on the project's default database"
         if self.store == "cassandra":
             return (
                 f"cassandra store at {self.cassandra_hosts}:{self.cassandra_port}/{self.cassandra_keyspace}"

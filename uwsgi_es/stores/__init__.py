@@ -15,6 +15,10 @@ __all__ = ["RecordStore", "StoredRecord", "create_record_store"]
 
 def create_record_store(settings: Settings) -> RecordStore:
     """Connect to the store the settings name. Call it in the process that will use the store."""
+    if settings.store == "django":
+        from uwsgi_es.adapters.django.store import DjangoRecordStore  # needs a configured Django
+
+        return DjangoRecordStore()
     if settings.store == "cassandra":
         try:
             from uwsgi_es.stores.cassandra import CassandraRecordStore

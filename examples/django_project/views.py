@@ -1,0 +1,58 @@
+"""Views over this worker's application (``get_application()``: built after the fork by wsgi.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+from uuid import UUID
+
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_POST
+
+from uwsgi_es import UwsgiEsError, get_application_lazily, hooks
+from uwsgi_es.application import constructions_in_this_process
+from uwsgi_es.bank import BankAccounts
+
+
+def bank() -> BankAccounts:
+    app = get_application_lazily(BankAccounts)
+    assert isinstance(app, BankAccounts)
+    return app
+
+
+@require_GET
+def ready(request: HttpRequest) -> JsonResponse:
+    try:
+        bank().records.ping()
+    except UwsgiEsError as exc:
+        return JsonResponse({"error": str(exc)}, status=503)
+    return JsonResponse({"status": "ready", "pid": os.getpid(), "worker_id": hooks.worker_id()})
+
+
+@require_GET
+def worker(request: HttpRequest) -> JsonResponse:
+    app = bank()
+    return JsonResponse(
+        {
+            "pid": os.getpid(),
+            "built_in_pid": app.built_in_pid,
+            "constructions": constructions_in_this_process(),
+            "subscriptions": app.bus.count_persistence_subscriptions(),
+            "worker_id": hooks.worker_id(),
+        }
+    )
+
+
+@csrf_exempt
+@require_POST
+def open_account(request: HttpRequest) -> JsonResponse:
+    body = json.loads(request.body or b"{}")
+    return JsonResponse(bank().open_account(str(body["owner"])).as_dict(), status=201)
+
+
+@csrf_exempt
+@require_POST
+def deposit(request: HttpRequest, account_id: UUID) -> JsonResponse:
+    body = json.loads(request.body or b"{}")
+    return JsonResponse(bank().deposit(account_id, int(body["amount"])).as_dict())

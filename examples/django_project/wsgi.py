@@ -1,0 +1,13 @@
+"""`module = examples.django_project.wsgi:application`: Django, with the application built after the fork."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "examples.django_project.settings")
+os.environ.setdefault("UWSGI_ES_STORE", "django")
+
+from uwsgi_es.adapters.django.wsgi import get_wsgi_application
+from uwsgi_es.bank import BankAccounts
+
+application = get_wsgi_application(factory=BankAccounts)
