@@ -97,3 +97,18 @@ def test_flask_app_factory_under_uwsgi(
     missing = server.post("/accounts/00000000-0000-4000-8000-000000000000/deposits", {"amount": 4})
     assert missing.status == 404
     assert "No BankAccount" in missing.json()["error"]
+
+
+def test_flask_sqlalchemy_engine_and_session_are_shared(
+    uwsgi_server: StartServer, app_env: dict[str, str]
+) -> None:
+    """With db=..., the store runs on Flask-SQLAlchemy's engine and db.session, built per worker."""
+    create = "from examples.flask_sqlalchemy_app import app, db; app.app_context().push(); db.create_all()"
+    subprocess.run([sys.executable, "-c", create], cwd=PROJECT, env={**os.environ, **app_env}, check=True)
+    options = ["--module", "examples.flask_sqlalchemy_app:app", "--processes", "4"]
+    server = uwsgi_server(INI, env=app_env, options=options)
+    reports = [r.json() for r in fan_out(200, lambda _: server.get("/worker"))]
+    assert_one_application_per_worker(server, reports)
+    assert all(r["shares_engine"] for r in reports)
+    account = server.post("/accounts", {"owner": "flask-sqlalchemy"}).json()["id"]
+    assert server.get(f"/accounts/{account}/audit").json() == {"entries": 1}

@@ -22,15 +22,51 @@ fork or on first use, never in the master.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from flask import Flask, g
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, scoped_session
 
 from uwsgi_es import hooks, registry
 from uwsgi_es.application import Application
+from uwsgi_es.errors import ConfigurationError
 from uwsgi_es.registry import ApplicationFactory
+from uwsgi_es.settings import Settings
+from uwsgi_es.stores.sqlalchemy import SQLAlchemyRecordStore
 
 _G_KEY = "uwsgi_es_application"
+
+
+class FlaskSQLAlchemyLike(Protocol):
+    """What we use of Flask-SQLAlchemy's ``SQLAlchemy`` object."""
+
+    @property
+    def engine(self) -> Engine: ...
+
+    @property
+    def session(self) -> scoped_session[Session]: ...
+
+
+def _on_flask_sqlalchemy(
+    app: Flask, db: FlaskSQLAlchemyLike, factory: ApplicationFactory | None
+) -> ApplicationFactory:
+    if not (isinstance(factory, type) and issubclass(factory, Application)):
+        raise ConfigurationError(
+            "With db=..., give factory= an Application subclass (it is built on db's engine)."
+        )
+    application_class = factory
+
+    def build(settings: Settings) -> Application:
+        with app.app_context():
+            engine = db.engine
+        # Flask-SQLAlchemy made the engine in init_app, maybe in the uWSGI master: forget any pooled
+        # connection inherited from there (never close it: it is the parent's) before using it here.
+        engine.dispose(close=False)
+        store = SQLAlchemyRecordStore(engine, sessions=db.session, owns_engine=False)
+        return application_class(store, settings=settings)
+
+    return build
 
 
 class UwsgiEs:
@@ -41,8 +77,14 @@ class UwsgiEs:
         if app is not None:
             self.init_app(app)
 
-    def init_app(self, app: Flask, *, factory: ApplicationFactory | None = None) -> None:
+    def init_app(
+        self, app: Flask, *, factory: ApplicationFactory | None = None, db: FlaskSQLAlchemyLike | None = None
+    ) -> None:
+        """``db``: a Flask-SQLAlchemy ``SQLAlchemy`` whose engine and ``db.session`` the store uses
+        (``factory`` must then be an ``Application`` subclass)."""
         self.factory = factory or self.factory
+        if db is not None:
+            self.factory = _on_flask_sqlalchemy(app, db, self.factory)
         app.extensions["uwsgi_es"] = self
         app.teardown_appcontext(self._end_request)
         hooks.install(self.factory)

@@ -195,6 +195,8 @@ class SQLAlchemyRecordStore(RecordStore):
     ) -> None:
         super().__init__()
         self.engine = engine
+        # Sessions given by someone else (Flask-SQLAlchemy's db.session) are theirs to remove.
+        self._owns_sessions = sessions is None
         self.sessions = sessions or scoped_session(sessionmaker(bind=engine))
         self._owns_engine = owns_engine
         self._is_sqlite = engine.dialect.name == "sqlite"
@@ -275,11 +277,14 @@ class SQLAlchemyRecordStore(RecordStore):
                 f"The SQLite database file {Path(database).resolve()} does not exist. "
                 "Create it once per deployment with: uwsgi-es migrate"
             )
-        with self._errors(), self._transaction(write=False) as session:
-            session.execute(select(records_table.c.id).limit(1)).all()
+        # A plain connection, not the request's session: ping also runs outside any request
+        # (right after the build), where a framework's session may not be usable.
+        with self._errors(), self.engine.connect() as connection:
+            connection.execute(select(records_table.c.id).limit(1)).all()
 
     def end_request(self) -> None:
-        self.sessions.remove()
+        if self._owns_sessions:
+            self.sessions.remove()
 
     def pool_status(self) -> dict[str, int]:
         checked_out = getattr(self.engine.pool, "checkedout", None)
@@ -293,7 +298,8 @@ class SQLAlchemyRecordStore(RecordStore):
             # Inherited across fork: the sockets are the parent's. Forget them, never close them.
             self.engine.dispose(close=False)
             return
-        self.sessions.remove()
+        if self._owns_sessions:
+            self.sessions.remove()
         if self._writers is not None:
             self._writers.close()
         if self._owns_engine:
