@@ -433,6 +433,12 @@ GAP_EXPLAINED = """What the gaps are made of (the evidence is the table above an
   SQLite's 1-2-5-10 ms busy-sleep, and statements are built once; what remains inside the lock is
   SQLAlchemy's ORM session around the INSERT plus the fsync of the COMMIT (synchronous=FULL),
   which the raw app pays too.
+- **On PostgreSQL writers also take turns, by design**: the append holds `LOCK TABLE ... IN
+  EXCLUSIVE MODE` so the global feed never skips a late commit (issue 3); the raw app's inserts
+  run in parallel and keep no such promise. **On Cassandra** a deposit is a partition read plus a
+  Paxos round (the raw anchor pays the Paxos round but reads nothing).
+- **Write accounts grow during the runs** (every deposit adds an event to one of 100 accounts), so
+  the event-sourced contenders read longer streams in later rounds; the raw app does not read.
 - **Reads against raw SQL**: the raw app sums one column; we decode every event (JSON, ISO
   timestamp, a frozen dataclass) and replay it, so the gap grows with the number of events.
 - **Against the eventsourcing library** we are faster on long streams and on PostgreSQL writes; on
