@@ -6,15 +6,13 @@ after the fork, its store session ended at each request's teardown.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 from uuid import UUID
 
 from flask import Flask, jsonify, request
 
-from uwsgi_es import AggregateNotFoundError, UwsgiEsError, hooks
+from uwsgi_es import AggregateNotFoundError, UwsgiEsError
 from uwsgi_es.adapters.flask import UwsgiEs
-from uwsgi_es.application import constructions_in_this_process
 from uwsgi_es.bank import BankAccounts
 
 es = UwsgiEs()
@@ -22,23 +20,7 @@ es = UwsgiEs()
 
 def create_app() -> Flask:
     app = Flask(__name__)
-    es.init_app(app, factory=BankAccounts)
-
-    @app.get("/ready")
-    def ready() -> Any:
-        es.application.records.ping()
-        return jsonify(status="ready", pid=os.getpid(), worker_id=hooks.worker_id())
-
-    @app.get("/worker")
-    def worker() -> Any:
-        application = es.application
-        return jsonify(
-            pid=os.getpid(),
-            built_in_pid=application.built_in_pid,
-            constructions=constructions_in_this_process(),
-            subscriptions=application.bus.count_persistence_subscriptions(),
-            worker_id=hooks.worker_id(),
-        )
+    es.init_app(app, factory=BankAccounts)  # also adds /ready and /worker
 
     @app.post("/accounts")
     def open_account() -> Any:

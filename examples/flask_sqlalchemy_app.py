@@ -17,11 +17,10 @@ from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import func, select
 from sqlalchemy.orm import Mapped, mapped_column
 
-from uwsgi_es import hooks
 from uwsgi_es.adapters.flask import UwsgiEs
-from uwsgi_es.application import constructions_in_this_process
 from uwsgi_es.bank import BankAccounts
 from uwsgi_es.settings import DEFAULT_DATABASE_URL
+from uwsgi_es.web import ready_report, worker_report
 
 db = SQLAlchemy()
 es = UwsgiEs()
@@ -37,24 +36,17 @@ def create_app() -> Flask:
     app = Flask(__name__)
     app.config["SQLALCHEMY_DATABASE_URI"] = os.environ.get("UWSGI_ES_DATABASE_URL", DEFAULT_DATABASE_URL)
     db.init_app(app)
-    es.init_app(app, factory=BankAccounts, db=db)
+    es.init_app(app, factory=BankAccounts, db=db, ops_routes=False)
 
     @app.get("/ready")
     def ready() -> Any:
-        es.application.records.ping()
-        return jsonify(status="ready", pid=os.getpid(), worker_id=hooks.worker_id())
+        return jsonify(ready_report(es.application))
 
     @app.get("/worker")
     def worker() -> Any:
         application = es.application
-        return jsonify(
-            pid=os.getpid(),
-            built_in_pid=application.built_in_pid,
-            constructions=constructions_in_this_process(),
-            subscriptions=application.bus.count_persistence_subscriptions(),
-            worker_id=hooks.worker_id(),
-            shares_engine=application.records.engine is db.engine,  # type: ignore[attr-defined]
-        )
+        shares_engine = application.records.engine is db.engine  # type: ignore[attr-defined]
+        return jsonify(worker_report(application) | {"shares_engine": shares_engine})
 
     @app.post("/accounts")
     def open_account() -> Any:

@@ -229,22 +229,28 @@ class JsonApi:
 
     def ready(self, request: Request) -> Response:
         """Readiness: this worker's application is built and its store answers."""
-        app = self.application(request)
-        app.records.ping()
-        return json_response({"status": "ready", "pid": os.getpid(), "worker_id": hooks.worker_id()})
+        return json_response(ready_report(self.application(request)))
 
     def worker(self, request: Request) -> Response:
         """Which process answered, and what it built: how tests prove one application per worker."""
-        app = self.application(request)
-        return json_response(
-            {
-                "pid": os.getpid(),
-                "built_in_pid": app.built_in_pid,
-                "constructions": constructions_in_this_process(),
-                "subscriptions": app.bus.count_persistence_subscriptions(),
-                "worker_id": hooks.worker_id(),
-                "conflicts": app.conflicts,
-                "retries": app.retries,
-                "pool": app.records.pool_status(),
-            }
-        )
+        return json_response(worker_report(self.application(request)))
+
+
+def ready_report(app: Application) -> dict[str, Any]:
+    """Ping the store (raising if it does not answer); the body of every adapter's ``/ready``."""
+    app.records.ping()
+    return {"status": "ready", "pid": os.getpid(), "worker_id": hooks.worker_id()}
+
+
+def worker_report(app: Application) -> dict[str, Any]:
+    """The body of every adapter's ``/worker``: which process answered and what it built."""
+    return {
+        "pid": os.getpid(),
+        "built_in_pid": app.built_in_pid,
+        "constructions": constructions_in_this_process(),
+        "subscriptions": app.bus.count_persistence_subscriptions(),
+        "worker_id": hooks.worker_id(),
+        "conflicts": app.conflicts,
+        "retries": app.retries,
+        "pool": app.records.pool_status(),
+    }

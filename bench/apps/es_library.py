@@ -17,6 +17,8 @@ from uuid import UUID
 from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate, event
 
+from bench.apps import respond
+
 ROUTE = re.compile(r"^/accounts/([0-9a-f-]{36})(/deposits)?$")
 
 
@@ -52,12 +54,6 @@ def app() -> BankAccounts:
     if _app is None or _app[0] != os.getpid():
         _app = (os.getpid(), BankAccounts())
     return _app[1]
-
-
-def respond(start_response: Callable[..., Any], status: str, payload: Any) -> Iterable[bytes]:
-    body = json.dumps(payload).encode()
-    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
-    return [body]
 
 
 def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:

@@ -14,6 +14,8 @@ from typing import Any
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, Session
 from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 
+from bench.apps import respond
+
 ROUTE = re.compile(r"^/accounts/([0-9a-f-]{36})(/deposits)?$")
 _session: tuple[int, Session, Any, Any] | None = None
 
@@ -48,12 +50,6 @@ def create_schema(port: int, keyspace: str) -> None:
         "(account_id uuid, seq timeuuid, amount bigint, PRIMARY KEY ((account_id), seq))"
     )
     created.cluster.shutdown()
-
-
-def respond(start_response: Callable[..., Any], status: str, payload: Any) -> Iterable[bytes]:
-    body = json.dumps(payload).encode()
-    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
-    return [body]
 
 
 def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:

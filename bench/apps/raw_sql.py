@@ -29,6 +29,8 @@ from sqlalchemy import (
     select,
 )
 
+from bench.apps import respond
+
 metadata = MetaData()
 deposits = Table(
     "raw_deposits",
@@ -37,6 +39,7 @@ deposits = Table(
     Column("account_id", Uuid(), nullable=False, index=True),
     Column("amount", BigInteger(), nullable=False),
 )
+
 ROUTE = re.compile(r"^/accounts/([0-9a-f-]{36})(/deposits)?$")
 _engine: tuple[int, Engine] | None = None
 
@@ -56,12 +59,6 @@ def engine() -> Engine:
 
         _engine = (os.getpid(), created)
     return _engine[1]
-
-
-def respond(start_response: Callable[..., Any], status: str, payload: Any) -> Iterable[bytes]:
-    body = json.dumps(payload).encode()
-    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
-    return [body]
 
 
 def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 from uuid import UUID
 
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
-from uwsgi_es import UwsgiEsError, get_application_lazily, hooks
-from uwsgi_es.application import constructions_in_this_process
+from uwsgi_es import UwsgiEsError, get_application_lazily
 from uwsgi_es.bank import BankAccounts
+from uwsgi_es.web import ready_report, worker_report
 
 
 def bank() -> BankAccounts:
@@ -24,24 +23,14 @@ def bank() -> BankAccounts:
 @require_GET
 def ready(request: HttpRequest) -> JsonResponse:
     try:
-        bank().records.ping()
+        return JsonResponse(ready_report(bank()))
     except UwsgiEsError as exc:
         return JsonResponse({"error": str(exc)}, status=503)
-    return JsonResponse({"status": "ready", "pid": os.getpid(), "worker_id": hooks.worker_id()})
 
 
 @require_GET
 def worker(request: HttpRequest) -> JsonResponse:
-    app = bank()
-    return JsonResponse(
-        {
-            "pid": os.getpid(),
-            "built_in_pid": app.built_in_pid,
-            "constructions": constructions_in_this_process(),
-            "subscriptions": app.bus.count_persistence_subscriptions(),
-            "worker_id": hooks.worker_id(),
-        }
-    )
+    return JsonResponse(worker_report(bank()))
 
 
 @csrf_exempt

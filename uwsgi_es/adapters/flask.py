@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from flask import Flask, g
+from flask import Flask, g, jsonify
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, scoped_session
 
@@ -34,6 +34,7 @@ from uwsgi_es.errors import ConfigurationError
 from uwsgi_es.registry import ApplicationFactory
 from uwsgi_es.settings import Settings
 from uwsgi_es.stores.sqlalchemy import SQLAlchemyRecordStore
+from uwsgi_es.web import ready_report, worker_report
 
 _G_KEY = "uwsgi_es_application"
 
@@ -78,15 +79,24 @@ class UwsgiEs:
             self.init_app(app)
 
     def init_app(
-        self, app: Flask, *, factory: ApplicationFactory | None = None, db: FlaskSQLAlchemyLike | None = None
+        self,
+        app: Flask,
+        *,
+        factory: ApplicationFactory | None = None,
+        db: FlaskSQLAlchemyLike | None = None,
+        ops_routes: bool = True,
     ) -> None:
         """``db``: a Flask-SQLAlchemy ``SQLAlchemy`` whose engine and ``db.session`` the store uses
-        (``factory`` must then be an ``Application`` subclass)."""
+        (``factory`` must then be an ``Application`` subclass). ``ops_routes`` adds ``/ready`` and
+        ``/worker`` (what the test harness and load balancers ask)."""
         self.factory = factory or self.factory
         if db is not None:
             self.factory = _on_flask_sqlalchemy(app, db, self.factory)
         app.extensions["uwsgi_es"] = self
         app.teardown_appcontext(self._end_request)
+        if ops_routes:
+            app.add_url_rule("/ready", "uwsgi_es_ready", lambda: jsonify(ready_report(self.application)))
+            app.add_url_rule("/worker", "uwsgi_es_worker", lambda: jsonify(worker_report(self.application)))
         hooks.install(self.factory)
 
     @property
