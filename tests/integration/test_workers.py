@@ -75,6 +75,8 @@ def test_celery_prefork_pool_builds_once_per_pool_process(
         "UWSGI_ES_DATABASE_URL": sqlite_url,
         "CELERY_BROKER_URL": redis_url,
         "CELERY_RESULT_BACKEND": redis_url,
+        # Pool processes write their log to a file: unbuffered, so an idle one's lines are not lost.
+        "PYTHONUNBUFFERED": "1",
     }
     log = tmp_path / "celery.log"
     command = [
