@@ -4,9 +4,11 @@ real redis-server. Each process that runs jobs builds exactly one application; n
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -40,6 +42,20 @@ def check(url: str, account: str, reports: list[dict[str, int]], amounts: list[i
     assert stored.balance == sum(amounts)
     assert [r.originator_version for r in events] == list(range(1, len(amounts) + 2))
     return {r["pid"] for r in reports}
+
+
+BUILD_LINE = re.compile(r"uwsgi_es: pool process (\d+) built ")
+
+
+def wait_for_builds(log: Path, expected: int, timeout: float) -> set[int]:
+    """The pids whose build line reached the log, once `expected` have (or the timeout passed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        built = [int(pid) for pid in BUILD_LINE.findall(log.read_text())]
+        assert len(built) == len(set(built)), f"a pool process built twice: {built}"
+        if len(built) >= expected or time.monotonic() > deadline:
+            return set(built)
+        time.sleep(0.1)
 
 
 @pytest.mark.parametrize("worker_class", ["rq.Worker", "rq.SimpleWorker"], ids=["forking", "simple"])
@@ -99,10 +115,15 @@ def test_celery_prefork_pool_builds_once_per_pool_process(
         amounts = list(range(1, 41))
         results = [client.send_task("tests.deposit", args=[account, amount]) for amount in amounts]
         reports: list[Any] = [r.get(timeout=90) for r in results]
+        # The idle pool process may still be starting when the busy one has run every task:
+        # stopping the worker now would kill it mid-build and prove nothing about it.
+        builds = wait_for_builds(log, expected=2, timeout=60)
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
         worker.wait(30)
     pids = check(sqlite_url, account, reports, amounts)
     assert 1 <= len(pids) <= 2
+    assert pids <= builds
+    assert len(builds) == 2, log.read_text()
     text = log.read_text()
     assert text.count("uwsgi_es: pool process") == 2, text
