@@ -142,7 +142,6 @@ def _preload(settings: Settings | None) -> None:
             import cassandra.cluster  # creates no Cluster: no threads, no sockets
             import cassandra.io.libevreactor  # noqa: F401
         else:
-            import sqlalchemy.orm  # noqa: F401
             from sqlalchemy.engine import make_url
 
             make_url(settings.database_url).get_dialect().import_dbapi()

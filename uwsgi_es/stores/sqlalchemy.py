@@ -4,8 +4,10 @@ Why it looks the way it does:
 
 - The engine is created by ``SQLAlchemyRecordStore.from_settings`` in the process that uses it
   (after the fork); nothing here connects at import time.
-- Work goes through a ``scoped_session``; the web layer calls ``end_request()`` after every request
-  (also after errors) so a session never outlives its request and the pool is back to zero.
+- The store's own statements run on a pooled Core connection held for one transaction only, or
+  join the request's ``scoped_session`` when the view already opened a transaction in it. The web
+  layer calls ``end_request()`` after every request (also after errors) so a session never
+  outlives its request and the pool is back to zero.
 - SQLite: WAL, a busy timeout, and ``BEGIN IMMEDIATE`` for writes. A deferred transaction that
   upgrades to a write can fail with "database is locked" whatever the timeout; taking the write
   lock up front makes writers queue instead. It also makes insert order equal commit order.
@@ -28,12 +30,13 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from sqlalchemy import (
     BigInteger,
     Column,
+    Connection,
     Engine,
     Index,
     Integer,
@@ -51,7 +54,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import Session, scoped_session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from uwsgi_es.errors import (
@@ -62,6 +64,9 @@ from uwsgi_es.errors import (
 )
 from uwsgi_es.settings import Settings
 from uwsgi_es.stores.base import RecordStore, StoredRecord
+
+if TYPE_CHECKING:  # the ORM is imported only when a view asks for a session (see `sessions`)
+    from sqlalchemy.orm import Session, scoped_session
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +202,8 @@ class SQLAlchemyRecordStore(RecordStore):
         self.engine = engine
         # Sessions given by someone else (Flask-SQLAlchemy's db.session) are theirs to remove.
         self._owns_sessions = sessions is None
-        self.sessions = sessions or scoped_session(sessionmaker(bind=engine))
+        self._sessions = sessions
+        self._sessions_lock = threading.Lock()
         self._owns_engine = owns_engine
         self._is_sqlite = engine.dialect.name == "sqlite"
         self._is_postgres = engine.dialect.name == "postgresql"
@@ -205,6 +211,21 @@ class SQLAlchemyRecordStore(RecordStore):
         file_database = self._is_sqlite and database not in (None, "", ":memory:")
         self._writers = _WriterQueue(f"{database}.writers") if file_database else None
         self._closed = False
+
+    @property
+    def sessions(self) -> scoped_session[Session]:
+        """The request's ORM session, for views that do their own work in the store's database.
+
+        Made on first use: the store's own statements run on Core connections, so a worker that
+        never asks for a session never imports the ORM (about 6 MB per worker).
+        """
+        if self._sessions is None:
+            with self._sessions_lock:
+                if self._sessions is None:
+                    from sqlalchemy.orm import scoped_session, sessionmaker
+
+                    self._sessions = scoped_session(sessionmaker(bind=self.engine))
+        return self._sessions
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SQLAlchemyRecordStore:
@@ -283,8 +304,8 @@ class SQLAlchemyRecordStore(RecordStore):
             connection.execute(select(records_table.c.id).limit(1)).all()
 
     def end_request(self) -> None:
-        if self._owns_sessions:
-            self.sessions.remove()
+        if self._owns_sessions and self._sessions is not None:
+            self._sessions.remove()
 
     def pool_status(self) -> dict[str, int]:
         checked_out = getattr(self.engine.pool, "checkedout", None)
@@ -298,28 +319,36 @@ class SQLAlchemyRecordStore(RecordStore):
             # Inherited across fork: the sockets are the parent's. Forget them, never close them.
             self.engine.dispose(close=False)
             return
-        if self._owns_sessions:
-            self.sessions.remove()
+        if self._owns_sessions and self._sessions is not None:
+            self._sessions.remove()
         if self._writers is not None:
             self._writers.close()
         if self._owns_engine:
             self.engine.dispose()
 
     @contextmanager
-    def _transaction(self, *, write: bool) -> Iterator[Session]:
-        session = self.sessions()
-        if session.in_transaction():
-            # The caller (e.g. a Flask-SQLAlchemy view) owns the transaction: join it by a savepoint.
-            with session.begin_nested():
-                yield session
-            return
-        if write and self._writers is not None:
-            with self._writers, session.begin():
-                session.connection(execution_options={_WRITE: True})
-                yield session
-            return
-        with session.begin():
-            yield session
+    def _transaction(self, *, write: bool) -> Iterator[Session | Connection]:
+        """Where the store's own statements run.
+
+        If the request's session is already in a transaction (the view did its own work in it,
+        e.g. a Flask-SQLAlchemy view), join it by a savepoint, so both commit or roll back
+        together. Otherwise use a pooled Core connection for just this statement: half the cost of
+        an ORM session on the hot path, and the connection is back in the pool when it returns.
+        """
+        if self._sessions is not None and self._sessions.registry.has():
+            session = self._sessions()
+            if session.in_transaction():
+                with session.begin_nested():
+                    yield session
+                return
+        with self.engine.connect() as connection:
+            if write and self._writers is not None:
+                connection.execution_options(**{_WRITE: True})  # SQLite: BEGIN IMMEDIATE
+                with self._writers, connection.begin():
+                    yield connection
+                return
+            with connection.begin():
+                yield connection
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
