@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from uuid import uuid4
 
 import pytest
@@ -10,26 +9,20 @@ from sqlalchemy import text
 
 from uwsgi_es.errors import SchemaMissingError, StoreUnavailableError
 from uwsgi_es.settings import Settings
-from uwsgi_es.stores.base import RecordStore
 from uwsgi_es.stores.sqlalchemy import SQLAlchemyRecordStore
 from uwsgi_es.testing import PostgresServer
 from uwsgi_es.testing.postgres import ExistingPostgres
 
-from .contract import RecordStoreContract, records
+from .contract import records
+from .sqlalchemy_contract import SQLAlchemyStoreContract
 
 pytestmark = pytest.mark.postgres
 
 
-class TestPostgresStore(RecordStoreContract):
+class TestPostgresStore(SQLAlchemyStoreContract):
     @pytest.fixture
-    def make_store(self, postgres_url: str) -> Callable[[], RecordStore]:
-        return lambda: SQLAlchemyRecordStore.from_settings(Settings(database_url=postgres_url))
-
-    @pytest.fixture
-    def store(self, make_store: Callable[[], RecordStore]) -> Iterator[RecordStore]:
-        store = make_store()
-        yield store
-        store.close()
+    def database_url(self, postgres_url: str) -> str:
+        return postgres_url
 
 
 def test_pool_settings_reach_the_engine(postgres_url: str) -> None:

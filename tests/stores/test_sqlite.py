@@ -2,29 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from uwsgi_es.errors import SchemaMissingError
 from uwsgi_es.settings import Settings
-from uwsgi_es.stores.base import RecordStore
 from uwsgi_es.stores.sqlalchemy import SQLAlchemyRecordStore
 
-from .contract import RecordStoreContract
+from .sqlalchemy_contract import SQLAlchemyStoreContract
 
 
-class TestSQLiteStore(RecordStoreContract):
+class TestSQLiteStore(SQLAlchemyStoreContract):
     @pytest.fixture
-    def make_store(self, sqlite_url: str) -> Callable[[], RecordStore]:
-        return lambda: SQLAlchemyRecordStore.from_settings(Settings(database_url=sqlite_url))
-
-    @pytest.fixture
-    def store(self, make_store: Callable[[], RecordStore]) -> Iterator[RecordStore]:
-        store = make_store()
-        yield store
-        store.close()
+    def database_url(self, sqlite_url: str) -> str:
+        return sqlite_url
 
 
 def test_file_database_uses_wal_and_a_busy_timeout(sqlite_url: str) -> None:
