@@ -33,7 +33,7 @@ from types import ModuleType
 from uwsgi_es import registry
 from uwsgi_es.errors import UwsgiUnavailableError
 from uwsgi_es.registry import ApplicationFactory
-from uwsgi_es.settings import TRUE_WORDS, Settings
+from uwsgi_es.settings import Settings, boolean_setting
 
 uwsgi: ModuleType | None
 try:
@@ -98,6 +98,7 @@ def build_in_this_process(
     factory: ApplicationFactory | None = None, settings: Settings | None = None
 ) -> None:
     """Build the application here, logging the outcome; never raise into uWSGI."""
+    registry.freeze_inherited_objects(settings)
     pid, wid = os.getpid(), worker_id()
     started = time.perf_counter()
     try:
@@ -151,9 +152,7 @@ def _preload(settings: Settings | None) -> None:
 
 def _fail_fast(settings: Settings | None) -> bool:
     """Read on its own, so that fail-fast still applies when another setting is invalid."""
-    if settings is not None:
-        return settings.fail_fast
-    return os.environ.get("UWSGI_ES_FAIL_FAST", "").strip().lower() in TRUE_WORDS
+    return boolean_setting(settings, "fail_fast")
 
 
 def _stop_instance() -> None:

@@ -12,6 +12,7 @@ Global state, admitted: the module-level entry below. ``close_application()`` re
 
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
 import os
@@ -30,7 +31,7 @@ from uwsgi_es.errors import (
     InitialisationFailedError,
     StoreUnavailableError,
 )
-from uwsgi_es.settings import Settings
+from uwsgi_es.settings import Settings, boolean_setting
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,19 @@ log = logging.getLogger(__name__)
 EXPECTED_FAILURES = (ConfigurationError, StoreUnavailableError)
 
 ApplicationFactory = type[Application] | Callable[[Settings], Application]
+
+
+def freeze_inherited_objects(settings: Settings | None = None) -> None:
+    """Keep the memory a worker shares with its master shared: call first thing after the fork.
+
+    CPython's cyclic garbage collector writes to the header of every object it examines, so its
+    first full collection in a worker copies every page of objects inherited from the master
+    (about 8 MB per worker for the example API). ``gc.freeze()`` moves the inherited objects out of
+    the collector's sight (it only relinks list heads, touching no object); objects made from here
+    on are collected as usual. Turned off by ``UWSGI_ES_GC_FREEZE=false``.
+    """
+    if boolean_setting(settings, "gc_freeze"):
+        gc.freeze()
 
 
 @dataclass(frozen=True)

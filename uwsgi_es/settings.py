@@ -56,6 +56,7 @@ class Settings:
     init_retry_seconds: float = 1.0
     init_retry_max_seconds: float = 30.0
     fail_fast: bool = False
+    gc_freeze: bool = True
     cassandra_hosts: str = "127.0.0.1"
     cassandra_port: int = 9042
     cassandra_keyspace: str = "uwsgi_es"
@@ -157,6 +158,20 @@ TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 _FALSE = {"0", "false", "no", "off"}
 
 
+def boolean_setting(settings: Settings | None, name: str) -> bool:
+    """One boolean setting, read on its own when ``settings`` could not be (another is invalid).
+
+    An unreadable value counts as the default here; the build reports it, naming the variable.
+    """
+    if settings is not None:
+        return bool(getattr(settings, name))
+    raw = os.environ.get(PREFIX + name.upper(), "").strip().lower()
+    default = bool(getattr(Settings, name))
+    if raw in TRUE_WORDS:
+        return True
+    return False if raw in _FALSE else default
+
+
 def _boolean(name: str, raw: str) -> bool:
     lowered = raw.lower()
     if lowered in TRUE_WORDS:
@@ -250,6 +265,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "init_retry_seconds": _number(0.01, 3600.0),
     "init_retry_max_seconds": _number(0.01, 3600.0),
     "fail_fast": _boolean,
+    "gc_freeze": _boolean,
     "cassandra_hosts": _hosts,
     "cassandra_port": _integer(1, 65535),
     "cassandra_keyspace": _identifier,

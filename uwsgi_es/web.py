@@ -16,6 +16,7 @@ and NaN/Infinity (orjson silently keeps the last duplicate); responses are writt
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -253,4 +254,6 @@ def worker_report(app: Application) -> dict[str, Any]:
         "conflicts": app.conflicts,
         "retries": app.retries,
         "pool": app.records.pool_status(),
+        # Objects inherited from the master that the garbage collector leaves alone (UWSGI_ES_GC_FREEZE).
+        "gc_frozen": gc.get_freeze_count(),
     }

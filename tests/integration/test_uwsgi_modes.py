@@ -29,6 +29,24 @@ def test_prefork_one_application_per_worker(uwsgi_server: StartServer, backend_e
     print(f"prefork: {len(pids)} workers answered; startup {server.startup_seconds:.2f}s")
 
 
+@pytest.mark.parametrize("freeze", ["true", "false"])
+def test_objects_inherited_from_the_master_are_frozen_unless_turned_off(
+    uwsgi_server: StartServer, app_env: dict[str, str], freeze: str
+) -> None:
+    """The build starts with gc.freeze(), so the worker's collector never copies the pages of the
+    master's objects; UWSGI_ES_GC_FREEZE=false leaves the collector as Python made it."""
+    env = {**app_env, "UWSGI_ES_GC_FREEZE": freeze}
+    server = uwsgi_server(INI, env=env, options=["--processes", "2"])
+    reports = worker_reports(server, 40)
+    assert_one_application_per_worker(server, reports)
+    frozen = {r["pid"]: r["gc_frozen"] for r in reports}
+    if freeze == "true":
+        # the modules the master imported (SQLAlchemy, Werkzeug, the app) hold far more than this
+        assert min(frozen.values()) > 10_000, frozen
+    else:
+        assert set(frozen.values()) == {0}, frozen
+
+
 def test_lazy_apps_builds_at_import_in_each_worker(
     uwsgi_server: StartServer, backend_env: dict[str, str]
 ) -> None:

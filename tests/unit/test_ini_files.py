@@ -29,3 +29,13 @@ def test_every_strict_ini_includes_the_declarations() -> None:
         if ini.name == "uwsgi-es-settings.ini" or "strict = true" not in text:
             continue
         assert "uwsgi-es-settings.ini" in text, f"{ini} is strict but does not include the declarations"
+
+
+def test_the_readme_documents_every_setting() -> None:
+    """The configuration table names each variable the settings read (a setting nobody can find
+    is a setting nobody can use)."""
+    text = (PROJECT / "README.md").read_text()
+    rows = re.findall(r"^\| (`UWSGI_ES_[A-Z_]+`.*?) \|", text, flags=re.MULTILINE)
+    documented = set(re.findall(r"`(UWSGI_ES_[A-Z_]+)`", " ".join(rows)))
+    variables = {PREFIX + f.name.upper() for f in fields(Settings)} | OTHER_KNOWN_VARIABLES
+    assert variables - documented == set()

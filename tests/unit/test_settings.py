@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from uwsgi_es.errors import ConfigurationError
-from uwsgi_es.settings import DEFAULT_DATABASE_URL, Settings
+from uwsgi_es.settings import DEFAULT_DATABASE_URL, Settings, boolean_setting
 
 
 def test_defaults_suit_the_sqlite_quick_start() -> None:
@@ -62,3 +62,28 @@ def test_retry_ceiling_must_not_be_below_the_first_delay() -> None:
 def test_memory_database_is_recognised() -> None:
     assert Settings(database_url="sqlite:///:memory:").is_sqlite_memory
     assert Settings(database_url="sqlite://").is_sqlite_memory
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [(None, True), ("false", False), ("OFF", False), ("yes", True), ("perhaps", True)],
+)
+def test_a_boolean_setting_can_be_read_alone(
+    monkeypatch: pytest.MonkeyPatch, raw: str | None, expected: bool
+) -> None:
+    """Fail-fast and gc-freeze apply even when another setting is invalid: read on their own, an
+    unreadable value counts as the default (the build then reports it, naming the variable)."""
+    monkeypatch.setenv("UWSGI_ES_POOL_SIZE", "lots")
+    if raw is not None:
+        monkeypatch.setenv("UWSGI_ES_GC_FREEZE", raw)
+    assert boolean_setting(None, "gc_freeze") is expected
+    assert boolean_setting(None, "fail_fast") is False
+    assert boolean_setting(Settings(gc_freeze=False), "gc_freeze") is False
+    with pytest.raises(ConfigurationError, match="UWSGI_ES_POOL_SIZE"):
+        Settings.from_environ()
+    monkeypatch.delenv("UWSGI_ES_POOL_SIZE")
+    if raw == "perhaps":
+        with pytest.raises(ConfigurationError, match="UWSGI_ES_GC_FREEZE='perhaps' is not a boolean"):
+            Settings.from_environ()
+    else:
+        assert Settings.from_environ().gc_freeze is expected

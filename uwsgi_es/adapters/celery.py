@@ -48,6 +48,7 @@ def get_application() -> Application:
 
 
 def _build(**_: Any) -> None:
+    registry.freeze_inherited_objects()
     try:
         app = registry.init_application(_factory)
     except Exception as exc:  # never block or kill the pool process: task_prerun retries lazily

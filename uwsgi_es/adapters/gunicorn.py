@@ -20,6 +20,7 @@ from uwsgi_es.errors import ApplicationAlreadyInitialisedError
 
 def post_fork(server: Any, worker: Any) -> None:
     """gunicorn server hook: build this worker's application (never raises into gunicorn)."""
+    registry.freeze_inherited_objects()
     try:
         app = registry.init_application()
     except ApplicationAlreadyInitialisedError:
