@@ -219,10 +219,27 @@ def sql_rows(
         for purpose, label in (("read10", "read: 10 events"), ("read100", "read: 100 events")):
             rows.append(compare(label, store, ours, raw, read_script(purpose), 0.9))
             rows.append(compare(label, store, ours, library, read_script(purpose), 1.2))
+        if store == "PostgreSQL":
+            rows.append(without_pre_ping(env_ours, ours, library, logs))
     finally:
         for contender in (ours, raw, library):
             contender.server.stop()
     return rows
+
+
+def without_pre_ping(env_ours: dict[str, str], ours: Contender, library: Contender, logs: Path) -> Row:
+    """Evidence for the short-read gap: the same server with UWSGI_ES_POOL_PRE_PING=false (the
+    library pings nothing), reading the same accounts."""
+    env = {**env_ours, "UWSGI_ES_POOL_PRE_PING": "false"}
+    variant = Contender(
+        "uwsgi_es, pre-ping off",
+        start("uwsgi_es.wsgi:application", env, logs / "ours-no-ping", wait_for="ready"),
+    )
+    variant.accounts = ours.accounts
+    try:
+        return compare("read: 10 events", "PostgreSQL", variant, library, read_script("read10"), 1.2)
+    finally:
+        variant.server.stop()
 
 
 def cassandra_rows(env: dict[str, str], logs: Path) -> list[Row]:
@@ -309,12 +326,12 @@ PROFILED = [
     ("whole request (JsonApi.__call__)", "web.py", "__call__"),
     ("Werkzeug routing (bind_to_environ + match)", "routing/map.py", "bind_to_environ"),
     ("request body: read and parse JSON", "web.py", "read_json_object"),
-    ("read: store select (session, SQL, rows)", "stores/sqlalchemy.py", "select"),
+    ("read: store select (connection, SQL, rows)", "stores/sqlalchemy.py", "select"),
     ("read: decode events (JSON, datetime, dataclass)", "application.py", "from_record"),
     ("read: replay events onto the aggregate", "domain.py", "replay"),
     ("write: save (publish, encode, append)", "application.py", "save"),
-    ("write: store append (lock, session, INSERT, COMMIT)", "stores/sqlalchemy.py", "append"),
-    ("end of request: remove the session", "stores/sqlalchemy.py", "end_request"),
+    ("write: store append (lock, connection, INSERT, COMMIT)", "stores/sqlalchemy.py", "append"),
+    ("end of request: release the session, if a view made one", "stores/sqlalchemy.py", "end_request"),
 ]
 
 
@@ -429,10 +446,10 @@ GAP_EXPLAINED = """What the gaps are made of (the evidence is the table above an
   and take the next version, then INSERT under the optimistic-concurrency key. The read half of
   a deposit alone costs about what the raw app spends on the whole request.
 - **On SQLite all writers of all processes take turns** (one write lock), so throughput is one
-  over the time a writer holds it. Writers now queue on a file lock in the kernel instead of
-  SQLite's 1-2-5-10 ms busy-sleep, and statements are built once; what remains inside the lock is
-  SQLAlchemy's ORM session around the INSERT plus the fsync of the COMMIT (synchronous=FULL),
-  which the raw app pays too.
+  over the time a writer holds it. Writers queue on a file lock in the kernel instead of SQLite's
+  1-2-5-10 ms busy-sleep, statements are built once and run on a Core connection; what remains
+  inside the lock is the INSERT and the fsync of the COMMIT (synchronous=FULL), which the raw app
+  pays too.
 - **On PostgreSQL writers also take turns, by design**: the append holds `LOCK TABLE ... IN
   EXCLUSIVE MODE` so the global feed never skips a late commit (issue 3); the raw app's inserts
   run in parallel and keep no such promise. **On Cassandra** a deposit is a partition read plus a
@@ -441,10 +458,11 @@ GAP_EXPLAINED = """What the gaps are made of (the evidence is the table above an
   the event-sourced contenders read longer streams in later rounds; the raw app does not read.
 - **Reads against raw SQL**: the raw app sums one column; we decode every event (JSON, ISO
   timestamp, a frozen dataclass) and replay it, so the gap grows with the number of events.
-- **Against the eventsourcing library** we are faster on long streams and on PostgreSQL writes; on
-  short SQLite reads it is faster (it talks to sqlite3 directly, without SQLAlchemy's session).
-  The next steps are Core connections instead of an ORM session for the store's own statements,
-  and snapshots for long streams; neither is done yet."""
+- **Short reads against the eventsourcing library on PostgreSQL**: the library calls psycopg
+  directly and does not test a pooled connection before use; we go through SQLAlchemy Core and,
+  by default, pre-ping each checkout (one extra round trip) so that a restarted PostgreSQL costs
+  no failed request. The "pre-ping off" row measures that round trip; what is left is SQLAlchemy
+  Core's statement path against direct psycopg. Snapshots would shorten long streams; not done."""
 
 BOOT_TARGETS_MS = {"SQLite": 50, "PostgreSQL": 100, "Cassandra": 1000}
 
@@ -500,8 +518,10 @@ def write_report(
         f"a bare hello-world worker {memory['hello_mb']:.1f} MB. Of that, private to the worker (USS, the rest is "
         f"shared with the master copy-on-write): uwsgi_es {memory['ours_private_mb']:.1f} MB, hello "
         f"{memory['hello_private_mb']:.1f} MB. The difference in RSS is mostly the modules a worker needs "
-        "(SQLAlchemy with its ORM session, Werkzeug, orjson, the event classes), imported once in the master "
-        "and shared: RSS counts them in every worker, the machine holds them once.",
+        "(SQLAlchemy Core and its driver, Werkzeug, orjson, the event classes; not the ORM, which a worker imports only when a view asks for a session), imported once in the master "
+        "and shared: RSS counts them in every worker, the machine holds them once. The private part stays small "
+        "because each worker calls `gc.freeze()` before it builds (UWSGI_ES_GC_FREEZE): the collector never "
+        "writes to, and so never copies, the pages of objects inherited from the master.",
         "",
         "![ratios](BENCHMARKS.png)",
         "",
