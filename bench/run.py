@@ -313,6 +313,38 @@ def memory_figures(env: dict[str, str], logs: Path) -> dict[str, float]:
         hello.server.stop()
 
 
+IMPORT_GROUPS = [
+    ("orjson", "import orjson"),
+    (
+        "Werkzeug (its package imports its dev server and test client: ssl, http.server, email)",
+        "import werkzeug.routing, werkzeug.wrappers",
+    ),
+    ("SQLAlchemy Core", "import sqlalchemy"),
+    ("the SQLite driver and dialect", "import sqlalchemy.dialects.sqlite.pysqlite, sqlite3"),
+    ("uwsgi_es and the example API", "import uwsgi_es.wsgi, uwsgi_es.stores.sqlalchemy"),
+]
+
+
+def import_costs() -> list[tuple[str, float]]:
+    """RSS each group of modules adds to a fresh interpreter, imported in order: what the master
+    loads once and every worker's RSS counts again."""
+    code = "\n".join(
+        [
+            "import re",
+            "def rss(): return int(re.search(r'VmRSS:\\s+(\\d+)', open('/proc/self/status').read()).group(1))",
+            "before = rss()",
+            *[
+                f"{statement}\nafter = rss(); print(after - before); before = after"
+                for _, statement in IMPORT_GROUPS
+            ],
+        ]
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=PROJECT, capture_output=True, text=True, check=True
+    )
+    return [(name, int(kb) / 1024) for (name, _), kb in zip(IMPORT_GROUPS, out.stdout.split(), strict=True)]
+
+
 def ceiling_row(logs: Path, env: dict[str, str]) -> Row:
     ours = Contender(
         "uwsgi_es /health", start("uwsgi_es.wsgi:application", env, logs / "ceiling-ours", wait_for="ready")
@@ -407,6 +439,7 @@ def main() -> None:
     )
     boot["SQLite"] = boot_figures({"UWSGI_ES_DATABASE_URL": ours_sqlite}, logs, "sqlite")
     memory = memory_figures({"UWSGI_ES_DATABASE_URL": ours_sqlite}, logs)
+    imports = import_costs()
 
     with PostgresServer(settings={"max_connections": "300"}) as postgres:
         ours_pg, raw_pg = postgres.create_database("ours"), postgres.create_database("raw")
@@ -438,7 +471,7 @@ def main() -> None:
         rows += cassandra_rows(env, logs)
         boot["Cassandra"] = boot_figures(env, logs, "cassandra")
 
-    write_report(rows, boot, memory, profile)
+    write_report(rows, boot, memory, imports, profile)
     print(f"logs of every server: {logs}")
 
 
@@ -475,6 +508,7 @@ def write_report(
     rows: list[Row],
     boot: dict[str, dict[str, float]],
     memory: dict[str, float],
+    imports: list[tuple[str, float]],
     profile: list[tuple[str, float, float]],
 ) -> None:
     lines = [
@@ -526,6 +560,13 @@ def write_report(
         "and shared: RSS counts them in every worker, the machine holds them once. The private part stays small "
         "because each worker calls `gc.freeze()` before it builds (UWSGI_ES_GC_FREEZE): the collector never "
         "writes to, and so never copies, the pages of objects inherited from the master.",
+        "",
+        "What the imports add to a fresh interpreter's RSS, in order (the gap to the target is in here: "
+        "the modules are needed, and a worker inherits them from the master rather than loading them again):",
+        "",
+        "| modules | RSS added |",
+        "|---|---|",
+        *[f"| {name} | {mb:.1f} MB |" for name, mb in imports],
         "",
         "![ratios](BENCHMARKS.png)",
         "",
