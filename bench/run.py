@@ -596,7 +596,10 @@ def chart(rows: list[Row]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r.scenario}\n{r.store} vs {r.anchor}" for r in rows]
+    variant = {
+        r.ours: "" if r.ours == "uwsgi_es" else f" ({r.ours.removeprefix('uwsgi_es, ')})" for r in rows
+    }
+    labels = [f"{r.scenario}\n{r.store}{variant[r.ours]} vs {r.anchor}" for r in rows]
     figure, axes = plt.subplots(figsize=(10, 0.55 * len(rows) + 1.5))
     colours = ["#2a9d8f" if r.met else "#e76f51" for r in rows]
     axes.barh(range(len(rows)), [r.ratio for r in rows], color=colours)
