@@ -596,9 +596,8 @@ def chart(rows: list[Row]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    variant = {
-        r.ours: "" if r.ours == "uwsgi_es" else f" ({r.ours.removeprefix('uwsgi_es, ')})" for r in rows
-    }
+    # a variant of ours ("uwsgi_es, pre-ping off") says so in its label
+    variant = {r.ours: f" ({r.ours.split(', ', 1)[1]})" if ", " in r.ours else "" for r in rows}
     labels = [f"{r.scenario}\n{r.store}{variant[r.ours]} vs {r.anchor}" for r in rows]
     figure, axes = plt.subplots(figsize=(10, 0.55 * len(rows) + 1.5))
     colours = ["#2a9d8f" if r.met else "#e76f51" for r in rows]
