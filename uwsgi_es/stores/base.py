@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 from uuid import UUID
 
-from uwsgi_es.errors import ForkedApplicationError
+from uwsgi_es.errors import ConcurrencyError, ForkedApplicationError
 
 
 class StoredRecord(NamedTuple):
@@ -27,6 +27,16 @@ class StoredRecord(NamedTuple):
     topic: str
     state: str
     id: int | None = None
+
+
+def version_conflict(records: Sequence[StoredRecord]) -> ConcurrencyError:
+    """The error every store raises when a batch hits a version that is already stored."""
+    first = records[0]
+    return ConcurrencyError(
+        f"Version {first.originator_version} of {first.originator_id} (or a later one in the batch) "
+        "is already stored: another writer got there first. Nothing was stored; reload the "
+        "aggregate and run the command again."
+    )
 
 
 class RecordStore(abc.ABC):

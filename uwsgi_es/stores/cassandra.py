@@ -42,7 +42,7 @@ from uwsgi_es.errors import (
     UnsupportedOperationError,
 )
 from uwsgi_es.settings import Settings
-from uwsgi_es.stores.base import RecordStore, StoredRecord
+from uwsgi_es.stores.base import RecordStore, StoredRecord, version_conflict
 
 log = logging.getLogger(__name__)
 
@@ -198,12 +198,7 @@ class CassandraRecordStore(RecordStore):
         except (NoHostAvailable, DriverException) as exc:
             raise StoreUnavailableError(f"{self.describe()} is unavailable: {exc}") from exc
         if not applied:
-            first = records[0]
-            raise ConcurrencyError(
-                f"Version {first.originator_version} of {originator_id} (or a later one in the batch) is "
-                "already stored: another writer got there first. Nothing was stored; reload the "
-                "aggregate and run the command again."
-            )
+            raise version_conflict(records)
 
     def _resolve_timeout(self, originator_id: UUID, records: list[StoredRecord], exc: WriteTimeout) -> bool:
         """A timed-out conditional write may or may not have been applied: look, at SERIAL."""

@@ -17,8 +17,8 @@ from uuid import UUID
 from django.core.management import call_command
 from django.db import DatabaseError, IntegrityError, connections, transaction
 
-from uwsgi_es.errors import ConcurrencyError, SchemaMissingError, StoreUnavailableError
-from uwsgi_es.stores.base import RecordStore, StoredRecord
+from uwsgi_es.errors import SchemaMissingError, StoreUnavailableError
+from uwsgi_es.stores.base import RecordStore, StoredRecord, version_conflict
 
 from .models import StoredEvent
 
@@ -51,11 +51,7 @@ class DjangoRecordStore(RecordStore):
             with self._errors(), transaction.atomic(using=self.alias):
                 StoredEvent.objects.using(self.alias).bulk_create(rows)
         except IntegrityError as exc:
-            raise ConcurrencyError(
-                f"Version {records[0].originator_version} of {records[0].originator_id} (or a later one) is "
-                "already stored: another writer got there first. Nothing was stored; reload and run the "
-                "command again."
-            ) from exc
+            raise version_conflict(records) from exc
 
     def select(self, originator_id: UUID) -> list[StoredRecord]:
         self.check_process()
