@@ -77,7 +77,7 @@ def install(factory: ApplicationFactory | None = None, *, settings: Settings | N
         return  # imported twice in one process (e.g. by another name): keep one hook
     _installed_in_pid = os.getpid()
     configure_logging()
-    if _fail_fast(settings) and settings is None:
+    if boolean_setting(settings, "fail_fast") and settings is None:
         Settings.from_environ()  # parsing only, nothing connects: a bad value stops uWSGI at start
     _preload(settings)
     already_forked = worker_id() > 0 or int(getattr(uwsgi, "mule_id", lambda: 0)()) > 0
@@ -104,7 +104,7 @@ def build_in_this_process(
     try:
         app = registry.init_application(factory, settings=settings)
     except Exception as exc:
-        fail_fast = _fail_fast(settings)
+        fail_fast = boolean_setting(settings, "fail_fast")
         consequence = (
             "UWSGI_ES_FAIL_FAST is on: stopping uWSGI"
             if fail_fast
@@ -148,11 +148,6 @@ def _preload(settings: Settings | None) -> None:
             make_url(settings.database_url).get_dialect().import_dbapi()
     except Exception:  # a bad setting or a missing driver is reported by the build, with its cause
         return
-
-
-def _fail_fast(settings: Settings | None) -> bool:
-    """Read on its own, so that fail-fast still applies when another setting is invalid."""
-    return boolean_setting(settings, "fail_fast")
 
 
 def _stop_instance() -> None:

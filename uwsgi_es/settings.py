@@ -154,7 +154,7 @@ def _number(minimum: float, maximum: float) -> Callable[[str, str], float]:
     return parse
 
 
-TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+_TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = {"0", "false", "no", "off"}
 
 
@@ -165,16 +165,17 @@ def boolean_setting(settings: Settings | None, name: str) -> bool:
     """
     if settings is not None:
         return bool(getattr(settings, name))
-    raw = os.environ.get(PREFIX + name.upper(), "").strip().lower()
-    default = bool(getattr(Settings, name))
-    if raw in TRUE_WORDS:
-        return True
-    return False if raw in _FALSE else default
+    variable = PREFIX + name.upper()
+    raw = os.environ.get(variable, "").strip()
+    try:
+        return _boolean(variable, raw) if raw else bool(getattr(Settings, name))
+    except ConfigurationError:
+        return bool(getattr(Settings, name))
 
 
 def _boolean(name: str, raw: str) -> bool:
     lowered = raw.lower()
-    if lowered in TRUE_WORDS:
+    if lowered in _TRUE:
         return True
     if lowered in _FALSE:
         return False

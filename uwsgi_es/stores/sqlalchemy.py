@@ -57,13 +57,12 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from uwsgi_es.errors import (
-    ConcurrencyError,
     ConfigurationError,
     SchemaMissingError,
     StoreUnavailableError,
 )
 from uwsgi_es.settings import Settings
-from uwsgi_es.stores.base import RecordStore, StoredRecord
+from uwsgi_es.stores.base import RecordStore, StoredRecord, version_conflict
 
 if TYPE_CHECKING:  # the ORM is imported only when a view asks for a session (see `sessions`)
     from sqlalchemy.orm import Session, scoped_session
@@ -91,6 +90,18 @@ _SELECT_ONE = (
     )
     .where(records_table.c.originator_id == bindparam("originator_id"))
     .order_by(records_table.c.originator_version)
+)
+_SELECT_AFTER = (
+    select(
+        records_table.c.originator_id,
+        records_table.c.originator_version,
+        records_table.c.topic,
+        records_table.c.state,
+        records_table.c.id,
+    )
+    .where(records_table.c.id > bindparam("after_id"))
+    .order_by(records_table.c.id)
+    .limit(bindparam("limit"))
 )
 _INSERT = insert(records_table)
 _LOCK_FOR_APPEND = text(f"LOCK TABLE {records_table.name} IN EXCLUSIVE MODE")
@@ -260,12 +271,7 @@ class SQLAlchemyRecordStore(RecordStore):
                     session.execute(_LOCK_FOR_APPEND)
                 session.execute(_INSERT, rows)
         except IntegrityError as exc:
-            first = records[0]
-            raise ConcurrencyError(
-                f"Version {first.originator_version} of {first.originator_id} (or a later one in "
-                "the batch) is already stored: another writer got there first. Nothing was stored; "
-                "reload the aggregate and run the command again."
-            ) from exc
+            raise version_conflict(records) from exc
 
     def select(self, originator_id: UUID) -> list[StoredRecord]:
         self.check_process()
@@ -279,15 +285,9 @@ class SQLAlchemyRecordStore(RecordStore):
 
     def select_all(self, after_id: int, limit: int) -> list[StoredRecord]:
         self.check_process()
-        t = records_table.c
-        query = (
-            select(t.originator_id, t.originator_version, t.topic, t.state, t.id)
-            .where(t.id > after_id)
-            .order_by(t.id)
-            .limit(limit)
-        )
+        params = {"after_id": after_id, "limit": limit}
         with self._errors(), self._transaction(write=False) as session:
-            return [StoredRecord(*row) for row in session.execute(query)]
+            return [StoredRecord(*row) for row in session.execute(_SELECT_AFTER, params)]
 
     def ping(self) -> None:
         self.check_process()
