@@ -325,22 +325,28 @@ IMPORT_GROUPS = [
 ]
 
 
+IMPORT_PROBE = """
+import resource, sys
+def rss_kb():
+    return int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize() // 1024
+before = rss_kb()
+for statement in sys.argv[1:]:
+    exec(statement)
+    after = rss_kb()
+    print(after - before)
+    before = after
+"""
+
+
 def import_costs() -> list[tuple[str, float]]:
     """RSS each group of modules adds to a fresh interpreter, imported in order: what the master
     loads once and every worker's RSS counts again."""
-    code = "\n".join(
-        [
-            "import re",
-            "def rss(): return int(re.search(r'VmRSS:\\s+(\\d+)', open('/proc/self/status').read()).group(1))",
-            "before = rss()",
-            *[
-                f"{statement}\nafter = rss(); print(after - before); before = after"
-                for _, statement in IMPORT_GROUPS
-            ],
-        ]
-    )
     out = subprocess.run(
-        [sys.executable, "-c", code], cwd=PROJECT, capture_output=True, text=True, check=True
+        [sys.executable, "-c", IMPORT_PROBE, *(statement for _, statement in IMPORT_GROUPS)],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return [(name, int(kb) / 1024) for (name, _), kb in zip(IMPORT_GROUPS, out.stdout.split(), strict=True)]
 

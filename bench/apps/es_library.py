@@ -7,19 +7,14 @@ SQLITE_DBNAME or POSTGRES_*), set by the benchmark driver.
 
 from __future__ import annotations
 
-import json
 import os
-import re
-from collections.abc import Callable, Iterable
 from typing import Any
 from uuid import UUID
 
 from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate, event
 
-from bench.apps import respond
-
-ROUTE = re.compile(r"^/accounts/([0-9a-f-]{36})(/deposits)?$")
+from bench.apps import account_routes
 
 
 class BankAccount(Aggregate):
@@ -56,24 +51,16 @@ def app() -> BankAccounts:
     return _app[1]
 
 
-def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-    path = environ["PATH_INFO"]
-    if path == "/health":
-        return respond(start_response, "200 OK", {"status": "ok"})
-    if path == "/accounts" and environ["REQUEST_METHOD"] == "POST":
-        return respond(start_response, "201 Created", {"id": str(app().open_account("bench"))})
-    match = ROUTE.match(path)
-    if not match:
-        return respond(start_response, "404 Not Found", {"error": "no route"})
-    account_id = UUID(match.group(1))
-    if match.group(2):
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-        amount = json.loads(environ["wsgi.input"].read(length))["amount"]
-        account = app().deposit(account_id, amount)
-    else:
-        account = app().repository.get(account_id)
-    return respond(
-        start_response,
-        "200 OK",
-        {"id": str(account.id), "balance": account.balance, "version": account.version},
-    )
+def deposit(account_id: UUID, amount: int) -> tuple[str, Any]:
+    return "200 OK", summary(app().deposit(account_id, amount))
+
+
+def read(account_id: UUID) -> Any:
+    return summary(app().repository.get(account_id))
+
+
+def summary(account: BankAccount) -> dict[str, Any]:
+    return {"id": str(account.id), "balance": account.balance, "version": account.version}
+
+
+application = account_routes(deposit, read, open_account=lambda: {"id": str(app().open_account("bench"))})

@@ -4,19 +4,15 @@ created on first use (after the fork)."""
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import uuid
-from collections.abc import Callable, Iterable
 from typing import Any
 
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, Session
 from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 
-from bench.apps import respond
+from bench.apps import account_routes
 
-ROUTE = re.compile(r"^/accounts/([0-9a-f-]{36})(/deposits)?$")
 _session: tuple[int, Session, Any, Any] | None = None
 
 
@@ -52,23 +48,16 @@ def create_schema(port: int, keyspace: str) -> None:
     created.cluster.shutdown()
 
 
-def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-    path = environ["PATH_INFO"]
-    if path == "/health":
-        return respond(start_response, "200 OK", {"status": "ok"})
-    match = ROUTE.match(path)
-    if not match:
-        return respond(start_response, "404 Not Found", {"error": "no route"})
-    account = uuid.UUID(match.group(1))
-    db, insert, select = session()
-    if match.group(2) and environ["REQUEST_METHOD"] == "POST":
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-        amount = json.loads(environ["wsgi.input"].read(length))["amount"]
-        applied = db.execute(insert, (account, uuid.uuid1(), amount)).was_applied
-        return respond(
-            start_response, "200 OK" if applied else "409 Conflict", {"id": str(account), "amount": amount}
-        )
+def deposit(account: uuid.UUID, amount: int) -> tuple[str, Any]:
+    db, insert, _ = session()
+    applied = db.execute(insert, (account, uuid.uuid1(), amount)).was_applied
+    return "200 OK" if applied else "409 Conflict", {"id": str(account), "amount": amount}
+
+
+def read(account: uuid.UUID) -> Any:
+    db, _, select = session()
     amounts = [row.amount for row in db.execute(select, (account,))]
-    return respond(
-        start_response, "200 OK", {"id": str(account), "balance": sum(amounts), "version": len(amounts) + 1}
-    )
+    return {"id": str(account), "balance": sum(amounts), "version": len(amounts) + 1}
+
+
+application = account_routes(deposit, read)

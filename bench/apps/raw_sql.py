@@ -7,10 +7,7 @@ The engine is created per process on first use (after the fork).
 
 from __future__ import annotations
 
-import json
 import os
-import re
-from collections.abc import Callable, Iterable
 from typing import Any
 from uuid import UUID
 
@@ -29,7 +26,7 @@ from sqlalchemy import (
     select,
 )
 
-from bench.apps import respond
+from bench.apps import account_routes
 
 metadata = MetaData()
 deposits = Table(
@@ -40,7 +37,6 @@ deposits = Table(
     Column("amount", BigInteger(), nullable=False),
 )
 
-ROUTE = re.compile(r"^/accounts/([0-9a-f-]{36})(/deposits)?$")
 _engine: tuple[int, Engine] | None = None
 
 
@@ -61,29 +57,23 @@ def engine() -> Engine:
     return _engine[1]
 
 
-def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-    path = environ["PATH_INFO"]
-    if path == "/health":
-        return respond(start_response, "200 OK", {"status": "ok"})
-    match = ROUTE.match(path)
-    if not match:
-        return respond(start_response, "404 Not Found", {"error": "no route"})
-    account = UUID(match.group(1))
-    if match.group(2) and environ["REQUEST_METHOD"] == "POST":
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-        amount = json.loads(environ["wsgi.input"].read(length))["amount"]
-        with engine().begin() as connection:
-            connection.execute(insert(deposits).values(account_id=account, amount=amount))
-        return respond(start_response, "200 OK", {"id": str(account), "amount": amount})
+def deposit(account: UUID, amount: int) -> tuple[str, Any]:
+    with engine().begin() as connection:
+        connection.execute(insert(deposits).values(account_id=account, amount=amount))
+    return "200 OK", {"id": str(account), "amount": amount}
+
+
+def read(account: UUID) -> Any:
     with engine().connect() as connection:
         total, count = connection.execute(
             select(func.coalesce(func.sum(deposits.c.amount), 0), func.count()).where(
                 deposits.c.account_id == account
             )
         ).one()
-    return respond(
-        start_response, "200 OK", {"id": str(account), "balance": int(total), "version": int(count) + 1}
-    )
+    return {"id": str(account), "balance": int(total), "version": int(count) + 1}
+
+
+application = account_routes(deposit, read)
 
 
 def create_schema(url: str) -> None:
