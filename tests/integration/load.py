@@ -57,15 +57,23 @@ class Audit:
 
 @dataclass
 class DepositLoad:
-    """``threads`` clients depositing unique amounts into ``accounts`` until ``stop()``."""
+    """``threads`` clients depositing unique amounts into ``accounts`` until ``stop()``.
+
+    By default clients share the accounts, so commands also conflict and retry. With
+    ``one_writer_per_account`` each client has an account of its own: no command can conflict, so a
+    409 could only come from the server itself (e.g. a write retried after it was stored).
+    """
 
     server: UwsgiServer
     accounts: int = 6
     threads: int = 8
     timeout: float = 15.0
+    one_writer_per_account: bool = False
     outcomes: list[Outcome] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if self.one_writer_per_account:
+            self.accounts = self.threads
         self.account_ids = [
             self.server.post("/accounts", {"owner": f"load {i}"}).json()["id"] for i in range(self.accounts)
         ]
@@ -92,7 +100,8 @@ class DepositLoad:
         while self._running.is_set():
             with self._lock:
                 amount = next(self._amounts)
-            account = self.account_ids[(amount + n) % self.accounts]
+            slot = n if self.one_writer_per_account else amount + n
+            account = self.account_ids[slot % self.accounts]
             started = time.monotonic()
             try:
                 result = self.server.post(

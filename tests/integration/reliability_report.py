@@ -37,7 +37,8 @@ The scenarios (tests/integration/test_reliability.py, test_hostile_input.py, tes
   acknowledged deposit is stored exactly once; versions stay 1..n; every replacement builds once.
 - **Reloads**: `touch-chain-reload` (lazy-apps) replaces every worker under load with zero failed
   requests; a full `touch-reload` may fail requests in flight but loses no acknowledged write.
-- **Database outage**: the database is stopped for 5 s under load and started again. Meanwhile
+- **Database outage**: the database is stopped for 5 s under load (8 clients, an account each, so
+  no command can conflict) and started again. Meanwhile
   every request gets a JSON 503 naming the store (never a 500, never a hang) and `/ready` fails;
   the workers serve again within 5 s of the database answering, without restarting uWSGI.
 - **Initialiser failure**: without fail-fast, workers answer 503 and retry with back-off until the
