@@ -6,7 +6,7 @@ The public API is re-exported here. Importing it connects to nothing and works o
 from __future__ import annotations
 
 from uwsgi_es.application import Application, EventStore, PersistencePolicy, PubSub, Repository, pubsub
-from uwsgi_es.domain import Aggregate, DomainEvent
+from uwsgi_es.domain import Aggregate, DomainEvent, register_topic
 from uwsgi_es.errors import (
     AggregateNotFoundError,
     ApplicationAlreadyInitialisedError,
@@ -19,7 +19,10 @@ from uwsgi_es.errors import (
     ForkedApplicationError,
     InitialisationFailedError,
     SchemaMissingError,
+    StoreBusyError,
+    StoreReadOnlyError,
     StoreUnavailableError,
+    UnreadableEventError,
     UwsgiEsError,
 )
 from uwsgi_es.registry import (
@@ -50,11 +53,15 @@ __all__ = [
     "Repository",
     "SchemaMissingError",
     "Settings",
+    "StoreBusyError",
+    "StoreReadOnlyError",
     "StoreUnavailableError",
+    "UnreadableEventError",
     "UwsgiEsError",
     "close_application",
     "get_application",
     "get_application_lazily",
     "init_application",
     "pubsub",
+    "register_topic",
 ]

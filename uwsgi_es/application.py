@@ -32,6 +32,8 @@ from uwsgi_es.errors import (
     ConcurrencyError,
     DuplicateSubscriptionError,
     ForkedApplicationError,
+    TopicError,
+    UnreadableEventError,
 )
 from uwsgi_es.settings import Settings
 from uwsgi_es.stores import RecordStore, StoredRecord, create_record_store
@@ -130,14 +132,23 @@ class EventStore:
 
     @staticmethod
     def from_record(record: StoredRecord) -> DomainEvent:
-        cls = resolve_topic(record.topic)
-        state: dict[str, Any] = orjson.loads(record.state)
-        state["timestamp"] = datetime.fromisoformat(state["timestamp"])
-        event: DomainEvent = cls(
-            originator_id=record.originator_id,
-            originator_version=record.originator_version,
-            **state,
-        )
+        """The event a record stores; ``UnreadableEventError`` naming the record if it is corrupt."""
+        try:
+            cls = resolve_topic(record.topic)
+            state: dict[str, Any] = orjson.loads(record.state)
+            state["timestamp"] = datetime.fromisoformat(state["timestamp"])
+            event: DomainEvent = cls(
+                originator_id=record.originator_id,
+                originator_version=record.originator_version,
+                **state,
+            )
+        except (TopicError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise UnreadableEventError(
+                f"The stored event at version {record.originator_version} of {record.originator_id} "
+                f"(position {record.id}, topic {record.topic[:200]!r}) cannot be read: "
+                f"{type(exc).__name__}: {exc}. Nothing skips it: repair the row (or register the "
+                "topic of a renamed class with uwsgi_es.register_topic) and read again."
+            ) from exc
         return event
 
 
@@ -222,6 +233,15 @@ class Application:
             # An in-memory database is born empty in each process; no migrate step can reach it.
             records.create_schema()
         return cls(records, settings=settings)
+
+    def check_ready(self) -> None:
+        """Raise unless this application can serve now, writes included (``/ready``)."""
+        self.check_usable()
+        self.records.check_ready()
+
+    def describe(self) -> str:
+        """One line for logs and ``/worker``: which application, on which store (no secrets)."""
+        return f"{type(self).__qualname__} on {self.records.describe()}"
 
     def check_usable(self) -> None:
         """Raise unless this application may be used here: open, and built in this process."""

@@ -4,18 +4,23 @@
   creating schema in every worker races and slows boot.
 - ``uwsgi-es check`` validates the ``UWSGI_ES_*`` settings and pings the store, so a deployment
   script can stop before uWSGI starts with a bad configuration.
+- ``uwsgi-es settings --markdown | --ini`` prints the settings table of the README, or the
+  declarations a ``strict = true`` ini includes (``deploy/uwsgi-es-settings.ini``).
 
-Both read the same configuration the workers read, and exit 1 with one clear line on error.
+They read the same configuration the workers read, and exit 1 with one clear line on error (2 for
+an error we did not foresee, still one line, never a traceback). No line ever holds a password.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
 from uwsgi_es.errors import UwsgiEsError
-from uwsgi_es.settings import Settings
+from uwsgi_es.redaction import scrub, secrets_of
+from uwsgi_es.settings import Settings, render_ini, render_markdown
 from uwsgi_es.stores import create_record_store
 
 
@@ -38,7 +43,11 @@ def check(settings: Settings) -> str:
         store.close()
 
 
-COMMANDS = {"migrate": migrate, "check": check}
+STORE_COMMANDS = {"migrate": migrate, "check": check}
+
+
+def _one_line(error: BaseException, secrets: tuple[str, ...]) -> str:
+    return " ".join(scrub(str(error), secrets).split())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -46,16 +55,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="uwsgi-es",
         description="Deployment steps for uwsgi_es, configured by UWSGI_ES_* environment variables.",
     )
-    parser.add_argument(
-        "command", choices=sorted(COMMANDS), help="migrate: create tables; check: validate and ping"
-    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+    commands.add_parser("migrate", help="create the tables (idempotent; once per deployment)")
+    commands.add_parser("check", help="validate the settings and ping the store")
+    settings_command = commands.add_parser("settings", help="print every setting, as a table or ini")
+    form = settings_command.add_mutually_exclusive_group(required=True)
+    form.add_argument("--markdown", action="store_true", help="the README's table")
+    form.add_argument("--ini", action="store_true", help="deploy/uwsgi-es-settings.ini")
     arguments = parser.parse_args(argv)
+    if arguments.command == "settings":
+        sys.stdout.write(render_markdown() if arguments.markdown else render_ini())
+        return 0
+    raw_url = os.environ.get("UWSGI_ES_DATABASE_URL")
+    secrets = secrets_of(raw_url) if raw_url else ()
     try:
         settings = Settings.from_environ()
-        print(f"uwsgi-es {arguments.command}: {COMMANDS[arguments.command](settings)}")
+        print(f"uwsgi-es {arguments.command}: {STORE_COMMANDS[arguments.command](settings)}")
     except UwsgiEsError as exc:
-        print(f"uwsgi-es {arguments.command}: error: {exc}", file=sys.stderr)
+        print(f"uwsgi-es {arguments.command}: error: {_one_line(exc, secrets)}", file=sys.stderr)
         return 1
+    except Exception as exc:  # not foreseen: still one line, still no secret
+        print(
+            f"uwsgi-es {arguments.command}: unexpected error: {type(exc).__name__}: "
+            f"{_one_line(exc, secrets)}",
+            file=sys.stderr,
+        )
+        return 2
     return 0
 
 

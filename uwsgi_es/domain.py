@@ -6,11 +6,14 @@ Replaying the stored events through the same ``apply`` methods rebuilds the aggr
 
 Event fields beyond the three headers hold JSON values (str, int, bool, None, lists and dicts),
 because the state is stored as JSON text. Nothing here does I/O.
+
+Topics name classes in stored data, so they are resolved only against the classes this process
+defined (every ``DomainEvent`` and ``Aggregate`` subclass registers itself) and the aliases
+registered with ``register_topic``: a stored row can never make us import a module.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -25,8 +28,44 @@ class EventSequenceError(UwsgiEsError):
     """An event does not follow the aggregate's current version: the stream is corrupt."""
 
 
+def topic_of(cls: type) -> str:
+    """The path of a class, ``module:Qual.Name``: how stored events name their class."""
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+# Global state, admitted: every event and aggregate class this process defined, by topic.
+_classes_by_topic: dict[str, type] = {}
+
+
+def register_topic(topic: str, cls: type) -> None:
+    """Read stored events whose topic is ``topic`` as ``cls``: for a class that was renamed or
+    moved, register its old topic once (at import time of the module that defines it)."""
+    _classes_by_topic[topic] = cls
+
+
+def resolve_topic(topic: str) -> type:
+    """The class a stored topic names, among those this process defined or registered."""
+    try:
+        return _classes_by_topic[topic]
+    except (KeyError, TypeError):
+        raise TopicError(
+            f"Topic {topic!r} names no event or aggregate class of this application. Only classes "
+            "the application defined (its modules are imported before the first read) are read from "
+            "stored events; for a class that was renamed or moved, register its old topic: "
+            "uwsgi_es.register_topic(old_topic, NewClass)."
+        ) from None
+
+
+class _Registered:
+    """Registers each subclass's topic, so stored events of it can be read back."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _classes_by_topic[topic_of(cls)] = cls
+
+
 @dataclass(frozen=True)
-class DomainEvent:
+class DomainEvent(_Registered):
     """Something that happened to one aggregate, at one version, at one time."""
 
     originator_id: UUID
@@ -34,41 +73,11 @@ class DomainEvent:
     timestamp: datetime
 
 
-def topic_of(cls: type) -> str:
-    """The importable path of a class, ``module:Qual.Name``: how stored events name their class."""
-    return f"{cls.__module__}:{cls.__qualname__}"
-
-
-_resolved_topics: dict[str, type] = {}
-
-
-def resolve_topic(topic: str) -> type:
-    """Import the class a topic names (cached: every stored event is decoded through here)."""
-    try:
-        return _resolved_topics[topic]
-    except KeyError:
-        pass
-    module_name, _, qualname = topic.partition(":")
-    try:
-        obj: Any = importlib.import_module(module_name)
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise TopicError(
-            f"Topic {topic!r} names no importable class ({exc}). Was the event class renamed or "
-            "moved? Keep the old name importable (an alias) so stored events can still be read."
-        ) from exc
-    if not isinstance(obj, type):
-        raise TopicError(f"Topic {topic!r} names {obj!r}, which is not a class.")
-    _resolved_topics[topic] = obj
-    return obj
-
-
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class Aggregate:
+class Aggregate(_Registered):
     """Base class of event-sourced aggregates.
 
     Subclasses declare nested event classes deriving from ``Aggregate.Event`` (and one creation

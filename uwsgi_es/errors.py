@@ -1,23 +1,36 @@
 """Every exception uwsgi_es raises.
 
 One base class, ``UwsgiEsError``, so callers can catch everything of ours at once; subclasses also
-inherit the matching builtin where one fits. Messages say what happened, why, and what to do.
+inherit the matching builtin where one fits. Messages say what happened, why, and what to do; they
+are for operators (logs, the CLI) and may name hosts, files and settings.
+
+``public_reason`` is what an anonymous HTTP client may be told instead: short, stable, and free of
+any detail of the deployment (no host, user, path, driver message or pid).
+
 This module imports nothing of ours, so any module can import it without cycles.
 """
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class UwsgiEsError(Exception):
     """Base class of every uwsgi_es error."""
+
+    public_reason: ClassVar[str] = "the service cannot handle this request now"
 
 
 class ConfigurationError(UwsgiEsError, ValueError):
     """A setting is missing or invalid; the message names the environment variable."""
 
+    public_reason = "the application is not ready in this worker"
+
 
 class ApplicationNotInitialisedError(UwsgiEsError, RuntimeError):
     """``get_application()`` was called before ``init_application()`` in this process."""
+
+    public_reason = "the application is not ready in this worker"
 
 
 class ApplicationAlreadyInitialisedError(UwsgiEsError, RuntimeError):
@@ -27,9 +40,13 @@ class ApplicationAlreadyInitialisedError(UwsgiEsError, RuntimeError):
 class ForkedApplicationError(UwsgiEsError, RuntimeError):
     """An application (or its connections) built in one process is used in a forked child."""
 
+    public_reason = "the application is not ready in this worker"
+
 
 class InitialisationFailedError(UwsgiEsError, RuntimeError):
     """This process tried to build its application and failed; requests answer 503 until it works."""
+
+    public_reason = "the application is not ready in this worker"
 
 
 class DuplicateSubscriptionError(UwsgiEsError, RuntimeError):
@@ -39,9 +56,15 @@ class DuplicateSubscriptionError(UwsgiEsError, RuntimeError):
 class ApplicationClosedError(UwsgiEsError, RuntimeError):
     """The application was closed; build a new one instead of reusing it."""
 
+    public_reason = "the application is not ready in this worker"
+
 
 class ConcurrencyError(UwsgiEsError):
     """An appended version already exists: another writer got there first. Nothing was stored."""
+
+    public_reason = (
+        "the resource was changed by other requests at the same time; nothing was stored, try again"
+    )
 
 
 class CommandRejectedError(UwsgiEsError):
@@ -58,9 +81,29 @@ class AggregateNotFoundError(UwsgiEsError, KeyError):
 class StoreUnavailableError(UwsgiEsError):
     """The record store could not be reached or answered with an operational error."""
 
+    public_reason = "the event store is unavailable"
+
 
 class SchemaMissingError(StoreUnavailableError):
     """The store answers but its tables do not exist: run ``uwsgi-es migrate``."""
+
+
+class StoreBusyError(StoreUnavailableError):
+    """Waiting for a lock held by another session took longer than the configured bound."""
+
+    public_reason = "the event store is busy: waiting for a lock timed out"
+
+
+class StoreReadOnlyError(StoreUnavailableError):
+    """The store answers reads but refuses writes (read-only file or database, disk full)."""
+
+    public_reason = "the event store cannot accept writes"
+
+
+class UnreadableEventError(UwsgiEsError):
+    """A stored event cannot be decoded (invalid JSON, an unknown topic): the data needs repair."""
+
+    public_reason = "a stored event cannot be read; an operator must repair it"
 
 
 class UnsupportedOperationError(UwsgiEsError, NotImplementedError):
@@ -68,7 +111,7 @@ class UnsupportedOperationError(UwsgiEsError, NotImplementedError):
 
 
 class TopicError(UwsgiEsError, LookupError):
-    """A stored event's topic does not name an importable event class."""
+    """A topic names no event or aggregate class this process knows (registered ones only)."""
 
 
 class UwsgiUnavailableError(UwsgiEsError, RuntimeError):

@@ -16,19 +16,27 @@ With ``UWSGI_ES_FAIL_FAST=true`` the instance stops instead. The settings are va
 ``install()`` runs (in the master under prefork: parsing only, no connection), so a bad value
 stops uWSGI at start with a message naming the variable. A worker that cannot build exits with
 uWSGI's "failed app" code 22: with ``lazy-apps`` and ``need-app`` uWSGI then stops with that
-code; in prefork mode the worker also asks the master to stop, so it never becomes a respawn storm.
+code. In prefork mode uWSGI only respawns such a worker, so the worker raises a flag in memory it
+shares with the master and asks the master to stop; the master's exit hook
+(``hook-as-user-atexit = rpc:uwsgi_es_exit_code``, in uwsgi.ini) sees the flag and exits with 22 too.
+Workers still building when the master stops them exit at once.
+
+A worker closes its application when it stops through ``uwsgi.atexit``, which uWSGI calls in every
+loop engine (Python's own ``atexit`` handlers are skipped in async mode, e.g. under gevent).
 Outside uWSGI (plain pytest, gunicorn) ``install()`` does nothing and ``import uwsgi_es`` works.
 """
 
 from __future__ import annotations
 
-import atexit
 import logging
+import mmap
 import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from types import ModuleType
+from typing import Any
 
 from uwsgi_es import registry
 from uwsgi_es.errors import UwsgiUnavailableError
@@ -43,8 +51,11 @@ except ImportError:
 
 log = logging.getLogger("uwsgi_es")
 FAILED_APP_EXIT_CODE = 22  # uWSGI's UWSGI_FAILED_APP_CODE: with lazy-apps + need-app, the instance stops
+EXIT_CODE_RPC = "uwsgi_es_exit_code"  # called by the master's exit hook (see the module docstring)
 
 _installed_in_pid: int | None = None
+# One byte shared by the master and every worker it forks: 1 once a worker failed with fail-fast on.
+_fail_flag: mmap.mmap | None = None
 
 
 def in_uwsgi() -> bool:
@@ -84,6 +95,7 @@ def install(factory: ApplicationFactory | None = None, *, settings: Settings | N
     if already_forked:
         build_in_this_process(factory, settings)
         return
+    _share_the_fail_flag()
     try:
         import uwsgidecorators
     except Exception as exc:  # it raises a bare Exception without --master
@@ -103,6 +115,11 @@ def build_in_this_process(
     started = time.perf_counter()
     try:
         app = registry.init_application(factory, settings=settings)
+    except KeyboardInterrupt:
+        # The master is stopping the instance (SIGINT) while this worker builds: stop now, instead
+        # of serving on until the master's patience runs out.
+        sys.stderr.flush()
+        os._exit(0)
     except Exception as exc:
         fail_fast = boolean_setting(settings, "fail_fast")
         consequence = (
@@ -122,7 +139,7 @@ def build_in_this_process(
         if fail_fast:
             _stop_instance()
         return
-    atexit.register(_close_at_exit)
+    _on_uwsgi_exit(_close_at_exit)
     took = (time.perf_counter() - started) * 1000
     log.info(
         "worker %d (pid %d) built %s on %s in %.1f ms",
@@ -151,11 +168,49 @@ def _preload(settings: Settings | None) -> None:
 
 
 def _stop_instance() -> None:
-    """Exit with uWSGI's failed-app code; in prefork mode also ask the master to stop."""
+    """Exit with uWSGI's failed-app code; in prefork mode also make the master stop with it."""
     if uwsgi is not None and not (_option("lazy-apps") or _option("lazy")):
+        if _fail_flag is not None:
+            _fail_flag[0] = 1
+        # The master answers with SIGINT to every worker, this one too: it must not interrupt
+        # the exit below (a KeyboardInterrupt there would leave this worker serving).
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGQUIT})
         os.kill(int(uwsgi.masterpid()), signal.SIGINT)
     sys.stderr.flush()
     os._exit(FAILED_APP_EXIT_CODE)
+
+
+def _share_the_fail_flag() -> None:
+    """In the master, before the fork: the flag a failing worker raises, and the function the
+    master's exit hook calls to read it (uWSGI exits 0 after SIGINT otherwise)."""
+    global _fail_flag
+    if uwsgi is None or _fail_flag is not None:
+        return
+    _fail_flag = mmap.mmap(-1, 1)  # anonymous and shared: the workers write, the master reads
+    flag = _fail_flag
+
+    def exit_code(*_: Any) -> bytes:
+        if flag[0]:
+            sys.stderr.write("uwsgi_es: a worker failed with UWSGI_ES_FAIL_FAST on: exit code 22\n")
+            sys.stderr.flush()
+            os._exit(FAILED_APP_EXIT_CODE)
+        return b""
+
+    uwsgi.register_rpc(EXIT_CODE_RPC, exit_code)
+
+
+def _on_uwsgi_exit(function: Callable[[], None]) -> None:
+    """Call ``function`` when this uWSGI process stops, after whatever ``uwsgi.atexit`` was before."""
+    if uwsgi is None:
+        return
+    previous = getattr(uwsgi, "atexit", None)
+
+    def both() -> None:
+        if previous is not None:
+            previous()
+        function()
+
+    setattr(uwsgi, "atexit", both)  # noqa: B010 (the uwsgi module is untyped)
 
 
 def _close_at_exit() -> None:

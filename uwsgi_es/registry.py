@@ -31,6 +31,7 @@ from uwsgi_es.errors import (
     InitialisationFailedError,
     StoreUnavailableError,
 )
+from uwsgi_es.redaction import redact_url
 from uwsgi_es.settings import Settings, boolean_setting
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class _Failure:
 _lock = threading.RLock()
 _application: Application | None = None
 _failure: _Failure | None = None
+_settings: Settings | None = None  # of the last build attempt in this process, when they parsed
 
 
 def init_application(
@@ -126,6 +128,16 @@ def close_application() -> None:
         app.close()  # in a forked child the store forgets the parent's connections, never closes them
 
 
+def settings_in_use() -> Settings | None:
+    """The settings this process's application was built (or last tried to build) with; None when
+    no build was tried here, or its settings did not parse."""
+    app = _application
+    if app is not None and app.built_in_pid == os.getpid():
+        return app.settings
+    settings = _settings
+    return settings if _failure is not None and _failure.pid == os.getpid() else None
+
+
 def initialisation_failure() -> BaseException | None:
     """Why this process's last build failed, or None when it did not (or was never tried)."""
     failure = _failure
@@ -157,9 +169,11 @@ def load_factory(import_string: str) -> ApplicationFactory:
 
 def _build(factory: ApplicationFactory | None, settings: Settings | None) -> Application:
     """Build, ping and register; on failure record why and when to try again. Holds the lock."""
-    global _application, _failure
+    global _application, _failure, _settings
+    _settings = None
     try:
         settings = settings or Settings.from_environ()
+        _settings = settings
         _check_deployment(settings)
         factory = factory or load_factory(settings.application)
         app = _construct(factory, settings)
@@ -240,7 +254,7 @@ def _check_deployment(settings: Settings) -> None:
     processes, threads = hooks.process_count(), hooks.thread_count()
     if settings.is_sqlite_memory and (processes > 1 or threads > 1):
         raise ConfigurationError(
-            f"UWSGI_ES_DATABASE_URL={settings.database_url!r} is an in-memory SQLite database, which "
-            f"each of the {processes} processes (and each of {threads} threads) would see as its own "
-            "empty database. Use a file, e.g. sqlite:///var/uwsgi_es.sqlite3, or PostgreSQL."
+            f"UWSGI_ES_DATABASE_URL={redact_url(settings.database_url)!r} is an in-memory SQLite "
+            f"database, which each of the {processes} processes (and each of {threads} threads) would "
+            "see as its own empty database. Use a file, e.g. sqlite:///var/uwsgi_es.sqlite3, or PostgreSQL."
         )

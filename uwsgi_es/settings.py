@@ -1,25 +1,33 @@
-"""Configuration, read from ``UWSGI_ES_*`` environment variables when an application is built.
+"""Configuration: every ``UWSGI_ES_*`` variable declared once, parsed when an application is built.
 
-Nothing reads the environment at import time: ``Settings.from_environ()`` is called by the registry
-in each worker, so tests pass a plain dict and a worker sees the environment uWSGI gave it. Every
-value is parsed and checked here; a bad one raises ``ConfigurationError`` naming the variable, the
-value and what is accepted. Unknown ``UWSGI_ES_*`` names are refused too, because a misspelt
-variable that is silently ignored is the hardest configuration bug to find.
+Each setting is one field of ``Settings`` declared with ``setting(default, parser, help)``: its
+name (``UWSGI_ES_`` + the field name), type, default, parser and help text live in that one place.
+The README's table and ``deploy/uwsgi-es-settings.ini`` are rendered from it
+(``uwsgi-es settings --markdown`` / ``--ini``), and a test fails when a committed copy differs.
+
+Nothing reads the environment at import time: ``Settings.from_environ()`` is called when each
+worker builds its application, so tests pass a plain dict and a worker sees the environment uWSGI
+gave it. A bad value raises ``ConfigurationError`` naming the variable, the value (never a
+password: URLs are shown redacted, or not at all) and what is accepted. Unknown ``UWSGI_ES_*``
+names are refused too, because a misspelt variable that is silently ignored is the hardest
+configuration bug to find.
 """
 
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
-from typing import Any, Literal, TypeVar, get_args
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import Field, dataclass, field, fields
+from typing import Any, Literal, get_args
 
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import NoSuchModuleError
 
 from uwsgi_es.errors import ConfigurationError
+from uwsgi_es.redaction import parse_url, redact_url, why_unreadable
 
 PREFIX = "UWSGI_ES_"
 StoreKind = Literal["sqlalchemy", "cassandra", "django"]
@@ -27,105 +35,10 @@ Reactor = Literal["libev", "asyncio"]
 CONSISTENCY_LEVELS = ("ONE", "TWO", "THREE", "QUORUM", "ALL", "LOCAL_QUORUM", "EACH_QUORUM", "LOCAL_ONE")
 SERIAL_CONSISTENCY_LEVELS = ("SERIAL", "LOCAL_SERIAL")
 DEFAULT_DATABASE_URL = "sqlite:///var/uwsgi_es.sqlite3"
+Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+LOOPBACK: Networks = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 
-# Read by uwsgi.ini and the test harness, not by Python code; listed so they are not "unknown".
-OTHER_KNOWN_VARIABLES = frozenset({"UWSGI_ES_HTTP"})
-
-T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Everything an application needs to start, already validated.
-
-    Field ``x`` is read from ``UWSGI_ES_X``; the defaults suit the SQLite quick start.
-    """
-
-    store: StoreKind = "sqlalchemy"
-    database_url: str = DEFAULT_DATABASE_URL
-    application: str = "uwsgi_es.bank:BankAccounts"
-    sqlite_busy_timeout_ms: int = 5000
-    pool_size: int = 5
-    max_overflow: int = 10
-    pool_timeout: float = 10.0
-    pool_recycle: int = 1800
-    pool_pre_ping: bool = True
-    connect_timeout: int = 5
-    conflict_retries: int = 10
-    max_body_bytes: int = 65536
-    init_retry_seconds: float = 1.0
-    init_retry_max_seconds: float = 30.0
-    fail_fast: bool = False
-    gc_freeze: bool = True
-    cassandra_hosts: str = "127.0.0.1"
-    cassandra_port: int = 9042
-    cassandra_keyspace: str = "uwsgi_es"
-    cassandra_replication: str = "SimpleStrategy:1"
-    cassandra_local_dc: str = "datacenter1"
-    cassandra_consistency: str = "LOCAL_QUORUM"
-    cassandra_serial_consistency: str = "LOCAL_SERIAL"
-    cassandra_protocol_version: int = 5
-    cassandra_request_timeout: float = 10.0
-    cassandra_reactor: Reactor = "libev"
-
-    @classmethod
-    def from_environ(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Read and validate every ``UWSGI_ES_*`` variable of ``environ`` (default: os.environ)."""
-        env = os.environ if environ is None else environ
-        known = {PREFIX + f.name.upper() for f in fields(cls)} | OTHER_KNOWN_VARIABLES
-        for name in env:
-            if name.startswith(PREFIX) and name not in known:
-                close = difflib.get_close_matches(name, sorted(known), n=1)
-                hint = f" Did you mean {close[0]}?" if close else ""
-                raise ConfigurationError(
-                    f"Unknown setting {name}.{hint} Known settings: {', '.join(sorted(known))}."
-                )
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            name = PREFIX + f.name.upper()
-            raw = env.get(name)
-            if raw is None or raw.strip() == "":
-                continue
-            parser = _PARSERS[f.name]
-            values[f.name] = parser(name, raw.strip())
-        settings = cls(**values)
-        settings._check_relations()
-        return settings
-
-    def _check_relations(self) -> None:
-        if self.init_retry_max_seconds < self.init_retry_seconds:
-            raise ConfigurationError(
-                f"UWSGI_ES_INIT_RETRY_MAX_SECONDS ({self.init_retry_max_seconds}) is smaller than "
-                f"UWSGI_ES_INIT_RETRY_SECONDS ({self.init_retry_seconds}); make it at least as large."
-            )
-
-    @property
-    def is_sqlite(self) -> bool:
-        return self.store == "sqlalchemy" and make_url(self.database_url).get_backend_name() == "sqlite"
-
-    @property
-    def is_sqlite_memory(self) -> bool:
-        url = make_url(self.database_url)
-        return self.is_sqlite and url.database in (None, "", ":memory:")
-
-    @property
-    def cassandra_host_list(self) -> list[str]:
-        return [host.strip() for host in self.cassandra_hosts.split(",") if host.strip()]
-
-    @property
-    def cassandra_replication_map(self) -> dict[str, str]:
-        """The keyspace's replication as CQL wants it, e.g. {'class': 'SimpleStrategy', ...}."""
-        return _replication("UWSGI_ES_CASSANDRA_REPLICATION", self.cassandra_replication)
-
-    def describe_store(self) -> str:
-        """The store and database, with any password hidden: safe for logs and error messages."""
-        if self.store == "django":
-            return "django store on the project's default database"
-        if self.store == "cassandra":
-            return (
-                f"cassandra store at {self.cassandra_hosts}:{self.cassandra_port}/{self.cassandra_keyspace}"
-            )
-        return f"{self.store} store at {make_url(self.database_url).render_as_string()}"
+Parser = Callable[[str, str], Any]
 
 
 def _integer(minimum: int, maximum: int) -> Callable[[str, str], int]:
@@ -229,18 +142,47 @@ def _checked_replication(name: str, raw: str) -> str:
 
 
 def _database_url(name: str, raw: str) -> str:
-    try:
-        url = make_url(raw)
-    except ArgumentError:
+    """A URL SQLAlchemy can read, for a backend we support, with its driver installed. Never quoted
+    whole in an error: only ``redact_url``'s version of it, which hides every password."""
+    url = parse_url(raw)
+    if url is None:
         raise ConfigurationError(
-            f"{name} is not a SQLAlchemy database URL (got {raw!r}); expected e.g. "
-            "'sqlite:///var/app.sqlite3' or 'postgresql+psycopg://user:password@host:5432/dbname'."
-        ) from None
+            f"{name} cannot be read as a database URL: {why_unreadable(raw)} (the value is not shown, as "
+            "it may hold a password). Expected e.g. 'sqlite:///var/app.sqlite3' or "
+            "'postgresql+psycopg://user:password@host:5432/dbname'."
+        )
     if url.get_backend_name() not in ("sqlite", "postgresql"):
         raise ConfigurationError(
-            f"{name} names the {url.get_backend_name()!r} backend; uwsgi_es supports sqlite and postgresql."
+            f"{name} names the {url.get_backend_name()!r} backend ({redact_url(url)}); uwsgi_es supports "
+            "sqlite and postgresql."
         )
+    try:
+        url.get_dialect().import_dbapi()  # imports the driver's module only: no connection
+    except NoSuchModuleError:
+        raise ConfigurationError(
+            f"{name} names the driver {url.drivername!r}, which SQLAlchemy does not know "
+            f"({redact_url(url)}); use e.g. postgresql+psycopg or sqlite."
+        ) from None
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"{name} uses the {url.drivername!r} driver, which is not installed ({exc}). "
+            "For PostgreSQL install the extra: pip install 'uwsgi_es[postgres]'."
+        ) from None
     return raw
+
+
+def _networks(name: str, raw: str) -> Networks:
+    if raw.lower() in ("none", "-"):
+        return ()
+    try:
+        return tuple(
+            ipaddress.ip_network(part.strip(), strict=False) for part in raw.split(",") if part.strip()
+        )
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"{name}={raw!r} is not a list of networks ({exc}): use e.g. '127.0.0.0/8,::1,10.0.0.0/24', "
+            "or 'none' to show process details to nobody."
+        ) from None
 
 
 def _import_string(name: str, raw: str) -> str:
@@ -250,31 +192,206 @@ def _import_string(name: str, raw: str) -> str:
     return raw
 
 
-_PARSERS: dict[str, Callable[[str, str], Any]] = {
-    "store": _one_of(get_args(StoreKind), "store"),
-    "database_url": _database_url,
-    "application": _import_string,
-    "sqlite_busy_timeout_ms": _integer(0, 600_000),
-    "pool_size": _integer(1, 1000),
-    "max_overflow": _integer(0, 1000),
-    "pool_timeout": _number(0.1, 600.0),
-    "pool_recycle": _integer(-1, 86_400),
-    "pool_pre_ping": _boolean,
-    "connect_timeout": _integer(1, 600),
-    "conflict_retries": _integer(0, 100),
-    "max_body_bytes": _integer(64, 64 * 1024 * 1024),
-    "init_retry_seconds": _number(0.01, 3600.0),
-    "init_retry_max_seconds": _number(0.01, 3600.0),
-    "fail_fast": _boolean,
-    "gc_freeze": _boolean,
-    "cassandra_hosts": _hosts,
-    "cassandra_port": _integer(1, 65535),
-    "cassandra_keyspace": _identifier,
-    "cassandra_replication": _checked_replication,
-    "cassandra_local_dc": lambda name, raw: raw,
-    "cassandra_consistency": _one_of(CONSISTENCY_LEVELS, "consistency level"),
-    "cassandra_serial_consistency": _one_of(SERIAL_CONSISTENCY_LEVELS, "serial consistency level"),
-    "cassandra_protocol_version": _integer(3, 5),
-    "cassandra_request_timeout": _number(0.1, 600.0),
-    "cassandra_reactor": _one_of(get_args(Reactor), "reactor"),
-}
+def setting(default: Any, parser: Parser, help: str, *, shown: str | None = None) -> Any:
+    """Declare one setting: its default, how its text is parsed and checked, and what it is for.
+    ``shown``: the default as a user would write it, when ``str(default)`` is not that."""
+    metadata = {"parser": parser, "help": help, "shown": str(default) if shown is None else shown}
+    return field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything an application needs to start, already validated.
+
+    Field ``x`` is read from ``UWSGI_ES_X``; the defaults suit the SQLite quick start.
+    """
+
+    store: StoreKind = setting(
+        "sqlalchemy",
+        _one_of(get_args(StoreKind), "store"),
+        "the record store: `sqlalchemy`, `cassandra` or `django`",
+    )
+    database_url: str = setting(
+        DEFAULT_DATABASE_URL,
+        _database_url,
+        "SQLAlchemy URL (SQLite or PostgreSQL); relative SQLite paths are from uWSGI's `chdir`. "
+        "Shown only with its passwords masked",
+    )
+    application: str = setting(
+        "uwsgi_es.bank:BankAccounts", _import_string, "`module:Class` built when no factory is given"
+    )
+    sqlite_busy_timeout_ms: int = setting(
+        5000,
+        _integer(0, 600_000),
+        "the longest a SQLite writer waits for the write lock (the other writers' queue, then SQLite's "
+        "own lock), then 503",
+    )
+    lock_timeout: float = setting(
+        5.0,
+        _number(0.05, 3600.0),
+        "PostgreSQL: seconds a statement waits for a lock (`lock_timeout`), e.g. behind a `CREATE INDEX`, "
+        "then 503",
+    )
+    pool_size: int = setting(5, _integer(1, 1000), "server databases: pooled connections per worker")
+    max_overflow: int = setting(10, _integer(0, 1000), "server databases: extra connections per worker")
+    pool_timeout: float = setting(
+        10.0, _number(0.1, 600.0), "seconds to wait for a pooled connection, then 503"
+    )
+    pool_recycle: int = setting(1800, _integer(-1, 86_400), "seconds before a connection is replaced")
+    pool_pre_ping: bool = setting(True, _boolean, "test a pooled connection before use", shown="true")
+    connect_timeout: int = setting(5, _integer(1, 600), "seconds to wait for a new database connection")
+    conflict_retries: int = setting(
+        10, _integer(0, 100), "times a conflicting command is reloaded and re-run before 409"
+    )
+    max_body_bytes: int = setting(
+        65536, _integer(64, 64 * 1024 * 1024), "larger request bodies get 413, refused before they are read"
+    )
+    operator_networks: Networks = setting(
+        LOOPBACK,
+        _networks,
+        "clients shown process details (`/worker`, pids): comma-separated networks, or `none`",
+        shown="127.0.0.0/8,::1",
+    )
+    init_retry_seconds: float = setting(1.0, _number(0.01, 3600.0), "first back-off after a failed build")
+    init_retry_max_seconds: float = setting(30.0, _number(0.01, 3600.0), "longest back-off between builds")
+    fail_fast: bool = setting(
+        False,
+        _boolean,
+        "stop uWSGI when a worker cannot build, instead of answering 503 and retrying",
+        shown="false",
+    )
+    gc_freeze: bool = setting(
+        True,
+        _boolean,
+        "`gc.freeze()` first thing after the fork, so the garbage collector never copies the pages a "
+        "worker shares with the master (about 8 MB per worker for the example API)",
+        shown="true",
+    )
+    cassandra_hosts: str = setting("127.0.0.1", _hosts, "contact points, comma-separated")
+    cassandra_port: int = setting(9042, _integer(1, 65535), "native protocol port")
+    cassandra_keyspace: str = setting("uwsgi_es", _identifier, "keyspace of the tables")
+    cassandra_replication: str = setting(
+        "SimpleStrategy:1",
+        _checked_replication,
+        "or `NetworkTopologyStrategy:dc1=3,dc2=3` (used by migrate)",
+    )
+    cassandra_local_dc: str = setting(
+        "datacenter1", lambda name, raw: raw, "the DC-aware load-balancing policy's local data centre"
+    )
+    cassandra_consistency: str = setting(
+        "LOCAL_QUORUM", _one_of(CONSISTENCY_LEVELS, "consistency level"), "reads and the commit of writes"
+    )
+    cassandra_serial_consistency: str = setting(
+        "LOCAL_SERIAL",
+        _one_of(SERIAL_CONSISTENCY_LEVELS, "serial consistency level"),
+        "the Paxos phase of lightweight transactions",
+    )
+    cassandra_protocol_version: int = setting(5, _integer(3, 5), "explicit, so the driver never downgrades")
+    cassandra_request_timeout: float = setting(10.0, _number(0.1, 600.0), "seconds per request")
+    cassandra_reactor: Reactor = setting("libev", _one_of(get_args(Reactor), "reactor"), "or `asyncio`")
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate every ``UWSGI_ES_*`` variable of ``environ`` (default: os.environ)."""
+        env = os.environ if environ is None else environ
+        known = {variable for variable, *_ in declared()}
+        for name in env:
+            if name.startswith(PREFIX) and name not in known:
+                close = difflib.get_close_matches(name, sorted(known), n=1)
+                hint = f" Did you mean {close[0]}?" if close else ""
+                raise ConfigurationError(
+                    f"Unknown setting {name}.{hint} Known settings: {', '.join(sorted(known))}."
+                )
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = PREFIX + f.name.upper()
+            raw = env.get(name)
+            if raw is None or raw.strip() == "":
+                continue
+            values[f.name] = f.metadata["parser"](name, raw.strip())
+        settings = cls(**values)
+        settings._check_relations()
+        return settings
+
+    def _check_relations(self) -> None:
+        if self.init_retry_max_seconds < self.init_retry_seconds:
+            raise ConfigurationError(
+                f"UWSGI_ES_INIT_RETRY_MAX_SECONDS ({self.init_retry_max_seconds}) is smaller than "
+                f"UWSGI_ES_INIT_RETRY_SECONDS ({self.init_retry_seconds}); make it at least as large."
+            )
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.store == "sqlalchemy" and make_url(self.database_url).get_backend_name() == "sqlite"
+
+    @property
+    def is_sqlite_memory(self) -> bool:
+        url = make_url(self.database_url)
+        return self.is_sqlite and url.database in (None, "", ":memory:")
+
+    @property
+    def cassandra_host_list(self) -> list[str]:
+        return [host.strip() for host in self.cassandra_hosts.split(",") if host.strip()]
+
+    @property
+    def cassandra_replication_map(self) -> dict[str, str]:
+        """The keyspace's replication as CQL wants it, e.g. {'class': 'SimpleStrategy', ...}."""
+        return _replication("UWSGI_ES_CASSANDRA_REPLICATION", self.cassandra_replication)
+
+    def describe_store(self) -> str:
+        """The store and database, with any password hidden: safe for logs and error messages."""
+        if self.store == "django":
+            return "django store on the project's default database"
+        if self.store == "cassandra":
+            return (
+                f"cassandra store at {self.cassandra_hosts}:{self.cassandra_port}/{self.cassandra_keyspace}"
+            )
+        return f"{self.store} store at {redact_url(self.database_url)}"
+
+
+# Read by uwsgi.ini and the test harness, not by Python code: (variable, default, help).
+LAUNCH_SETTINGS = (
+    (
+        "UWSGI_ES_HTTP",
+        "127.0.0.1:8080",
+        "listen address, read by `uwsgi.ini` (the test harness sets it)",
+    ),
+)
+
+
+def declared() -> Iterator[tuple[str, str, str]]:
+    """(variable, default as written, help) of every setting, in declaration order."""
+    for f in fields(Settings):
+        yield PREFIX + f.name.upper(), str(f.metadata["shown"]), str(f.metadata["help"])
+    yield from LAUNCH_SETTINGS
+
+
+def render_markdown() -> str:
+    """The README's settings table."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    rows += [f"| `{name}` | `{default}` | {help} |" for name, default, help in declared()]
+    return "\n".join(rows) + "\n"
+
+
+def render_ini() -> str:
+    """deploy/uwsgi-es-settings.ini: every variable declared as an (empty) uWSGI option."""
+    lines = [
+        "; Generated by `uwsgi-es settings --ini` from uwsgi_es/settings.py: do not edit by hand.",
+        ";",
+        "; uWSGI reads every UWSGI_* environment variable as one of its own options. Under `strict = true`",
+        "; it would refuse our UWSGI_ES_* settings as unknown options; including this file declares each",
+        "; as an empty custom option, which uWSGI accepts and ignores (uwsgi_es reads them itself).",
+        "[uwsgi]",
+    ]
+    lines += [f"declare-option = {uwsgi_option_name(name)}=" for name, _, _ in declared()]
+    return "\n".join(lines) + "\n"
+
+
+def uwsgi_option_name(variable: str) -> str:
+    """The uWSGI option an environment variable becomes: UWSGI_ES_POOL_SIZE -> es-pool-size."""
+    return variable.removeprefix("UWSGI_").lower().replace("_", "-")
+
+
+def setting_field(name: str) -> Field[Any]:
+    """The declaration of one setting, by field name."""
+    return next(f for f in fields(Settings) if f.name == name)

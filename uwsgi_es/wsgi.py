@@ -8,6 +8,8 @@ never with ``wsgi-file``, which imports it a second time under another name.
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from typing import Any
 from uuid import UUID
 
@@ -16,11 +18,19 @@ from werkzeug.wrappers import Request, Response
 
 from uwsgi_es import hooks
 from uwsgi_es.bank import MAX_AMOUNT, MAX_OWNER_LENGTH, BankAccounts
-from uwsgi_es.errors import AggregateNotFoundError
+from uwsgi_es.domain import resolve_topic
+from uwsgi_es.errors import AggregateNotFoundError, TopicError
+from uwsgi_es.stores.base import StoredRecord
 from uwsgi_es.web import BadRequestError, JsonApi, expect_fields, json_response
+from uwsgi_es.web.text import quoted
 
 api = JsonApi(BankAccounts)
-MAX_FEED_LIMIT = 1000
+MAX_PAGE_LIMIT = 1000
+DEFAULT_PAGE_LIMIT = 100
+# The two spellings of a UUID we accept; Python's UUID() also takes underscores, braces, "urn:uuid:".
+_UUID = re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}")
+# Characters that reorder or hide text when displayed (bidirectional embeddings, overrides, isolates).
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 def bank(request: Request) -> BankAccounts:
@@ -31,10 +41,9 @@ def bank(request: Request) -> BankAccounts:
 
 
 def account_id_of(raw: str) -> UUID:
-    try:
-        return UUID(raw)
-    except ValueError:
-        raise BadRequestError(f"{raw[:100]!r} is not an account id: ids are UUIDs") from None
+    if not _UUID.fullmatch(raw):
+        raise BadRequestError(f"{quoted(raw, 100)} is not an account id: ids are UUIDs")
+    return UUID(raw)
 
 
 def owner_of(body: dict[str, Any]) -> str:
@@ -47,10 +56,14 @@ def owner_of(body: dict[str, Any]) -> str:
         raise BadRequestError("owner must not be empty")
     if len(owner) > MAX_OWNER_LENGTH:
         raise BadRequestError(f"owner is longer than {MAX_OWNER_LENGTH} characters")
-    try:
-        owner.encode("utf-8")
-    except UnicodeEncodeError:
-        raise BadRequestError("owner contains an unpaired surrogate, which is not valid Unicode") from None
+    for character in owner:
+        category = unicodedata.category(character)
+        if category == "Cs":
+            raise BadRequestError("owner contains an unpaired surrogate, which is not valid Unicode")
+        if category == "Cc" or character in _BIDI_CONTROLS:
+            raise BadRequestError(
+                f"owner contains the control character U+{ord(character):04X}: names are printable text"
+            )
     return owner
 
 
@@ -101,46 +114,50 @@ def withdraw(request: Request, account_id: str) -> Response:
     return json_response(app.withdraw(key, amount_of(api.body(request))).as_dict())
 
 
+def event_entry(record: StoredRecord) -> dict[str, Any]:
+    """One stored event as JSON. A row that cannot be read is listed as it is, with ``error``
+    saying why, instead of failing the whole page: consumers see it, can stop or pass it, and
+    the operator learns its position (docs/RELIABILITY.md, "corrupt rows")."""
+    entry: dict[str, Any] = {"version": record.originator_version, "topic": record.topic}
+    try:
+        state = orjson.loads(record.state)
+        if not isinstance(state, dict):
+            raise TypeError(f"the state is {type(state).__name__}, not an object")
+    except (orjson.JSONDecodeError, TypeError) as exc:
+        entry.update(timestamp=None, state=None, error=f"unreadable stored state: {exc}")
+        return entry
+    entry.update(timestamp=state.pop("timestamp", None), state=state)
+    try:
+        resolve_topic(record.topic)
+    except TopicError:
+        entry["error"] = "unknown topic: no event class of this application has it"
+    return entry
+
+
 @api.route("/accounts/<account_id>/events", "GET")
 def account_events(request: Request, account_id: str) -> Response:
+    """One account's events after version ``after``, at most ``limit`` (a page, like ``/events``)."""
     key = account_id_of(account_id)
-    records = bank(request).records.select(key)
-    if not records:
+    after = int_param(request, "after", 0, 0, 2**63 - 1)
+    limit = int_param(request, "limit", DEFAULT_PAGE_LIMIT, 1, MAX_PAGE_LIMIT)
+    records = bank(request).records.select(key, after_version=after, limit=limit)
+    if not records and after == 0:
         raise AggregateNotFoundError(f"No BankAccount with id {key} is stored.")
-    events = []
-    for record in records:
-        state = orjson.loads(record.state)
-        timestamp = state.pop("timestamp", None)
-        events.append(
-            {
-                "version": record.originator_version,
-                "topic": record.topic,
-                "timestamp": timestamp,
-                "state": state,
-            }
-        )
-    return json_response({"events": events})
+    events = [event_entry(record) for record in records]
+    last = records[-1].originator_version if records else after
+    return json_response({"events": events, "next_after": last})
 
 
 @api.route("/events", "GET")
 def event_feed(request: Request) -> Response:
     """Every stored event after position ``after``, in the order they were stored."""
     after = int_param(request, "after", 0, 0, 2**63 - 1)
-    limit = int_param(request, "limit", 100, 1, MAX_FEED_LIMIT)
+    limit = int_param(request, "limit", DEFAULT_PAGE_LIMIT, 1, MAX_PAGE_LIMIT)
     records = bank(request).records.select_all(after, limit)
-    events = []
-    for record in records:
-        state = orjson.loads(record.state)
-        events.append(
-            {
-                "id": record.id,
-                "originator_id": str(record.originator_id),
-                "version": record.originator_version,
-                "topic": record.topic,
-                "timestamp": state.pop("timestamp", None),
-                "state": state,
-            }
-        )
+    events = [
+        {"id": record.id, "originator_id": str(record.originator_id), **event_entry(record)}
+        for record in records
+    ]
     last = records[-1].id if records else after
     return json_response({"events": events, "next_after": last})
 

@@ -7,7 +7,7 @@ import os
 import random
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -38,6 +38,18 @@ def fan_out(count: int, call: Callable[[int], T], concurrency: int = 32) -> list
     """Run ``call(i)`` for i in range(count), ``concurrency`` at a time; results in order."""
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         return list(pool.map(call, range(count)))
+
+
+def all_events(server: UwsgiServer, account: str) -> list[dict[str, Any]]:
+    """Every event of an account, page after page (GET /accounts/{id}/events is paged)."""
+    events: list[dict[str, Any]] = []
+    after = 0
+    while True:
+        page = server.get(f"/accounts/{account}/events?after={after}&limit=1000").json()
+        events += page["events"]
+        if not page["events"]:
+            return events
+        after = page["next_after"]
 
 
 def worker_reports(server: UwsgiServer, count: int, concurrency: int = 32) -> list[dict[str, int]]:
@@ -80,7 +92,7 @@ def move_money_concurrently(server: UwsgiServer, operations: int = 600, concurre
     ][:3]
     for account in accounts:
         acknowledged = [o for o in outcomes if o[0] == account and o[3] == 200]
-        events = server.get(f"/accounts/{account}/events").json()["events"]
+        events = all_events(server, account)
         assert [e["version"] for e in events] == list(range(1, len(acknowledged) + 2))
         running = 0
         for event in events[1:]:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 from uwsgi_es.testing import UwsgiServer
 
+from .conftest import all_events
+
 
 @dataclass
 class Outcome:
@@ -123,7 +125,7 @@ class DepositLoad:
         stored: Counter[int] = Counter()
         contiguous = True
         for account in self.account_ids:
-            events = self.server.get(f"/accounts/{account}/events").json()["events"]
+            events = all_events(self.server, account)
             contiguous &= [e["version"] for e in events] == list(range(1, len(events) + 1))
             stored.update(e["state"]["amount"] for e in events[1:])
         acknowledged = {o.amount for o in self.outcomes if o.status == 200}

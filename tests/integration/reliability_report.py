@@ -16,8 +16,20 @@ ORDER = [
     "database outage (5 s)",
     "initialiser failure (database unreachable at start)",
     "initialiser failure, fail-fast (invalid setting)",
-    "initialiser failure, fail-fast (unreachable database)",
+    "initialiser failure, fail-fast (unreachable database, prefork)",
+    "initialiser failure, fail-fast (unreachable database, lazy-apps)",
     "hostile input (hypothesis)",
+    "slow clients (uwsgi.ini)",
+    "slow clients (deploy/uwsgi-postgres.ini)",
+    "oversized bodies",
+    "request size limits",
+    "secrets and 503 bodies",
+    "lock held on the events table (PostgreSQL)",
+    "SQLite write lock held by another process",
+    "SQLite file deleted under the server",
+    "SQLite file read-only, then writable",
+    "disk full under SQLite",
+    "PostgreSQL read-only, then writable",
     "clean stop (SIGINT)",
     "clean stop (SIGTERM)",
 ]
@@ -30,7 +42,8 @@ file is regenerated, figures included, by:
 
     make reliability
 
-The scenarios (tests/integration/test_reliability.py, test_hostile_input.py, test_uwsgi_modes.py):
+The scenarios (tests/integration/test_reliability.py, test_hostile_input.py, test_uwsgi_modes.py,
+test_hostile_clients.py, test_sick_storage.py):
 
 - **Killed workers**: under continuous deposits (8 clients, unique amounts), a random worker is
   SIGKILLed every 2 s for 20 s. Only requests in flight on a killed worker may fail; every
@@ -38,16 +51,37 @@ The scenarios (tests/integration/test_reliability.py, test_hostile_input.py, tes
 - **Reloads**: `touch-chain-reload` (lazy-apps) replaces every worker under load with zero failed
   requests; a full `touch-reload` may fail requests in flight but loses no acknowledged write.
 - **Database outage**: the database is stopped for 5 s under load (8 clients, an account each, so
-  no command can conflict) and started again. Meanwhile
-  every request gets a JSON 503 naming the store (never a 500, never a hang) and `/ready` fails;
-  the workers serve again within 5 s of the database answering, without restarting uWSGI.
+  no command can conflict) and started again. Meanwhile every request gets a JSON 503 saying
+  "the event store is unavailable" (the log names the store; never a 500, never a hang) and
+  `/ready` fails; the workers serve again within 5 s of the database answering, without
+  restarting uWSGI.
 - **Initialiser failure**: without fail-fast, workers answer 503 and retry with back-off until the
-  database appears; with `UWSGI_ES_FAIL_FAST=true` uWSGI exits non-zero within seconds, naming
-  the problem, without a respawn storm.
+  database appears; with `UWSGI_ES_FAIL_FAST=true` uWSGI exits with code 22 within seconds, in
+  the default prefork mode as with lazy-apps, naming the problem, without a respawn storm.
 - **Hostile input**: 10,000 property-based malformed requests per store (hypothesis, raw sockets):
   zero 5xx, zero worker deaths, and only accepted requests change the store.
+- **Hostile clients** against the shipped inis: 64 clients dribbling bodies and 64 dribbling
+  headers (1 byte/s) while `/health` and deposits are answered within 2 s; declared bodies of
+  1 GiB and 2^63 bytes answered 413 before a byte of them is sent; the documented header and URL
+  limits; passwords in URLs reach no response and no log line, and 503 bodies to anonymous
+  clients say one stable sentence.
+- **Sick storage**: a lock held on the events table, or on SQLite's write lock, delays requests by
+  at most the configured bound, then 503 "busy"; a SQLite file deleted under the server, made
+  read-only, or on a full disk, and a read-only PostgreSQL: no write acknowledged that is not
+  stored, `/ready` 503 meanwhile, service back without a restart.
 - **Clean stop**: SIGINT and SIGTERM stop the instance within 5 s; each worker closes its
   application (engine disposed, Cassandra cluster shut down) and logs it.
+
+Hardening checked by the unit and store suites rather than a timed scenario: ids are plain UUIDs
+(`1_1_…` is a 400); owner names refuse control and bidirectional-override characters; compressed
+bodies get 415; an unencodable character in client input is escaped in the answer; stored topics
+resolve only to the application's own (or registered) classes, never by importing; a corrupt row
+is listed in the feed with an `error` naming why, its aggregate answers 503 "a stored event cannot
+be read" and the log names its position; `GET /accounts/{id}/events` is paged; settings that
+cannot be read (a port that is not a number, an unknown driver, a misspelt name) and a writers'
+lock file that cannot be opened give a message naming the variable or the file, never a 500 or a
+traceback (tests/unit/test_web.py, test_settings.py, test_secrets.py, test_domain.py,
+tests/stores/test_sqlite.py, test_postgres.py).
 
 "Failed" counts requests that got no 200 (connection errors during a kill or reload, 503 during
 an outage). "Stored though failed" are deposits whose request failed in flight after the write

@@ -97,6 +97,11 @@ def test_flask_app_factory_under_uwsgi(
     missing = server.post("/accounts/00000000-0000-4000-8000-000000000000/deposits", {"amount": 4})
     assert missing.status == 404
     assert "No BankAccount" in missing.json()["error"]
+    refused = server.post(f"/accounts/{account}/withdrawals", {"amount": 5})
+    assert refused.status == 409  # the JSON API's status table, shared: a domain refusal, not a 503
+    assert "insufficient funds" in refused.json()["error"]
+    too_big = server.post(f"/accounts/{account}/deposits", {"amount": 1, "pad": "x" * 70_000})
+    assert too_big.status == 413  # refused by the extension on its declared length, before Flask
 
 
 def test_flask_sqlalchemy_engine_and_session_are_shared(

@@ -8,6 +8,7 @@ import pytest
 
 from uwsgi_es.testing import UwsgiServer, UwsgiStartError
 
+from ..conftest import PROJECT
 from .conftest import INI
 
 pytestmark = pytest.mark.integration
@@ -15,9 +16,11 @@ pytest_plugins = ["pytester"]
 
 
 def test_a_misspelt_option_fails_fast_with_the_log(tmp_path: Path) -> None:
-    """Our strict ini refuses unknown options; the harness raises at once with uWSGI's own words."""
+    """A user's strict ini (our declarations included, so UWSGI_ES_* variables pass) refuses unknown
+    options; the harness raises at once with uWSGI's own words."""
+    declarations = PROJECT / "deploy" / "uwsgi-es-settings.ini"
     ini = tmp_path / "mine.ini"
-    ini.write_text(f"[uwsgi]\nini = {INI}\nproceses = 2\n")
+    ini.write_text(f"[uwsgi]\nstrict = true\nini = {declarations}\nini = {INI}\nproceses = 2\n")
     server = UwsgiServer(ini, log_dir=tmp_path, startup_timeout=30)
     with pytest.raises(UwsgiStartError, match="unknown config directive: proceses"):
         server.start()

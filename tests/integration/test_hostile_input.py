@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from uwsgi_es.testing import UwsgiServer
 
-from .conftest import INI
+from .conftest import INI, all_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 EXAMPLES = int(os.environ.get("HOSTILE_EXAMPLES", "10000"))
@@ -149,7 +149,7 @@ def send(
 
 
 def events_of(server: UwsgiServer, account: str) -> int:
-    return len(server.get(f"/accounts/{account}/events").json()["events"])
+    return len(all_events(server, account))
 
 
 def feed_length(server: UwsgiServer) -> int | None:

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from uwsgi_es.testing import UwsgiServer
+from uwsgi_es.testing import UwsgiServer, UwsgiStartError
 
-from .conftest import INI, assert_one_application_per_worker, fan_out, worker_reports
+from .conftest import INI, all_events, assert_one_application_per_worker, fan_out, worker_reports
 
 pytestmark = pytest.mark.integration
 StartServer = Any
@@ -61,7 +61,11 @@ def test_threads_share_one_application_per_process(
     uwsgi_server: StartServer, backend_env: dict[str, str]
 ) -> None:
     """2 processes x 4 threads: threads of a worker share its one application."""
-    server = uwsgi_server(INI, env=backend_env, options=["--processes", "2", "--threads", "4"])
+    server = uwsgi_server(
+        INI,
+        env=backend_env,
+        options=["--processes", "2", "--threads", "4", "--async", "0", "--loop", "simple"],
+    )
     pids = assert_one_application_per_worker(server, worker_reports(server, 400))
     assert len(pids) == 2
 
@@ -82,7 +86,11 @@ def test_concurrent_deposits_are_stored_exactly_once(
     uwsgi_server: StartServer, backend_env: dict[str, str]
 ) -> None:
     """Deposits to 3 accounts from 4x2 workers: balances and versions 1..n match the 200s exactly."""
-    server = uwsgi_server(INI, env=backend_env, options=["--processes", "4", "--threads", "2"])
+    server = uwsgi_server(
+        INI,
+        env=backend_env,
+        options=["--processes", "4", "--threads", "2", "--async", "0", "--loop", "simple"],
+    )
     accounts = [server.post("/accounts", {"owner": f"owner {i}"}).json()["id"] for i in range(3)]
 
     def deposit(i: int) -> tuple[str, int, int]:
@@ -95,7 +103,7 @@ def test_concurrent_deposits_are_stored_exactly_once(
     for account in accounts:
         acknowledged = [amount for a, amount, status in outcomes if a == account and status == 200]
         state = server.get(f"/accounts/{account}").json()
-        events = server.get(f"/accounts/{account}/events").json()["events"]
+        events = all_events(server, account)
         assert state["balance"] == sum(acknowledged)
         assert [e["version"] for e in events] == list(range(1, len(acknowledged) + 2))
         assert state["version"] == len(acknowledged) + 1
@@ -109,14 +117,16 @@ def test_concurrent_deposits_are_stored_exactly_once(
 
 
 def test_failed_initialisation_never_serves_200(uwsgi_server: StartServer, app_env: dict[str, str]) -> None:
-    """An invalid setting: every route but /health answers 503 naming it, /ready fails, the log says why."""
+    """An invalid setting: every route but /health answers 503 with a stable reason, /ready fails;
+    the log and the operator's /worker name the variable."""
     env = {**app_env, "UWSGI_ES_POOL_SIZE": "plenty"}
     server = uwsgi_server(INI, env=env, options=["--processes", "2"], wait_for="health")
     results = fan_out(40, lambda i: server.get(["/ready", "/worker", "/accounts/" + "0" * 32][i % 3]))
     for result in results:
         assert result.status == 503
-        assert "UWSGI_ES_POOL_SIZE" in result.json()["error"]
+        assert result.json()["error"] == "the application is not ready in this worker"
         assert result.elapsed < 5
+    assert all("UWSGI_ES_POOL_SIZE" in r.json()["detail"] for r in results[1::3])  # /worker, from here
     assert re.search(
         r"worker \d \(pid \d+\) could not build its application: ConfigurationError", server.log()
     )
@@ -199,9 +209,32 @@ def test_memory_database_is_refused_with_several_workers(uwsgi_server: StartServ
     """sqlite:///:memory: would give each worker its own empty database: 503 naming the variable."""
     env = {"UWSGI_ES_DATABASE_URL": "sqlite:///:memory:"}
     server = uwsgi_server(INI, env=env, options=["--processes", "2"], wait_for="health")
-    for result in fan_out(10, lambda _: server.get("/ready")):
+    for result in fan_out(10, lambda _: server.get("/worker")):
         assert result.status == 503
+        assert result.json()["error"] == "the application is not ready in this worker"
         assert (
             "UWSGI_ES_DATABASE_URL='sqlite:///:memory:' is an in-memory SQLite database"
-            in result.json()["error"]
+            in (result.json()["detail"])
         )
+    assert "is an in-memory SQLite database" in server.log()
+
+
+@pytest.mark.parametrize("fail_fast", ["false", "true"])
+def test_a_misspelt_variable_is_named_with_its_fix(
+    uwsgi_server: StartServer, app_env: dict[str, str], tmp_path: Path, fail_fast: str
+) -> None:
+    """UWSGI_ES_POOL_SZIE: uwsgi_es, not uWSGI's strict mode ("unknown config directive: es-pool-szie"),
+    refuses it, naming the variable and the likely fix; with fail-fast the instance stops with 22."""
+    env = {**app_env, "UWSGI_ES_POOL_SZIE": "5", "UWSGI_ES_FAIL_FAST": fail_fast}
+    message = "Unknown setting UWSGI_ES_POOL_SZIE. Did you mean UWSGI_ES_POOL_SIZE?"
+    if fail_fast == "true":
+        server = UwsgiServer(INI, env=env, log_dir=tmp_path, startup_timeout=20)
+        with pytest.raises(UwsgiStartError, match="exited with code 22"):
+            server.start()
+        assert message in server.log()
+        return
+    server = uwsgi_server(INI, env=env, options=["--processes", "2"], wait_for="health")
+    assert server.get("/ready").status == 503
+    assert message in server.get("/worker").json()["detail"]
+    assert message in server.log()
+    assert "unknown config directive" not in server.log()

@@ -39,6 +39,20 @@ class RecordStoreContract:
         ]
         assert all(r.originator_id == originator and r.topic == "tests:Event" for r in selected)
 
+    def test_select_pages_through_one_originator(self, store: RecordStore) -> None:
+        """``after_version`` and ``limit`` read a stream in pages (long streams, bounded answers)."""
+        originator = uuid4()
+        store.append(records(originator, range(1, 8)))
+        assert [r.originator_version for r in store.select(originator, limit=3)] == [1, 2, 3]
+        assert [r.originator_version for r in store.select(originator, after_version=3, limit=3)] == [4, 5, 6]
+        assert [r.originator_version for r in store.select(originator, after_version=6)] == [7]
+        assert store.select(originator, after_version=7, limit=5) == []
+
+    def test_ready_means_a_write_went_through(self, store: RecordStore) -> None:
+        """check_ready() writes (a heartbeat), so a store that only answers reads is not ready."""
+        store.check_ready()
+        store.check_ready()
+
     def test_select_of_unknown_originator_is_empty(self, store: RecordStore) -> None:
         assert store.select(uuid4()) == []
 

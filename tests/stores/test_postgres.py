@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from uuid import uuid4
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 
-from uwsgi_es.errors import SchemaMissingError, StoreUnavailableError
+from uwsgi_es.errors import SchemaMissingError, StoreBusyError, StoreReadOnlyError, StoreUnavailableError
 from uwsgi_es.settings import Settings
 from uwsgi_es.stores.sqlalchemy import SQLAlchemyRecordStore
 from uwsgi_es.testing import PostgresServer
@@ -60,4 +61,49 @@ def test_writers_hold_the_append_lock_only_inside_their_transaction(postgres_url
             text("SELECT count(*) FROM pg_locks WHERE mode = 'ExclusiveLock' AND relation IS NOT NULL")
         ).scalar()
     assert held == 0
+    store.close()
+
+
+def test_a_held_table_lock_is_waited_for_within_the_lock_timeout(postgres_url: str) -> None:
+    """Another session holds the events table in SHARE mode (what CREATE INDEX takes): appends and
+    readiness give up after UWSGI_ES_LOCK_TIMEOUT with StoreBusyError instead of hanging."""
+    store = SQLAlchemyRecordStore.from_settings(Settings(database_url=postgres_url, lock_timeout=0.3))
+    holder = create_engine(postgres_url)
+    with holder.connect() as connection:
+        connection.execute(text("BEGIN"))
+        connection.execute(text("LOCK TABLE integer_sequenced_items IN SHARE MODE"))
+        for attempt in (lambda: store.append(records(uuid4(), range(1, 2))), store.check_ready):
+            started = time.monotonic()
+            with pytest.raises(StoreBusyError, match="UWSGI_ES_LOCK_TIMEOUT"):
+                attempt()
+            assert time.monotonic() - started < 2
+        connection.execute(text("ROLLBACK"))
+    holder.dispose()
+    store.append(records(uuid4(), range(1, 2)))
+    store.check_ready()
+    store.close()
+
+
+def test_a_read_only_server_is_not_ready_until_it_takes_writes_again(postgres_url: str) -> None:
+    """default_transaction_read_only (as on a standby after a failover): reads answer, writes and
+    readiness fail with StoreReadOnlyError; the same pool writes again once it is turned off."""
+    store = SQLAlchemyRecordStore.from_settings(Settings(database_url=postgres_url))
+    store.check_ready()  # the pool holds a connection made while the server took writes
+    admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    database = postgres_url.rsplit("/", 1)[1]
+    with admin.connect() as connection:
+        connection.execute(text(f'ALTER DATABASE "{database}" SET default_transaction_read_only = on'))
+    store.engine.dispose()  # the setting applies to new sessions, as after a failover
+    try:
+        store.ping()
+        with pytest.raises(StoreReadOnlyError):
+            store.check_ready()
+        with pytest.raises(StoreReadOnlyError):
+            store.append(records(uuid4(), range(1, 2)))
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'ALTER DATABASE "{database}" SET default_transaction_read_only = off'))
+        admin.dispose()
+    store.engine.dispose()
+    store.check_ready()
     store.close()

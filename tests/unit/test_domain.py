@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from uwsgi_es.bank import BankAccount, InsufficientFundsError
-from uwsgi_es.domain import EventSequenceError, replay, resolve_topic, topic_of
+from uwsgi_es.domain import EventSequenceError, register_topic, replay, resolve_topic, topic_of
 from uwsgi_es.errors import TopicError
 
 
@@ -62,6 +62,27 @@ def test_topics_round_trip_and_bad_topics_say_why() -> None:
         resolve_topic("nowhere.module:Gone")
     with pytest.raises(TopicError, match="Missing"):
         resolve_topic("uwsgi_es.bank:BankAccount.Missing")
+
+
+def test_stored_topics_never_import_a_module(capsys: pytest.CaptureFixture[str]) -> None:
+    """A topic is data: one naming an importable module that is not among the application's classes
+    (``this:s`` prints the Zen of Python when imported) is refused without importing it."""
+    import sys
+
+    sys.modules.pop("this", None)
+    with pytest.raises(TopicError, match="names no event or aggregate class of this application"):
+        resolve_topic("this:s")
+    assert "this" not in sys.modules
+    assert "Beautiful is better" not in capsys.readouterr().out
+    with pytest.raises(TopicError):
+        resolve_topic("os:system")
+
+
+def test_a_renamed_class_reads_its_old_topic_once_registered() -> None:
+    with pytest.raises(TopicError):
+        resolve_topic("old.module:Account.Deposited")
+    register_topic("old.module:Account.Deposited", BankAccount.Deposited)
+    assert resolve_topic("old.module:Account.Deposited") is BankAccount.Deposited
 
 
 def test_empty_stream_replays_to_nothing() -> None:

@@ -1,25 +1,33 @@
-"""Every shipped ini declares exactly our settings, so `strict = true` accepts UWSGI_ES_* variables.
-
-uWSGI reads each UWSGI_* environment variable as one of its own options; undeclared, a
-UWSGI_ES_* setting makes a strict uWSGI refuse to start.
-"""
+"""The settings are declared once (uwsgi_es/settings.py); the committed copies rendered from that
+declaration (the README's table, deploy/uwsgi-es-settings.ini) must be what it renders today."""
 
 from __future__ import annotations
 
 import re
-from dataclasses import fields
+import subprocess
+import sys
+from pathlib import Path
 
-from uwsgi_es.settings import OTHER_KNOWN_VARIABLES, PREFIX, Settings
+from uwsgi_es.cli import main
+from uwsgi_es.settings import declared, render_ini, render_markdown, uwsgi_option_name
 
 from ..conftest import PROJECT
 
 
-def test_declarations_match_the_settings() -> None:
-    text = (PROJECT / "deploy" / "uwsgi-es-settings.ini").read_text()
-    declared = set(re.findall(r"^declare-option = (es-[a-z-]+)=$", text, flags=re.MULTILINE))
-    variables = {PREFIX + f.name.upper() for f in fields(Settings)} | OTHER_KNOWN_VARIABLES
-    expected = {name.removeprefix("UWSGI_").lower().replace("_", "-") for name in variables}
-    assert declared == expected
+def test_the_declarations_ini_is_rendered_from_the_settings() -> None:
+    """deploy/uwsgi-es-settings.ini = `uwsgi-es settings --ini`: regenerate it after adding a setting."""
+    committed = (PROJECT / "deploy" / "uwsgi-es-settings.ini").read_text()
+    assert committed == render_ini(), "run: uwsgi-es settings --ini > deploy/uwsgi-es-settings.ini"
+    declared_options = set(re.findall(r"^declare-option = (es-[a-z-]+)=$", committed, flags=re.MULTILINE))
+    assert declared_options == {uwsgi_option_name(name) for name, _, _ in declared()}
+
+
+def test_the_readme_table_is_rendered_from_the_settings() -> None:
+    """The README's configuration table = `uwsgi-es settings --markdown` (a setting nobody can find
+    is a setting nobody can use)."""
+    text = (PROJECT / "README.md").read_text()
+    table = text.split("<!-- settings:", 1)[1].split("-->", 1)[1].split("<!-- end of settings -->", 1)[0]
+    assert table.strip() == render_markdown().strip(), "regenerate it with: uwsgi-es settings --markdown"
 
 
 def test_every_strict_ini_includes_the_declarations() -> None:
@@ -31,11 +39,26 @@ def test_every_strict_ini_includes_the_declarations() -> None:
         assert "uwsgi-es-settings.ini" in text, f"{ini} is strict but does not include the declarations"
 
 
-def test_the_readme_documents_every_setting() -> None:
-    """The configuration table names each variable the settings read (a setting nobody can find
-    is a setting nobody can use)."""
-    text = (PROJECT / "README.md").read_text()
-    rows = re.findall(r"^\| (`UWSGI_ES_[A-Z_]+`.*?) \|", text, flags=re.MULTILINE)
-    documented = set(re.findall(r"`(UWSGI_ES_[A-Z_]+)`", " ".join(rows)))
-    variables = {PREFIX + f.name.upper() for f in fields(Settings)} | OTHER_KNOWN_VARIABLES
-    assert variables - documented == set()
+def test_the_cli_prints_both_renderings(capsys: object) -> None:
+    assert main(["settings", "--ini"]) == 0
+    assert main(["settings", "--markdown"]) == 0
+
+
+def uwsgi_options() -> set[str]:
+    """Every option this uWSGI knows, from its own --help."""
+    binary = Path(sys.executable).parent / "uwsgi"
+    result = subprocess.run([binary, "--help"], capture_output=True, text=True, check=False)
+    names = re.findall(r"^\s+(?:-\w\|)?--([a-z0-9-]+)", result.stdout, flags=re.MULTILINE)
+    assert len(names) > 500, result.stdout[:500]
+    return set(names)
+
+
+def test_every_option_of_the_shipped_inis_is_one_uwsgi_knows() -> None:
+    """The shipped inis are not strict (see uwsgi.ini), so a misspelt option there would be ignored
+    in silence: this test is their strict mode."""
+    known = uwsgi_options()
+    inis = [PROJECT / "uwsgi.ini", *sorted((PROJECT / "deploy").glob("uwsgi*.ini"))]
+    for ini in inis:
+        options = re.findall(r"^([a-z0-9-]+)\s*=", ini.read_text(), flags=re.MULTILINE)
+        assert options, ini
+        assert set(options) - known == set(), f"{ini.name} uses options uWSGI does not know"

@@ -35,8 +35,12 @@ def test_values_are_parsed() -> None:
     ("name", "value", "expected"),
     [
         ("UWSGI_ES_STORE", "mongodb", "UWSGI_ES_STORE='mongodb' is not a known store"),
-        ("UWSGI_ES_DATABASE_URL", "not a url", "UWSGI_ES_DATABASE_URL is not a SQLAlchemy database URL"),
+        ("UWSGI_ES_DATABASE_URL", "not a url", "UWSGI_ES_DATABASE_URL cannot be read as a database URL"),
         ("UWSGI_ES_DATABASE_URL", "mysql://x/y", "supports sqlite and postgresql"),
+        ("UWSGI_ES_DATABASE_URL", "postgresql://u@h:port/db", "its port is not a number"),
+        ("UWSGI_ES_DATABASE_URL", "postgresql+nodriver://u@h/db", "names the driver 'postgresql.nodriver'"),
+        ("UWSGI_ES_OPERATOR_NETWORKS", "10.0.0.0/33", "UWSGI_ES_OPERATOR_NETWORKS='10.0.0.0/33' is not"),
+        ("UWSGI_ES_LOCK_TIMEOUT", "soon", "UWSGI_ES_LOCK_TIMEOUT='soon' is not a number"),
         ("UWSGI_ES_POOL_SIZE", "many", "UWSGI_ES_POOL_SIZE='many' is not a whole number"),
         ("UWSGI_ES_POOL_SIZE", "0", "UWSGI_ES_POOL_SIZE=0 is out of range"),
         ("UWSGI_ES_POOL_PRE_PING", "maybe", "UWSGI_ES_POOL_PRE_PING='maybe' is not a boolean"),
@@ -48,6 +52,14 @@ def test_bad_values_name_the_variable(name: str, value: str, expected: str) -> N
     """Each error quotes the variable and says what is accepted."""
     with pytest.raises(ConfigurationError, match=expected.replace("?", r"\?").replace("(", r"\(")):
         Settings.from_environ({name: value})
+
+
+def test_operator_networks_are_parsed() -> None:
+    """Loopback by default; a list of networks; 'none' shows process details to nobody."""
+    assert [str(n) for n in Settings().operator_networks] == ["127.0.0.0/8", "::1/128"]
+    parsed = Settings.from_environ({"UWSGI_ES_OPERATOR_NETWORKS": "10.1.2.0/24, fd00::/8"}).operator_networks
+    assert [str(n) for n in parsed] == ["10.1.2.0/24", "fd00::/8"]
+    assert Settings.from_environ({"UWSGI_ES_OPERATOR_NETWORKS": "none"}).operator_networks == ()
 
 
 def test_blank_values_mean_the_default() -> None:

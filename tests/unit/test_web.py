@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import pytest
 from werkzeug.test import Client, TestResponse
@@ -16,10 +16,21 @@ from uwsgi_es.web import JsonApi
 from uwsgi_es.wsgi import application
 
 
+def from_address(app: Any, address: str) -> Any:
+    """``app`` as seen from a client at ``address`` (Werkzeug's test client sets no REMOTE_ADDR)."""
+
+    def wrapped(environ: dict[str, Any], start_response: Any) -> Any:
+        environ["REMOTE_ADDR"] = address
+        return app(environ, start_response)
+
+    return wrapped
+
+
 @pytest.fixture
 def client(monkeypatch: pytest.MonkeyPatch, sqlite_url: str) -> Client:
+    """A client on this host: an operator, by the default UWSGI_ES_OPERATOR_NETWORKS."""
     monkeypatch.setenv("UWSGI_ES_DATABASE_URL", sqlite_url)
-    return Client(application)
+    return Client(from_address(application, "127.0.0.1"))
 
 
 def post(client: Client, path: str, body: Any) -> TestResponse:
@@ -90,6 +101,18 @@ def test_operational_routes(client: Client) -> None:
     assert (worker["constructions"], worker["subscriptions"], worker["worker_id"]) == (before + 1, 1, 0)  # type: ignore[index]
 
 
+def test_anonymous_clients_see_no_process_details(client: Client) -> None:
+    """From an address outside UWSGI_ES_OPERATOR_NETWORKS: /worker does not exist, /health and
+    /ready say only their status."""
+    assert client.get("/ready").status_code == 200  # builds the application
+    stranger = Client(from_address(application, "203.0.113.9"))
+    assert stranger.get("/health").json == {"status": "ok"}
+    assert stranger.get("/ready").json == {"status": "ready"}
+    worker = stranger.get("/worker")
+    assert worker.status_code == 404
+    assert worker.json == {"error": "no route for '/worker'"}
+
+
 BAD_BODIES: list[tuple[str, bytes, str, int, str]] = [
     # (what, body, content type, status, words the error must contain)
     ("malformed JSON", b'{"amount": ', "application/json", 400, "not valid JSON"),
@@ -105,7 +128,7 @@ BAD_BODIES: list[tuple[str, bytes, str, int, str]] = [
     ("zero", b'{"amount": 0}', "application/json", 400, "between 1 and"),
     ("negative", b'{"amount": -5}', "application/json", 400, "between 1 and"),
     ("missing field", b"{}", "application/json", 400, "missing field(s): amount"),
-    ("unknown field", b'{"amount": 5, "x": 1}', "application/json", 400, "unknown field(s): x"),
+    ("unknown field", b'{"amount": 5, "x": 1}', "application/json", 400, "unknown field(s): 'x'"),
     ("duplicate key", b'{"amount": 5, "amount": 6}', "application/json", 400, "repeats the key 'amount'"),
     ("NaN", b'{"amount": NaN}', "application/json", 400, "NaN"),
     ("Infinity", b'{"amount": Infinity}', "application/json", 400, "Infinity"),
@@ -168,7 +191,7 @@ def test_bad_owners_are_refused(client: Client, owner: Any, words: str) -> None:
         ("GET", "/nowhere", 404, "no route for '/nowhere'"),
         ("GET", "/accounts/not-a-uuid", 400, "is not an account id"),
         ("POST", "/accounts/not-a-uuid/deposits", 400, "is not an account id"),
-        ("DELETE", "/accounts", 405, "method DELETE is not allowed"),
+        ("DELETE", "/accounts", 405, "method 'DELETE' is not allowed"),
         ("PUT", "/health", 405, "use GET"),
         ("GET", "/events?after=-1", 400, "after must be a whole number"),
         ("GET", "/events?limit=0", 400, "limit must be from 1 to 1000"),
@@ -184,29 +207,164 @@ def test_bad_routes_and_parameters(client: Client, method: str, path: str, statu
     assert words in response.json["error"]  # type: ignore[index]
 
 
-def test_unbuilt_application_answers_503_naming_the_cause(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+def test_unbuilt_application_answers_503_and_logs_the_cause(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """No schema yet: every route but /health answers 503 with the cause; /ready fails."""
+    """No schema yet: every route but /health answers 503 with a stable reason (no path, no
+    host); the log and the operator's /worker name the cause; /ready fails."""
     monkeypatch.setenv("UWSGI_ES_DATABASE_URL", f"sqlite:///{tmp_path}/unmigrated.sqlite3")
-    client = Client(application)
+    client = Client(from_address(application, "127.0.0.1"))
     assert client.get("/health").status_code == 200
     for response in (
         client.get("/ready"),
-        client.get("/worker"),
         client.get(f"/accounts/{uuid4()}"),
         client.post("/accounts", json={"owner": "ann"}),
     ):
         assert response.status_code == 503
-        assert "uwsgi-es migrate" in response.json["error"]  # type: ignore[index]
+        assert response.json == {"error": "the event store is unavailable"}
         assert response.headers["Retry-After"] == "1"
+    worker = client.get("/worker")
+    assert worker.status_code == 503
+    assert "uwsgi-es migrate" in worker.json["detail"]  # type: ignore[index]
+    assert "uwsgi-es migrate" in caplog.text
+    assert str(tmp_path) in caplog.text
 
 
-def test_invalid_setting_answers_503_naming_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_invalid_setting_answers_503_and_logs_the_variable(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setenv("UWSGI_ES_POOL_SIZE", "lots")
     response = Client(application).get("/ready")
     assert response.status_code == 503
-    assert "UWSGI_ES_POOL_SIZE" in response.json["error"]  # type: ignore[index]
+    assert response.json == {"error": "the application is not ready in this worker"}
+    assert "UWSGI_ES_POOL_SIZE='lots' is not a whole number" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "status", "words"),
+    [
+        ({"Content-Encoding": "gzip"}, b'{"amount": 5}', 415, "must not be compressed"),
+        ({"Content-Length": str(2**63)}, b"", 413, f"the body is {2**63} bytes; the limit is 65536"),
+        ({"Content-Length": "1" + "0" * 30}, b"", 413, "the limit is 65536"),
+        ({"Content-Length": "12abc"}, b"", 400, "is not a number of bytes"),
+    ],
+)
+def test_bodies_are_refused_on_their_headers_before_reading(
+    client: Client, headers: dict[str, str], body: bytes, status: int, words: str
+) -> None:
+    """Refused on what the headers declare: the body is never read (an honest 1 GiB upload, or a
+    Content-Length of 2^63, costs nothing)."""
+    account_id = open_account(client)
+
+    class Unreadable:
+        def read(self, *args: object) -> bytes:
+            raise AssertionError("the body was read")
+
+    environ = {"wsgi.input": Unreadable(), "CONTENT_TYPE": "application/json"}
+    environ.update({f"HTTP_{k.upper().replace('-', '_')}": v for k, v in headers.items()})
+    if "Content-Length" in headers:
+        environ["CONTENT_LENGTH"] = headers["Content-Length"]
+    response = client.post(f"/accounts/{account_id}/deposits", data=body, environ_overrides=environ)
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert words in response.json["error"]  # type: ignore[index]
+    assert client.get(f"/accounts/{account_id}").json["balance"] == 0  # type: ignore[index]
+
+
+def test_a_lone_surrogate_in_client_input_still_gets_an_answer(client: Client) -> None:
+    """{"amount": 1, "\ud800": 1}: the error names the unknown key, escaped, and can be written."""
+    account_id = open_account(client)
+    response = client.post(
+        f"/accounts/{account_id}/deposits",
+        data=b'{"amount": 1, "\\ud800": 1}',
+        content_type="application/json",
+    )
+    assert response.status_code == 400
+    assert response.json["error"].startswith("unknown field(s): '\\ud800'")  # type: ignore[index]
+    path = client.get("/\udcff".encode("utf-8", "surrogateescape").decode("latin-1"))
+    assert path.status_code == 404
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "1_1_1_1_1_1_1_1_1_1_1_1_1_1_1_1",
+        "{00000000-0000-0000-0000-000000000000}",
+        "urn:uuid:00000000-0000-0000-0000-000000000000",
+        "0000000000000000000000000000000g",
+    ],
+)
+def test_ids_must_be_plain_uuids(client: Client, raw: str) -> None:
+    """Python's UUID() also takes underscores, braces and urn:uuid: prefixes: those are 400, not 404."""
+    response = client.get(f"/accounts/{raw}")
+    assert response.status_code == 400
+    assert "is not an account id" in response.json["error"]  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("owner", "code"),
+    [("ann\x00", "U+0000"), ("ann\u202eevil", "U+202E"), ("\u2066ann", "U+2066"), ("a\nb", "U+000A")],
+)
+def test_owner_names_are_printable_text(client: Client, owner: str, code: str) -> None:
+    response = post(client, "/accounts", {"owner": owner})
+    assert response.status_code == 400
+    assert f"control character {code}" in response.json["error"]  # type: ignore[index]
+    assert stored_records(client) == 0
+
+
+def test_an_accounts_events_come_in_pages(client: Client) -> None:
+    """GET /accounts/{id}/events pages like /events: at most `limit` (default 100, up to 1000)
+    events after version `after`, and `next_after` to ask for the next page."""
+    account_id = open_account(client)
+    for amount in range(1, 151):
+        assert post(client, f"/accounts/{account_id}/deposits", {"amount": amount}).status_code == 200
+    first = client.get(f"/accounts/{account_id}/events").json
+    assert [e["version"] for e in first["events"]] == list(range(1, 101))  # type: ignore[index]
+    assert first["next_after"] == 100  # type: ignore[index]
+    rest = client.get(f"/accounts/{account_id}/events?after=100&limit=1000").json
+    assert [e["version"] for e in rest["events"]] == list(range(101, 152))  # type: ignore[index]
+    assert client.get(f"/accounts/{account_id}/events?after=151").json == {"events": [], "next_after": 151}
+    assert client.get(f"/accounts/{account_id}/events?limit=1001").status_code == 400
+
+
+def test_a_corrupt_row_is_named_and_passable_never_a_500(client: Client, sqlite_url: str) -> None:
+    """Rows with invalid JSON or a topic of no known class: the feed lists them with an error
+    naming why (so a consumer can pass them), and reading their aggregate is a 503 naming the
+    position in the log, never a 500."""
+    from sqlalchemy import create_engine, insert
+
+    from uwsgi_es.stores.sqlalchemy import records_table
+
+    account_id = open_account(client)
+    other = uuid4()
+    engine = create_engine(sqlite_url)
+    with engine.begin() as connection:
+        connection.execute(
+            insert(records_table),
+            [
+                {
+                    "originator_id": UUID(account_id),
+                    "originator_version": 2,
+                    "topic": "x",
+                    "state": "{not json",
+                },
+                {"originator_id": other, "originator_version": 1, "topic": "this:s", "state": "{}"},
+            ],
+        )
+    engine.dispose()
+    feed = client.get("/events").json["events"]  # type: ignore[index]
+    assert [e.get("error", "") for e in feed][:1] == [""]
+    assert feed[1]["error"].startswith("unreadable stored state")
+    assert feed[1]["state"] is None
+    assert (feed[2]["topic"], feed[2]["error"]) == (
+        "this:s",
+        "unknown topic: no event class of this application has it",
+    )
+    broken = client.get(f"/accounts/{account_id}")
+    assert broken.status_code == 503
+    assert broken.json == {"error": "a stored event cannot be read; an operator must repair it"}
+    assert "Retry-After" not in broken.headers
+    assert client.get(f"/accounts/{other}").status_code == 503
+    assert client.get(f"/accounts/{account_id}/events").json["events"][1]["error"]  # type: ignore[index]
 
 
 def test_request_scoped_session_is_released_after_errors(client: Client) -> None:

@@ -14,27 +14,34 @@
     def open_account():
         account = es.application.open_account(request.json["owner"])
 
-``init_app`` calls ``uwsgi_es.hooks.install`` (a post-fork build under uWSGI, nothing elsewhere)
-and registers a teardown that ends the request's store session, also after errors. There is no
-``before_first_request`` (Flask removed it): the application is this process's, built after the
-fork or on first use, never in the master.
+``init_app`` calls ``uwsgi_es.hooks.install`` (a post-fork build under uWSGI, nothing elsewhere),
+registers a teardown that ends the request's store session, also after errors, and answers our
+errors with the statuses of the JSON API (one table: a refused command is 409 here too, a 5xx
+says only a stable reason). It also reads each request body before Flask sees the request
+(``BufferedBody``): a declared length over ``UWSGI_ES_MAX_BODY_BYTES`` is refused with 413
+unread, and under uWSGI's async mode a slow client is waited for before Flask pushes its
+request context, so no other request can run in between and see it.
+
+There is no ``before_first_request`` (Flask removed it): the application is this process's, built
+after the fork or on first use, never in the master.
 """
 
 from __future__ import annotations
 
 from typing import Any, Protocol
 
-from flask import Flask, g, jsonify
+from flask import Flask, g, jsonify, request
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, scoped_session
 
 from uwsgi_es import hooks, registry
 from uwsgi_es.application import Application
-from uwsgi_es.errors import ConfigurationError
+from uwsgi_es.errors import ConfigurationError, UwsgiEsError
 from uwsgi_es.registry import ApplicationFactory
 from uwsgi_es.settings import Settings
 from uwsgi_es.stores.sqlalchemy import SQLAlchemyRecordStore
-from uwsgi_es.web import ready_report, worker_report
+from uwsgi_es.web import BufferedBody, answer_for, is_operator, ready_report, worker_report
+from uwsgi_es.web.status import log_refusal
 
 _G_KEY = "uwsgi_es_application"
 
@@ -94,10 +101,42 @@ class UwsgiEs:
             self.factory = _on_flask_sqlalchemy(app, db, self.factory)
         app.extensions["uwsgi_es"] = self
         app.teardown_appcontext(self._end_request)
+        app.register_error_handler(UwsgiEsError, self._answer_error)
+        app.wsgi_app = BufferedBody(app.wsgi_app, self._max_body_bytes)  # type: ignore[method-assign]
         if ops_routes:
-            app.add_url_rule("/ready", "uwsgi_es_ready", lambda: jsonify(ready_report(self.application)))
-            app.add_url_rule("/worker", "uwsgi_es_worker", lambda: jsonify(worker_report(self.application)))
+            app.add_url_rule("/ready", "uwsgi_es_ready", self._ready)
+            app.add_url_rule("/worker", "uwsgi_es_worker", self._worker)
         hooks.install(self.factory)
+
+    @staticmethod
+    def is_operator() -> bool:
+        """Whether this request comes from an operator's address (``UWSGI_ES_OPERATOR_NETWORKS``)."""
+        settings = registry.settings_in_use() or Settings()
+        return is_operator(request.environ, settings.operator_networks)
+
+    def _ready(self) -> Any:
+        return jsonify(ready_report(self.application, self.is_operator()))
+
+    def _worker(self) -> Any:
+        if not self.is_operator():
+            return jsonify(error=f"no route for '{request.path}'"), 404
+        return jsonify(worker_report(self.application))
+
+    def _max_body_bytes(self) -> int:
+        try:  # before Flask's app context exists: ask the registry, not `self.application`
+            return registry.get_application_lazily(self.factory).settings.max_body_bytes
+        except UwsgiEsError:  # no application yet: the view will answer 503 with the reason
+            return Settings.max_body_bytes
+
+    @staticmethod
+    def _answer_error(error: UwsgiEsError) -> Any:
+        answer = answer_for(error)
+        if answer is None:
+            raise error  # not one we map: Flask's own handling (a 500, logged)
+        if answer.status >= 500:
+            log_refusal(request.method, request.path, answer.status, error)
+        headers = {"Retry-After": "1"} if answer.retry_after else {}
+        return jsonify(error=answer.message), answer.status, headers
 
     @property
     def application(self) -> Application:

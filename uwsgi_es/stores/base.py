@@ -6,17 +6,29 @@ appending a version that already exists raises ``ConcurrencyError`` and stores n
 
 A store remembers the process that built it. Its connections belong to that process alone, so any
 use from a forked child raises ``ForkedApplicationError`` instead of sharing sockets.
+
+Messages a store builds from a driver's error go through ``scrub`` with the secrets of its
+configuration (``secrets``), so no password reaches a log line, however the driver phrased it.
 """
 
 from __future__ import annotations
 
 import abc
 import os
+import socket
 from collections.abc import Sequence
 from typing import NamedTuple
 from uuid import UUID
 
 from uwsgi_es.errors import ConcurrencyError, ForkedApplicationError
+from uwsgi_es.redaction import scrub
+
+HEARTBEAT_TABLE = "uwsgi_es_heartbeat"
+
+
+def heartbeat_name() -> str:
+    """This host's row in the heartbeat table (one row per host: the table never grows)."""
+    return socket.gethostname()[:200]
 
 
 class StoredRecord(NamedTuple):
@@ -42,8 +54,15 @@ def version_conflict(records: Sequence[StoredRecord]) -> ConcurrencyError:
 class RecordStore(abc.ABC):
     """Append-only storage of records, one stream per originator."""
 
+    #: Passwords and the like from this store's configuration, masked in every message it builds.
+    secrets: tuple[str, ...] = ()
+
     def __init__(self) -> None:
         self.built_in_pid = os.getpid()
+
+    def scrub(self, message: object) -> str:
+        """``message`` (e.g. a driver's error) on one line, with this store's secrets masked."""
+        return " ".join(scrub(str(message), self.secrets).split())
 
     def check_process(self) -> None:
         """Refuse to be used from a process other than the one that built this store."""
@@ -69,8 +88,11 @@ class RecordStore(abc.ABC):
         """Store all records atomically, or none; ``ConcurrencyError`` if a version exists."""
 
     @abc.abstractmethod
-    def select(self, originator_id: UUID) -> list[StoredRecord]:
-        """The records of one originator, in version order."""
+    def select(
+        self, originator_id: UUID, *, after_version: int = 0, limit: int | None = None
+    ) -> list[StoredRecord]:
+        """The records of one originator with a version above ``after_version``, in version order,
+        at most ``limit`` of them (all when None)."""
 
     @abc.abstractmethod
     def select_all(self, after_id: int, limit: int) -> list[StoredRecord]:
@@ -79,6 +101,11 @@ class RecordStore(abc.ABC):
     @abc.abstractmethod
     def ping(self) -> None:
         """Raise ``StoreUnavailableError`` (or ``SchemaMissingError``) unless the store answers."""
+
+    def check_ready(self) -> None:
+        """Raise unless the store answers *and accepts writes* (what ``/ready`` means): a store
+        that is read-only, full, or cannot reach a write quorum is not ready. Default: ``ping``."""
+        self.ping()
 
     def end_request(self) -> None:  # noqa: B027 (optional hook: most stores hold nothing per request)
         """Release what one request held (sessions, connections). Called after every request."""

@@ -17,6 +17,8 @@ Why it looks the way it does:
   process; reactor, protocol version and a DC-aware, token-aware load-balancing policy are set
   explicitly. ``close()`` shuts the cluster down, except in a forked child, where it only forgets.
 - Cassandra keeps no global order of events, so ``select_all`` (the ``/events`` feed) is refused.
+- ``/ready`` writes a counter in ``uwsgi_es_heartbeat`` (its own table: counters never share a
+  partition with the events' lightweight transactions) at the configured consistency.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from uwsgi_es.errors import (
     UnsupportedOperationError,
 )
 from uwsgi_es.settings import Settings
-from uwsgi_es.stores.base import RecordStore, StoredRecord, version_conflict
+from uwsgi_es.stores.base import HEARTBEAT_TABLE, RecordStore, StoredRecord, heartbeat_name, version_conflict
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,8 @@ class _Statements:
     insert: PreparedStatement
     select: PreparedStatement
     select_serial: PreparedStatement
+    select_after: PreparedStatement
+    heartbeat: PreparedStatement
 
 
 class CassandraRecordStore(RecordStore):
@@ -131,6 +135,10 @@ class CassandraRecordStore(RecordStore):
                 "PRIMARY KEY ((originator_id), originator_version)"
                 ") WITH CLUSTERING ORDER BY (originator_version ASC)"
             )
+            self.session.execute(
+                f"CREATE TABLE IF NOT EXISTS {self.keyspace}.{HEARTBEAT_TABLE} "
+                "(host text PRIMARY KEY, beats counter)"
+            )
         except DriverException as exc:
             raise StoreUnavailableError(f"{self.describe()}: creating the schema failed: {exc}") from exc
 
@@ -147,11 +155,14 @@ class CassandraRecordStore(RecordStore):
                     "VALUES (?, ?, ?, ?) IF NOT EXISTS"
                 )
                 select = f"SELECT originator_version, topic, state FROM {table} WHERE originator_id = ?"  # noqa: S608
+                heartbeat = f"UPDATE {self.keyspace}.{HEARTBEAT_TABLE} SET beats = beats + 1 WHERE host = ?"  # noqa: S608
                 try:
                     self._statements = _Statements(
                         insert=self.session.prepare(insert),
                         select=self.session.prepare(select),
                         select_serial=self._serial(self.session.prepare(select)),
+                        select_after=self.session.prepare(f"{select} AND originator_version > ? LIMIT ?"),
+                        heartbeat=self.session.prepare(heartbeat),
                     )
                 except InvalidRequest as exc:
                     raise SchemaMissingError(
@@ -225,30 +236,43 @@ class CassandraRecordStore(RecordStore):
             "nothing was stored, try again."
         ) from exc
 
-    def select(self, originator_id: UUID) -> list[StoredRecord]:
+    def select(
+        self, originator_id: UUID, *, after_version: int = 0, limit: int | None = None
+    ) -> list[StoredRecord]:
         self.check_process()
-        return [
-            StoredRecord(originator_id, row.originator_version, row.topic, row.state)
-            for row in self._read(originator_id, serial=False)
-        ]
+        if after_version or limit is not None:
+            rows = self._execute(
+                self.statements().select_after, (originator_id, after_version, limit or 2**31 - 1)
+            )
+        else:
+            rows = self._read(originator_id, serial=False)
+        return [StoredRecord(originator_id, row.originator_version, row.topic, row.state) for row in rows]
 
-    def _read(self, originator_id: UUID, *, serial: bool) -> list[Any]:
-        statements = self.statements()
-        statement = statements.select_serial if serial else statements.select
+    def _execute(self, statement: PreparedStatement, values: tuple[Any, ...]) -> list[Any]:
         try:
-            return list(self.session.execute(statement, (originator_id,)))
+            return list(self.session.execute(statement, values))
         except (NoHostAvailable, DriverException) as exc:
             raise StoreUnavailableError(f"{self.describe()} is unavailable: {exc}") from exc
 
+    def _read(self, originator_id: UUID, *, serial: bool) -> list[Any]:
+        statements = self.statements()
+        return self._execute(statements.select_serial if serial else statements.select, (originator_id,))
+
     def select_all(self, after_id: int, limit: int) -> list[StoredRecord]:
         raise UnsupportedOperationError(
-            "The Cassandra store keeps no global order of events, so the event feed is not available "
-            "on it; read events per aggregate instead."
+            "This deployment's event store (Cassandra) keeps no global order of events, so there is "
+            "no event feed; read the events of one aggregate instead."
         )
 
     def ping(self) -> None:
         self.check_process()
         self._read(uuid4(), serial=False)  # prepares the statements, then queries the table
+
+    def check_ready(self) -> None:
+        """Ping, then write this host's heartbeat at the configured consistency: a cluster that
+        cannot reach a write quorum answers reads at ONE but is not ready."""
+        self.ping()
+        self._execute(self.statements().heartbeat, (heartbeat_name(),))
 
     def close(self) -> None:
         if self._closed:

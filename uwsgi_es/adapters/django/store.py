@@ -53,14 +53,18 @@ class DjangoRecordStore(RecordStore):
         except IntegrityError as exc:
             raise version_conflict(records) from exc
 
-    def select(self, originator_id: UUID) -> list[StoredRecord]:
+    def select(
+        self, originator_id: UUID, *, after_version: int = 0, limit: int | None = None
+    ) -> list[StoredRecord]:
         self.check_process()
         with self._errors():
             rows = (
                 StoredEvent.objects.using(self.alias)
-                .filter(originator_id=originator_id)
+                .filter(originator_id=originator_id, originator_version__gt=after_version)
                 .order_by("originator_version")
             )
+            if limit is not None:
+                rows = rows[:limit]
             return [
                 StoredRecord(originator_id, v, t, s, i)
                 for v, t, s, i in rows.values_list("originator_version", "topic", "state", "id")

@@ -1,0 +1,16 @@
+"""The SQL record store (SQLite and PostgreSQL): ``schema`` (tables and statements), ``engine``
+(engines per process, error meanings), ``writers`` (SQLite's bounded writer queue), ``store``."""
+
+from __future__ import annotations
+
+from uwsgi_es.stores.sqlalchemy.engine import create_engine_from_settings
+from uwsgi_es.stores.sqlalchemy.schema import heartbeat_table, metadata, records_table
+from uwsgi_es.stores.sqlalchemy.store import SQLAlchemyRecordStore
+
+__all__ = [
+    "SQLAlchemyRecordStore",
+    "create_engine_from_settings",
+    "heartbeat_table",
+    "metadata",
+    "records_table",
+]

@@ -1,0 +1,90 @@
+"""The tables of the SQL store, and the statements built once from them.
+
+``integer_sequenced_items`` holds the events: ``id`` is the position in the global order, and the
+unique (originator_id, originator_version) index is the optimistic-concurrency lock.
+``uwsgi_es_heartbeat`` holds one row per host that ``/ready`` rewrites, because only a real write
+shows that the store accepts writes (a read-only file, a full disk, a standby server all answer reads).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    Uuid,
+    bindparam,
+    insert,
+    select,
+    text,
+)
+
+from uwsgi_es.stores.base import HEARTBEAT_TABLE
+
+metadata = MetaData()
+
+records_table = Table(
+    "integer_sequenced_items",
+    metadata,
+    # SQLite only auto-increments an INTEGER PRIMARY KEY, so the big integer becomes INTEGER there.
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    Column("originator_id", Uuid(), nullable=False),
+    Column("originator_version", BigInteger(), nullable=False),
+    Column("topic", String(255), nullable=False),
+    Column("state", Text(), nullable=False),
+    Index("integer_sequenced_items_originator", "originator_id", "originator_version", unique=True),
+)
+
+heartbeat_table = Table(
+    HEARTBEAT_TABLE,
+    metadata,
+    Column("host", String(200), primary_key=True),
+    Column("beats", BigInteger(), nullable=False),
+)
+
+# Built once: constructing statements per call costs more than running them on SQLite.
+_columns = (
+    records_table.c.originator_version,
+    records_table.c.topic,
+    records_table.c.state,
+    records_table.c.id,
+)
+SELECT_ONE = (
+    select(*_columns)
+    .where(records_table.c.originator_id == bindparam("originator_id"))
+    .order_by(records_table.c.originator_version)
+)
+SELECT_ONE_AFTER = (
+    select(*_columns)
+    .where(
+        records_table.c.originator_id == bindparam("originator_id"),
+        records_table.c.originator_version > bindparam("after_version"),
+    )
+    .order_by(records_table.c.originator_version)
+    .limit(bindparam("limit"))
+)
+SELECT_AFTER = (
+    select(
+        records_table.c.originator_id,
+        records_table.c.originator_version,
+        records_table.c.topic,
+        records_table.c.state,
+        records_table.c.id,
+    )
+    .where(records_table.c.id > bindparam("after_id"))
+    .order_by(records_table.c.id)
+    .limit(bindparam("limit"))
+)
+SELECT_ANY = select(records_table.c.id).limit(1)
+INSERT = insert(records_table)
+LOCK_FOR_APPEND = text(f"LOCK TABLE {records_table.name} IN EXCLUSIVE MODE")
+# The same upsert on PostgreSQL and SQLite (3.24+): one row per host, rewritten.
+HEARTBEAT = text(
+    f"INSERT INTO {HEARTBEAT_TABLE} (host, beats) VALUES (:host, 1) "  # noqa: S608 (a constant name)
+    f"ON CONFLICT (host) DO UPDATE SET beats = {HEARTBEAT_TABLE}.beats + 1"
+)

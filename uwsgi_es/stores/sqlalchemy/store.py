@@ -1,0 +1,308 @@
+"""The SQLAlchemy record store: SQLite (the embedded default) and PostgreSQL.
+
+Why it looks the way it does:
+
+- The engine is created by ``SQLAlchemyRecordStore.from_settings`` in the process that uses it
+  (after the fork); nothing here connects at import time.
+- The store's own statements run on a pooled Core connection held for one transaction only, or
+  join the request's ``scoped_session`` when the view already opened a transaction in it. The web
+  layer calls ``end_request()`` after every request (also after errors) so a session never
+  outlives its request and the pool is back to zero.
+- The unique index on (originator_id, originator_version) is the optimistic-concurrency lock: a
+  batch with an existing version violates it, the transaction rolls back, nothing is stored.
+- The global feed (``select_all``) must never skip an event. Ids are handed out at insert time but
+  become visible at commit, so with concurrent writers a reader could see id 7 before id 6
+  commits, move past 6 and never see it. We make insert order equal commit order instead of
+  making readers gap-aware: PostgreSQL writers take ``LOCK TABLE ... IN EXCLUSIVE MODE`` for
+  their (short) transaction, which queues writers but never blocks readers; SQLite's
+  ``BEGIN IMMEDIATE`` already admits one writer at a time. Simple readers stay correct.
+- SQLite: a write is acknowledged only if, after its commit, the database path still names the
+  file the connection wrote to. A file deleted or replaced under a running server would otherwise
+  take acknowledged writes with it; instead they answer 503 until the file is back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+from uuid import UUID
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+
+from uwsgi_es.errors import SchemaMissingError, StoreReadOnlyError, StoreUnavailableError
+from uwsgi_es.redaction import redact_url, secrets_of
+from uwsgi_es.settings import Settings
+from uwsgi_es.stores.base import RecordStore, StoredRecord, heartbeat_name, version_conflict
+from uwsgi_es.stores.sqlalchemy.engine import (
+    FILE_IDENTITY,
+    WRITE,
+    create_engine_from_settings,
+    file_identity,
+    sqlite_path,
+    translate,
+)
+from uwsgi_es.stores.sqlalchemy.schema import (
+    HEARTBEAT,
+    INSERT,
+    LOCK_FOR_APPEND,
+    SELECT_AFTER,
+    SELECT_ANY,
+    SELECT_ONE,
+    SELECT_ONE_AFTER,
+    metadata,
+)
+from uwsgi_es.stores.sqlalchemy.writers import WriterQueue
+
+if TYPE_CHECKING:  # the ORM is imported only when a view asks for a session (see `sessions`)
+    from sqlalchemy.orm import Session, scoped_session
+
+log = logging.getLogger(__name__)
+# SQLite checkpoints its write-ahead log at 1000 pages (4 MiB): below that much free space, appends
+# start failing with "database or disk is full".
+MIN_FREE_BYTES = 4 * 1024 * 1024
+
+
+class SQLAlchemyRecordStore(RecordStore):
+    """Records in the ``integer_sequenced_items`` table of any SQLAlchemy engine."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        sessions: scoped_session[Session] | None = None,
+        owns_engine: bool = True,
+        url: str | None = None,
+        writer_timeout: float = 5.0,
+    ) -> None:
+        super().__init__()
+        self.engine = engine
+        self.url = url or engine.url.render_as_string(hide_password=False)
+        self.secrets = secrets_of(self.url)
+        # Sessions given by someone else (Flask-SQLAlchemy's db.session) are theirs to remove.
+        self._owns_sessions = sessions is None
+        self._sessions = sessions
+        self._sessions_lock = threading.Lock()
+        self._owns_engine = owns_engine
+        self._is_sqlite = engine.dialect.name == "sqlite"
+        self._is_postgres = engine.dialect.name == "postgresql"
+        self.path = _database_file(engine) if self._is_sqlite else None
+        self._writers = WriterQueue(f"{self.path}.writers", writer_timeout) if self.path else None
+        self._closed = False
+
+    @property
+    def sessions(self) -> scoped_session[Session]:
+        """The request's ORM session, for views that do their own work in the store's database.
+
+        Made on first use: the store's own statements run on Core connections, so a worker that
+        never asks for a session never imports the ORM (about 6 MB per worker).
+        """
+        if self._sessions is None:
+            with self._sessions_lock:
+                if self._sessions is None:
+                    from sqlalchemy.orm import scoped_session, sessionmaker
+
+                    self._sessions = scoped_session(sessionmaker(bind=self.engine))
+        return self._sessions
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SQLAlchemyRecordStore:
+        return cls(
+            create_engine_from_settings(settings),
+            url=settings.database_url,
+            writer_timeout=settings.sqlite_busy_timeout_ms / 1000,
+        )
+
+    def describe(self) -> str:
+        return f"SQLAlchemy store at {redact_url(self.url)}"
+
+    def create_schema(self) -> None:
+        if self.path is not None:
+            # Workers open the file with mode=rw and never create it; migrate does (an empty file
+            # is an empty SQLite database).
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.touch(exist_ok=True)
+        with self._errors():
+            metadata.create_all(self.engine, checkfirst=True)
+
+    def append(self, records: Sequence[StoredRecord]) -> None:
+        if not records:
+            return
+        self.check_process()
+        rows = [
+            {
+                "originator_id": r.originator_id,
+                "originator_version": r.originator_version,
+                "topic": r.topic,
+                "state": r.state,
+            }
+            for r in records
+        ]
+        try:
+            with self._errors(), self._transaction(write=True) as session:
+                if self._is_postgres:  # insert order = commit order: see the module docstring
+                    session.execute(LOCK_FOR_APPEND)
+                session.execute(INSERT, rows)
+        except IntegrityError as exc:
+            raise version_conflict(records) from exc
+
+    def select(
+        self, originator_id: UUID, *, after_version: int = 0, limit: int | None = None
+    ) -> list[StoredRecord]:
+        self.check_process()
+        if after_version or limit is not None:
+            statement = SELECT_ONE_AFTER
+            params: dict[str, Any] = {
+                "originator_id": originator_id,
+                "after_version": after_version,
+                "limit": -1 if limit is None and self._is_sqlite else limit,
+            }
+        else:
+            statement, params = SELECT_ONE, {"originator_id": originator_id}
+        with self._errors(), self._transaction(write=False) as session:
+            rows = session.execute(statement, params).all()
+        # The id is known: not reading it back spares a UUID conversion per row.
+        return [
+            StoredRecord(originator_id, version, topic, state, row_id)
+            for version, topic, state, row_id in rows
+        ]
+
+    def select_all(self, after_id: int, limit: int) -> list[StoredRecord]:
+        self.check_process()
+        params = {"after_id": after_id, "limit": limit}
+        with self._errors(), self._transaction(write=False) as session:
+            return [StoredRecord(*row) for row in session.execute(SELECT_AFTER, params)]
+
+    def ping(self) -> None:
+        self.check_process()
+        if self.path is not None and not self.path.exists():
+            # Connecting would fail with SQLite's "unable to open database file": say what to do.
+            raise SchemaMissingError(
+                f"The SQLite database file {self.path.resolve()} does not exist. "
+                "Create it once per deployment with: uwsgi-es migrate"
+            )
+        # A plain connection, not the request's session: ping also runs outside any request
+        # (right after the build), where a framework's session may not be usable.
+        with self._errors(), self.engine.connect() as connection:
+            connection.execute(SELECT_ANY).all()
+            self._check_same_file(connection)
+
+    def check_ready(self) -> None:
+        """Ping, then take the lock an append takes and rewrite this host's heartbeat row: only a
+        committed write shows that the store accepts writes (a read-only file or database, a full
+        disk, a standby all answer reads), and the lock shows that appends are not held up.
+
+        SQLite also needs room on its disk: on a nearly full one small writes still fit in the WAL
+        file's free frames while appends fail, so a heartbeat alone would flap."""
+        self.ping()
+        if self.path is not None:
+            free = shutil.disk_usage(self.path.parent).free
+            if free < MIN_FREE_BYTES:
+                raise StoreReadOnlyError(
+                    f"{self.describe()} cannot take writes: its disk has {free} bytes free, under the "
+                    f"{MIN_FREE_BYTES} a write-ahead log needs before a checkpoint. Free some space."
+                )
+        with self._errors(), self._transaction(write=True) as session:
+            if self._is_postgres:
+                session.execute(LOCK_FOR_APPEND)
+            session.execute(HEARTBEAT, {"host": heartbeat_name()})
+
+    def end_request(self) -> None:
+        if self._owns_sessions and self._sessions is not None:
+            self._sessions.remove()
+
+    def pool_status(self) -> dict[str, int]:
+        checked_out = getattr(self.engine.pool, "checkedout", None)
+        return {"checked_out": int(checked_out())} if callable(checked_out) else {}
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if os.getpid() != self.built_in_pid:
+            # Inherited across fork: the sockets are the parent's. Forget them, never close them.
+            self.engine.dispose(close=False)
+            return
+        if self._owns_sessions and self._sessions is not None:
+            self._sessions.remove()
+        if self._writers is not None:
+            self._writers.close()
+        if self._owns_engine:
+            self.engine.dispose()
+
+    @contextmanager
+    def _transaction(self, *, write: bool) -> Iterator[Session | Connection]:
+        """Where the store's own statements run.
+
+        If the request's session is already in a transaction (the view did its own work in it,
+        e.g. a Flask-SQLAlchemy view), join it by a savepoint, so both commit or roll back
+        together. Otherwise use a pooled Core connection for just this statement: half the cost of
+        an ORM session on the hot path, and the connection is back in the pool when it returns.
+        """
+        if self._sessions is not None and self._sessions.registry.has():
+            session = self._sessions()
+            if session.in_transaction():
+                with session.begin_nested():
+                    yield session
+                return
+        with self.engine.connect() as connection:
+            if write and self._writers is not None:
+                connection.execution_options(**{WRITE: True})  # SQLite: BEGIN IMMEDIATE
+                with self._writers:
+                    with connection.begin():
+                        self._check_same_file(connection)
+                        yield connection
+                    # Committed: acknowledge only if the path still names the file written to.
+                    self._check_same_file(connection)
+                return
+            with connection.begin():
+                yield connection
+            self._check_same_file(connection)
+
+    def _check_same_file(self, connection: Connection) -> None:
+        """Refuse (503) when the SQLite file this connection uses was deleted or replaced."""
+        if self.path is None:
+            return
+        opened = connection.info.get(FILE_IDENTITY)
+        if opened is None or opened == file_identity(self.path):
+            return
+        connection.invalidate()
+        self.engine.dispose()  # every pooled connection holds the old file: reopen on next use
+        raise StoreUnavailableError(
+            f"The SQLite database file {self.path.resolve()} was deleted or replaced while this "
+            "worker used it: writes would go to a file nobody reads again, so none is acknowledged. "
+            "Restore the file, or create a new one with: uwsgi-es migrate"
+        )
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Turn driver errors into ours; integrity errors pass through for the caller to judge."""
+        try:
+            yield
+        except IntegrityError:
+            raise
+        except DBAPIError as exc:
+            error = translate(exc, self.describe(), self.scrub)
+            if self._is_sqlite and isinstance(error, StoreReadOnlyError) and self._owns_engine:
+                # Every connection SQLite opened while the file was read-only stays read-only (and
+                # keeps the WAL index mapped read-only for the others): close them all, so the next
+                # attempt reopens the file and writes again once it is writable.
+                self.engine.dispose()
+            raise error from exc
+        except SQLAlchemyError as exc:  # e.g. pool timeout: every connection busy
+            raise StoreUnavailableError(f"{self.describe()} is unavailable: {self.scrub(exc)}") from exc
+
+
+def _database_file(engine: Engine) -> Path | None:
+    path = sqlite_path(engine.url)
+    if path is None:
+        return None
+    text = str(path)
+    return Path(unquote(text.removeprefix("file:"))) if text.startswith("file:") else path

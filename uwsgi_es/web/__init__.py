@@ -1,0 +1,31 @@
+"""The web layer: JSON over WSGI for our own API, and what every framework's layer shares.
+
+- ``api``: ``JsonApi``, the router with the operational routes;
+- ``bodies``: request bodies refused on their declared size, strict JSON, ``BufferedBody``;
+- ``status``: the one error → HTTP status table, and the log line a 5xx leaves;
+- ``ops``: the bodies of ``/health``, ``/ready`` and ``/worker``, and who is an operator;
+- ``responses`` and ``text``: answers that can always be written, client text that is safe to echo.
+"""
+
+from __future__ import annotations
+
+from uwsgi_es.web.api import JsonApi
+from uwsgi_es.web.bodies import BadRequestError, BufferedBody, expect_fields, read_json_object
+from uwsgi_es.web.ops import health_report, is_operator, ready_report, worker_report
+from uwsgi_es.web.responses import error_response, json_response
+from uwsgi_es.web.status import answer_for
+
+__all__ = [
+    "BadRequestError",
+    "BufferedBody",
+    "JsonApi",
+    "answer_for",
+    "error_response",
+    "expect_fields",
+    "health_report",
+    "is_operator",
+    "json_response",
+    "read_json_object",
+    "ready_report",
+    "worker_report",
+]

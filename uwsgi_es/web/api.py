@@ -1,0 +1,151 @@
+"""``JsonApi``: a small JSON-over-WSGI layer on Werkzeug's router, with the operational routes
+(``/health``, ``/ready``, ``/worker``) every uwsgi_es service has.
+
+Rules it keeps for every request:
+
+- Bad input gets a 4xx ``{"error": "..."}`` naming the problem; nothing stored changes.
+- Our errors map to statuses in one table (``status.STATUS_OF``); a 5xx says only a stable reason,
+  the details go to the log. An unexpected exception is logged with its traceback and answered
+  with a bare JSON 500, never a traceback; and if even that answer cannot be built, a fixed one is.
+- Whatever a request held in the store (its SQLAlchemy session) is released when it ends, also
+  after an error, because the response is built completely before it is returned.
+- The application is fetched per request from the registry, never captured at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.routing import Map, Rule
+from werkzeug.wrappers import Request, Response
+
+from uwsgi_es import registry
+from uwsgi_es.application import Application
+from uwsgi_es.settings import Settings
+from uwsgi_es.web import ops
+from uwsgi_es.web.bodies import BadRequestError, answered, read_json_object
+from uwsgi_es.web.responses import error_response, json_response
+from uwsgi_es.web.status import answer_for, log_refusal
+from uwsgi_es.web.text import quoted
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+log = logging.getLogger("uwsgi_es.web")
+
+_APP_KEY = "uwsgi_es.application"
+_LAST_RESORT = b'{"error":"internal error; the server log has the details"}'
+
+Handler = Callable[..., Response]
+
+
+class JsonApi:
+    """A WSGI callable dispatching Werkzeug rules to handlers that return JSON responses.
+
+    ``factory`` builds this process's application on first use when no post-fork hook has
+    (default: the ``UWSGI_ES_APPLICATION`` setting).
+    """
+
+    def __init__(self, factory: registry.ApplicationFactory | None = None) -> None:
+        self.factory = factory
+        self.url_map = Map(strict_slashes=False, merge_slashes=False)
+        self.handlers: dict[str, Handler] = {}
+        self.route("/health", "GET")(self.health)
+        self.route("/ready", "GET")(self.ready)
+        self.route("/worker", "GET")(self.worker)
+
+    def route(self, path: str, *methods: str) -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
+            endpoint = f"{handler.__name__}:{path}"
+            self.url_map.add(Rule(path, methods=list(methods), endpoint=endpoint))
+            self.handlers[endpoint] = handler
+            return handler
+
+        return register
+
+    def application(self, request: Request) -> Application:
+        """This worker's application (built on first use), remembered to release after the request."""
+        app = registry.get_application_lazily(self.factory)
+        request.environ[_APP_KEY] = app
+        return app
+
+    def body(self, request: Request) -> dict[str, Any]:
+        """The JSON object body, within the application's ``max_body_bytes``."""
+        return read_json_object(request, self.application(request).settings.max_body_bytes)
+
+    def is_operator(self, request: Request) -> bool:
+        settings = registry.settings_in_use() or Settings()
+        return ops.is_operator(request.environ, settings.operator_networks)
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        request = Request(environ)
+        try:
+            response = self.dispatch(request)
+        finally:
+            app = environ.get(_APP_KEY)
+            if app is not None:
+                app.records.end_request()
+        try:
+            return answered(environ, response(environ, start_response))
+        except Exception:  # a response that cannot be written must still be an answer
+            log.exception("could not write the response to %s", quoted(request.path))
+            start_response("500 Internal Server Error", [("Content-Type", "application/json")])
+            return [_LAST_RESORT]
+
+    def dispatch(self, request: Request) -> Response:
+        try:
+            endpoint, arguments = self.url_map.bind_to_environ(request.environ).match()
+            return self.handlers[endpoint](request, **arguments)
+        except BadRequestError as exc:
+            return error_response(str(exc), exc.status)
+        except NotFound:
+            return self.not_found(request)
+        except MethodNotAllowed as exc:
+            allowed = ", ".join(sorted(exc.valid_methods or ()))
+            method = quoted(request.method, 20)
+            return error_response(
+                f"method {method} is not allowed on {quoted(request.path)}; use {allowed}",
+                405,
+                {"Allow": allowed},
+            )
+        except HTTPException as exc:
+            return error_response(exc.description or exc.name, exc.code or 400)
+        except Exception as exc:
+            answer = answer_for(exc)
+            if answer is None:
+                log.exception(
+                    "unexpected error serving %s %s", quoted(request.method, 20), quoted(request.path)
+                )
+                return error_response("internal error; the server log has the details", 500)
+            if answer.status >= 500:
+                log_refusal(request.method, request.path, answer.status, exc)
+                if request.path == "/worker" and self.is_operator(request):
+                    return json_response(
+                        {"error": answer.message, **ops.failure_report(exc)},
+                        answer.status,
+                        {"Retry-After": "1"},
+                    )
+            headers = {"Retry-After": "1"} if answer.retry_after else None
+            return error_response(answer.message, answer.status, headers)
+
+    def not_found(self, request: Request) -> Response:
+        return error_response(f"no route for {quoted(request.path)}", 404)
+
+    # The operational routes -------------------------------------------------------------------
+
+    def health(self, request: Request) -> Response:
+        """Liveness: the process answers. Touches no database."""
+        return json_response(ops.health_report(self.is_operator(request)))
+
+    def ready(self, request: Request) -> Response:
+        """Readiness: this worker's application is built and its store answers, writes included."""
+        return json_response(ops.ready_report(self.application(request), self.is_operator(request)))
+
+    def worker(self, request: Request) -> Response:
+        """Which process answered, and what it built: for operators only (404 to anyone else)."""
+        if not self.is_operator(request):
+            return self.not_found(request)
+        return json_response(ops.worker_report(self.application(request)))

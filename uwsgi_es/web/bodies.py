@@ -1,0 +1,189 @@
+"""Request bodies: refused on what the headers declare before a byte is read, then parsed strictly.
+
+- A body whose declared ``Content-Length`` exceeds the limit gets 413 at once: nothing is read or
+  spooled (a 1 GiB upload costs the worker nothing). A chunked body, which declares no length, gets
+  411; a compressed one (``Content-Encoding: gzip``) 415, since parsing it as plain text would be
+  wrong and inflating it is a decompression bomb.
+- The JSON is parsed with the standard library because it can refuse duplicate keys and
+  NaN/Infinity (orjson silently keeps the last duplicate).
+- Client text quoted back in an error goes through ``client_text``: always encodable, never long.
+
+An answer given without reading the body (a 413, a 404 on a POST) is followed by a lingering close
+(``discard_unread_body``): after the answer is written, up to ``LINGER_BYTES`` of the body are read and
+thrown away, so a client still sending gets the answer instead of a connection reset.
+
+``BufferedBody`` applies the same rules in front of another framework (Flask, Django) and hands it
+the body already read. Under uWSGI's async mode (uwsgi.ini) reading the body is where a request
+waits for a slow client; done here, before the framework sets up its request context, no other
+request can run in between and see that context.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from werkzeug.exceptions import ClientDisconnected
+from werkzeug.wrappers import Request
+from werkzeug.wsgi import ClosingIterator
+
+from uwsgi_es.errors import UwsgiEsError
+from uwsgi_es.web.responses import error_response
+from uwsgi_es.web.text import client_text, quoted
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+
+class BadRequestError(UwsgiEsError):
+    """The request is malformed; ``status`` says which 4xx (400 unless given)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def declared_length(environ: WSGIEnvironment, max_bytes: int) -> int:
+    """The body's length as the headers declare it, refused (411/413/415) before reading."""
+    encoding = environ.get("HTTP_CONTENT_ENCODING", "").strip().lower()
+    if encoding not in ("", "identity"):
+        raise BadRequestError(
+            f"request bodies must not be compressed (Content-Encoding: {client_text(encoding, 40)}); "
+            "send the JSON as it is",
+            415,
+        )
+    raw = environ.get("CONTENT_LENGTH", "").strip()
+    if not raw:
+        if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+            raise BadRequestError("chunked request bodies are not supported: send a Content-Length", 411)
+        return 0
+    if not (raw.isascii() and raw.isdigit()):
+        raise BadRequestError(f"Content-Length {quoted(raw, 40)} is not a number of bytes")
+    if len(raw) > 19 or int(raw) > max_bytes:
+        raise BadRequestError(f"the body is {client_text(raw, 40)} bytes; the limit is {max_bytes}", 413)
+    return int(raw)
+
+
+LINGER_BYTES = 1 << 20
+_READ = "uwsgi_es.body_read"
+
+
+def read_body(environ: WSGIEnvironment, max_bytes: int) -> bytes:
+    """The whole body, read only once its declared length passed ``declared_length``."""
+    length = declared_length(environ, max_bytes)
+    environ[_READ] = True
+    if length == 0:
+        return b""
+    stream = environ["wsgi.input"]
+    try:
+        data: bytes = stream.read(length)
+    except (OSError, ClientDisconnected):  # uWSGI raises OSError when the client goes away
+        raise BadRequestError("the client sent fewer bytes than its Content-Length", 400) from None
+    if len(data) != length:
+        raise BadRequestError("the client sent fewer bytes than its Content-Length", 400)
+    return data
+
+
+def discard_unread_body(environ: WSGIEnvironment) -> None:
+    """After an answer given without reading the body: read and drop up to ``LINGER_BYTES`` of it,
+    so the client, still sending, is not reset before it reads the answer. Bounded in bytes, and
+    in time by the socket timeout of each read; never raises."""
+    if environ.get(_READ):
+        return
+    environ[_READ] = True
+    raw = str(environ.get("CONTENT_LENGTH", "")).strip()
+    remaining = min(int(raw), LINGER_BYTES) if raw.isascii() and raw.isdigit() and len(raw) < 19 else 0
+    stream = environ.get("wsgi.input")
+    try:
+        while remaining > 0 and stream is not None:
+            chunk = stream.read(min(remaining, 65536))
+            if not chunk:
+                return
+            remaining -= len(chunk)
+    except Exception:  # the client went away, or stopped sending: nothing left to do
+        return
+
+
+def answered(environ: WSGIEnvironment, app_iter: Iterable[bytes]) -> Iterable[bytes]:
+    """``app_iter``, closed with a lingering close of any unread body (see the module docstring)."""
+    if environ.get(_READ) or not str(environ.get("CONTENT_LENGTH", "")).strip("0 "):
+        return app_iter
+    return ClosingIterator(app_iter, [lambda: discard_unread_body(environ)])
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise BadRequestError(f"the JSON body repeats the key {quoted(key, 60)}")
+        result[key] = value
+    return result
+
+
+def _reject_constant(name: str) -> Any:
+    raise BadRequestError(f"the JSON body contains {name}, which is not valid JSON")
+
+
+def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
+    """The body as a JSON object, or a ``BadRequestError`` (400, 411, 413 or 415) saying what is wrong."""
+    if request.mimetype != "application/json":
+        got = client_text(request.mimetype, 60) or "no Content-Type"
+        raise BadRequestError(f"send the body as JSON with Content-Type: application/json (got {got})", 415)
+    raw = read_body(request.environ, max_bytes)
+    if not raw:
+        raise BadRequestError("the body is empty: send a JSON object")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequestError(f"the body is not valid UTF-8 (byte {exc.start})") from None
+    try:
+        body = json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise BadRequestError(
+            f"the body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+    except RecursionError:
+        raise BadRequestError("the JSON body is nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer longer than Python's 4300-digit conversion limit
+        raise BadRequestError(f"the JSON body holds a value that cannot be read: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequestError(f"the body must be a JSON object, not {_json_type(body)}")
+    return body
+
+
+def _json_type(value: Any) -> str:
+    names = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def expect_fields(body: Mapping[str, Any], required: Iterable[str]) -> None:
+    """Refuse missing and unknown fields, naming them."""
+    wanted = list(required)
+    missing = [name for name in wanted if name not in body]
+    if missing:
+        raise BadRequestError(f"missing field(s): {', '.join(missing)}")
+    unknown = sorted(set(body) - set(wanted))
+    if unknown:
+        names = ", ".join(quoted(name, 60) for name in unknown[:10])
+        raise BadRequestError(f"unknown field(s): {names}; expected: {', '.join(wanted)}")
+
+
+class BufferedBody:
+    """WSGI middleware: refuse or read the whole body (within ``max_bytes()``), then call ``app``
+    with the body in memory. ``max_bytes`` is asked per request: it comes from the settings of the
+    application built in this process, after the fork."""
+
+    def __init__(self, app: WSGIApplication, max_bytes: Callable[[], int]) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        try:
+            body = read_body(environ, self.max_bytes())
+        except BadRequestError as exc:
+            return answered(environ, error_response(str(exc), exc.status)(environ, start_response))
+        environ["wsgi.input"] = io.BytesIO(body)
+        environ["CONTENT_LENGTH"] = str(len(body))
+        return self.app(environ, start_response)

@@ -1,0 +1,71 @@
+"""The operational routes' bodies (``/health``, ``/ready``, ``/worker``), shared by every web layer,
+and who may see their details.
+
+``/health`` and ``/ready`` are for load balancers and orchestrators anywhere: they answer with a
+status only. Process details (pids, worker ids, the pool, why a build failed) are for operators:
+clients whose address is in ``UWSGI_ES_OPERATOR_NETWORKS`` (default: this host's loopback). To
+anyone else ``/worker`` does not exist (404), and ``/health`` and ``/ready`` carry no pid.
+
+The address is ``REMOTE_ADDR`` as the server gives it: uWSGI's HTTP router and nginx speaking the
+uwsgi protocol pass the real client's. A proxy on this host that speaks HTTP to uWSGI makes every
+client look local: set ``UWSGI_ES_OPERATOR_NETWORKS`` to your admin network (or empty) there.
+"""
+
+from __future__ import annotations
+
+import gc
+import ipaddress
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from uwsgi_es import hooks
+from uwsgi_es.application import Application, constructions_in_this_process
+from uwsgi_es.settings import Networks
+
+
+def is_operator(environ: Mapping[str, Any], networks: Networks) -> bool:
+    """Whether the request comes from an operator's address."""
+    try:
+        address = ipaddress.ip_address(str(environ.get("REMOTE_ADDR", "")).split("%", 1)[0])
+    except ValueError:
+        return False
+    return any(address in network for network in networks)
+
+
+def health_report(operator: bool) -> dict[str, Any]:
+    """Liveness: the process answers. Touches no database."""
+    return {"status": "ok", "pid": os.getpid()} if operator else {"status": "ok"}
+
+
+def ready_report(app: Application, operator: bool = True) -> dict[str, Any]:
+    """Check that this worker's application can serve, writes included (raises if it cannot)."""
+    app.check_ready()
+    if not operator:
+        return {"status": "ready"}
+    return {"status": "ready", "pid": os.getpid(), "worker_id": hooks.worker_id()}
+
+
+def worker_report(app: Application) -> dict[str, Any]:
+    """Which process answered, and what it built: how tests prove one application per worker."""
+    return {
+        "pid": os.getpid(),
+        "built_in_pid": app.built_in_pid,
+        "constructions": constructions_in_this_process(),
+        "subscriptions": app.bus.count_persistence_subscriptions(),
+        "worker_id": hooks.worker_id(),
+        "conflicts": app.conflicts,
+        "retries": app.retries,
+        "pool": app.records.pool_status(),
+        # Objects inherited from the master that the garbage collector leaves alone (UWSGI_ES_GC_FREEZE).
+        "gc_frozen": gc.get_freeze_count(),
+    }
+
+
+def failure_report(error: BaseException) -> dict[str, Any]:
+    """``/worker`` of a worker whose application could not be built: why (for operators only)."""
+    return {
+        "pid": os.getpid(),
+        "worker_id": hooks.worker_id(),
+        "detail": f"{type(error).__name__}: {error}",
+    }
