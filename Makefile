@@ -51,7 +51,7 @@ postgres-binaries:
 reliability: $(STAMP) postgres-binaries java-and-maven
 	@mkdir -p .cache && rm -f .cache/reliability.jsonl
 	RELIABILITY_REPORT=$(CURDIR)/.cache/reliability.jsonl $(BIN)/pytest -m reliability -q -p no:cacheprovider
-	$(BIN)/python -m tests.integration.reliability_report .cache/reliability.jsonl > docs/RELIABILITY.md
+	$(BIN)/python -m tests.support.reliability_report .cache/reliability.jsonl > docs/RELIABILITY.md
 
 ## bench: uwsgi_es against its anchors (wrk, side by side); writes BENCHMARKS.md and BENCHMARKS.png
 bench: $(STAMP) postgres-binaries java-and-maven

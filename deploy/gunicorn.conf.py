@@ -8,8 +8,11 @@ Configuration of the application itself: the same UWSGI_ES_* variables as under 
 
 import os
 
-from uwsgi_es.adapters.gunicorn import post_fork, worker_exit
+from uwsgi_es.servers.gunicorn import post_fork, worker_exit
 
+# post_fork runs before a (non-preloaded) worker imports the app, so it builds the application
+# the setting names: the bank example, named here explicitly (uwsgi_es has no default).
+os.environ.setdefault("UWSGI_ES_APPLICATION", "uwsgi_es.example.domain:BankAccounts")
 wsgi_app = "uwsgi_es.wsgi:application"
 bind = os.environ.get("UWSGI_ES_HTTP", "127.0.0.1:8080")
 workers = int(os.environ.get("GUNICORN_WORKERS", "4"))

@@ -12,8 +12,8 @@ from uuid import UUID
 
 from flask import Flask, jsonify, request
 
-from uwsgi_es.adapters.flask import UwsgiEs
-from uwsgi_es.bank import BankAccounts
+from uwsgi_es.example.domain import BankAccounts
+from uwsgi_es.integrations.flask import UwsgiEs
 
 es = UwsgiEs()
 

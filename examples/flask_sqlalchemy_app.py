@@ -17,10 +17,10 @@ from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import func, select
 from sqlalchemy.orm import Mapped, mapped_column
 
-from uwsgi_es.adapters.flask import UwsgiEs
-from uwsgi_es.bank import BankAccounts
+from uwsgi_es.example.domain import BankAccounts
+from uwsgi_es.integrations.flask import UwsgiEs
 from uwsgi_es.settings import DEFAULT_DATABASE_URL
-from uwsgi_es.web import ready_report, worker_report
+from uwsgi_es.web.ops import ready_report, worker_report
 
 db = SQLAlchemy()
 es = UwsgiEs()

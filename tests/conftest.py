@@ -22,7 +22,7 @@ from uwsgi_es.testing import PostgresServer, free_port
 from uwsgi_es.testing.cassandra import CassandraNode
 from uwsgi_es.testing.postgres import ExistingPostgres
 
-PROJECT = Path(__file__).resolve().parent.parent
+from .support.paths import PROJECT
 
 
 @pytest.fixture(autouse=True)

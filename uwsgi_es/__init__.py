@@ -1,6 +1,10 @@
 """uwsgi_es: one event-sourced application per worker process, built after the fork.
 
-The public API is re-exported here. Importing it connects to nothing and works outside uWSGI.
+The public API is re-exported here: the event-sourcing core (``Aggregate``, ``Application``...),
+the registry (``init_application``, ``get_application``...), the settings and every error. Server
+hooks are in ``uwsgi_es.servers`` (``uwsgi_es.hooks.install`` is the uWSGI one), frameworks in
+``uwsgi_es.integrations``, the test harness in ``uwsgi_es.testing``. Importing it connects to
+nothing and works outside uWSGI.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from uwsgi_es.errors import (
     UnreadableEventError,
     UwsgiEsError,
 )
-from uwsgi_es.registry import (
+from uwsgi_es.lifecycle.registry import (
     close_application,
     get_application,
     get_application_lazily,

@@ -36,7 +36,7 @@ from uwsgi_es.errors import (
     UnreadableEventError,
 )
 from uwsgi_es.settings import Settings
-from uwsgi_es.stores import RecordStore, StoredRecord, create_record_store
+from uwsgi_es.stores import GlobalFeed, RecordStore, RequestScope, StoredRecord, create_record_store
 
 T = TypeVar("T")
 A = TypeVar("A", bound=Aggregate)
@@ -206,6 +206,9 @@ class Application:
         self.settings = settings or Settings()
         self.built_in_pid = os.getpid()
         self.records = records
+        # What the store can do, learnt once: a global order of all events (SQL stores, not
+        # Cassandra) is what `/events` and the read side need.
+        self.feed: GlobalFeed | None = records if isinstance(records, GlobalFeed) else None
         self.event_store = EventStore(records)
         self.repository = Repository(self.event_store)
         self.bus = pubsub if bus is None else bus
@@ -234,14 +237,24 @@ class Application:
             records.create_schema()
         return cls(records, settings=settings)
 
+    def ping(self) -> None:
+        """Raise unless this application may be used here and its store answers."""
+        self.check_usable()
+        self.records.ping()
+
     def check_ready(self) -> None:
         """Raise unless this application can serve now, writes included (``/ready``)."""
         self.check_usable()
         self.records.check_ready()
 
     def describe(self) -> str:
-        """One line for logs and ``/worker``: which application, on which store (no secrets)."""
-        return f"{type(self).__qualname__} on {self.records.describe()}"
+        """The store it runs on, for logs and ``/worker`` (no secrets)."""
+        return self.records.describe()
+
+    def end_request(self) -> None:
+        """Release what the request held in the store (its SQL session), if it holds anything."""
+        if isinstance(self.records, RequestScope):
+            self.records.end_request()
 
     def check_usable(self) -> None:
         """Raise unless this application may be used here: open, and built in this process."""

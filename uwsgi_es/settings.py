@@ -71,19 +71,14 @@ _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = {"0", "false", "no", "off"}
 
 
-def boolean_setting(settings: Settings | None, name: str) -> bool:
-    """One boolean setting, read on its own when ``settings`` could not be (another is invalid).
+class SettingsError(ConfigurationError):
+    """Some settings are invalid. ``fallback`` holds the others, parsed, with defaults in place of
+    the invalid ones: what a failed build still needs (fail-fast, gc-freeze, operator networks)
+    comes from the same single parse, never from a second reading of the environment."""
 
-    An unreadable value counts as the default here; the build reports it, naming the variable.
-    """
-    if settings is not None:
-        return bool(getattr(settings, name))
-    variable = PREFIX + name.upper()
-    raw = os.environ.get(variable, "").strip()
-    try:
-        return _boolean(variable, raw) if raw else bool(getattr(Settings, name))
-    except ConfigurationError:
-        return bool(getattr(Settings, name))
+    def __init__(self, message: str, fallback: Settings) -> None:
+        super().__init__(message)
+        self.fallback = fallback
 
 
 def _boolean(name: str, raw: str) -> bool:
@@ -218,7 +213,12 @@ class Settings:
         "Shown only with its passwords masked",
     )
     application: str = setting(
-        "uwsgi_es.bank:BankAccounts", _import_string, "`module:Class` built when no factory is given"
+        "",
+        _import_string,
+        "`module:Class` (or `module:function` taking the settings) built in each process; required "
+        "unless your code passes a factory (`hooks.install(Carts)`). The example: "
+        "`uwsgi_es.example.domain:BankAccounts`",
+        shown="(none)",
     )
     sqlite_busy_timeout_ms: int = setting(
         5000,
@@ -292,33 +292,38 @@ class Settings:
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Read and validate every ``UWSGI_ES_*`` variable of ``environ`` (default: os.environ)."""
+        """Read and validate every ``UWSGI_ES_*`` variable of ``environ`` (default: os.environ).
+
+        Raises ``SettingsError`` naming the first problem (and how many more there are), with the
+        valid settings as its ``fallback``.
+        """
         env = os.environ if environ is None else environ
+        problems: list[str] = []
         known = {variable for variable, *_ in declared()}
-        for name in env:
+        for name in sorted(env):
             if name.startswith(PREFIX) and name not in known:
                 close = difflib.get_close_matches(name, sorted(known), n=1)
                 hint = f" Did you mean {close[0]}?" if close else ""
-                raise ConfigurationError(
-                    f"Unknown setting {name}.{hint} Known settings: {', '.join(sorted(known))}."
-                )
+                problems.append(f"Unknown setting {name}.{hint} Known settings: {', '.join(sorted(known))}.")
         values: dict[str, Any] = {}
         for f in fields(cls):
             name = PREFIX + f.name.upper()
             raw = env.get(name)
             if raw is None or raw.strip() == "":
                 continue
-            values[f.name] = f.metadata["parser"](name, raw.strip())
+            try:
+                values[f.name] = f.metadata["parser"](name, raw.strip())
+            except ConfigurationError as exc:
+                problems.append(str(exc))
+        problem = _relations(values)
+        if problem:
+            problems.append(problem)
+            values.pop("init_retry_max_seconds", None)
         settings = cls(**values)
-        settings._check_relations()
+        if problems:
+            more = f" (and {len(problems) - 1} more problem(s) in the settings)" if len(problems) > 1 else ""
+            raise SettingsError(problems[0] + more, settings)
         return settings
-
-    def _check_relations(self) -> None:
-        if self.init_retry_max_seconds < self.init_retry_seconds:
-            raise ConfigurationError(
-                f"UWSGI_ES_INIT_RETRY_MAX_SECONDS ({self.init_retry_max_seconds}) is smaller than "
-                f"UWSGI_ES_INIT_RETRY_SECONDS ({self.init_retry_seconds}); make it at least as large."
-            )
 
     @property
     def is_sqlite(self) -> bool:
@@ -390,6 +395,28 @@ def render_ini() -> str:
 def uwsgi_option_name(variable: str) -> str:
     """The uWSGI option an environment variable becomes: UWSGI_ES_POOL_SIZE -> es-pool-size."""
     return variable.removeprefix("UWSGI_").lower().replace("_", "-")
+
+
+def _relations(values: Mapping[str, Any]) -> str:
+    """What is wrong between settings (each valid on its own), or ""."""
+    first = values.get("init_retry_seconds", Settings.init_retry_seconds)
+    ceiling = values.get("init_retry_max_seconds", Settings.init_retry_max_seconds)
+    if ceiling < first:
+        return (
+            f"UWSGI_ES_INIT_RETRY_MAX_SECONDS ({ceiling}) is smaller than "
+            f"UWSGI_ES_INIT_RETRY_SECONDS ({first}); make it at least as large."
+        )
+    return ""
+
+
+def resolve(settings: Settings | None = None) -> tuple[Settings, ConfigurationError | None]:
+    """The settings of one build, parsed once: (settings, None), or (the valid ones, the problem)."""
+    if settings is not None:
+        return settings, None
+    try:
+        return Settings.from_environ(), None
+    except SettingsError as exc:
+        return exc.fallback, exc
 
 
 def setting_field(name: str) -> Field[Any]:

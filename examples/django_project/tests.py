@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from uwsgi_es.adapters.django.testing import EventSourcedTestCase
-from uwsgi_es.bank import BankAccounts
+from uwsgi_es.example.domain import BankAccounts
+from uwsgi_es.integrations.django.testing import EventSourcedTestCase
 
 
 class BankAccountsTest(EventSourcedTestCase):

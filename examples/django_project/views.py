@@ -17,10 +17,10 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
 from uwsgi_es import Settings, UwsgiEsError, get_application_lazily
-from uwsgi_es.bank import BankAccounts
-from uwsgi_es.registry import settings_in_use
-from uwsgi_es.web import answer_for, is_operator, ready_report, worker_report
-from uwsgi_es.web.status import log_refusal
+from uwsgi_es.example.domain import BankAccounts
+from uwsgi_es.lifecycle.registry import settings_in_use
+from uwsgi_es.web.ops import is_operator, ready_report, worker_report
+from uwsgi_es.web.status import answer_for, log_refusal
 
 
 def bank() -> BankAccounts:

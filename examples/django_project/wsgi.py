@@ -7,7 +7,7 @@ import os
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "examples.django_project.settings")
 os.environ.setdefault("UWSGI_ES_STORE", "django")
 
-from uwsgi_es.adapters.django.wsgi import get_wsgi_application
-from uwsgi_es.bank import BankAccounts
+from uwsgi_es.example.domain import BankAccounts
+from uwsgi_es.integrations.django.wsgi import get_wsgi_application
 
 application = get_wsgi_application(factory=BankAccounts)

@@ -8,9 +8,9 @@ from uuid import UUID
 from celery import Celery
 
 from uwsgi_es import get_application_lazily
-from uwsgi_es.adapters import celery as celery_adapter
 from uwsgi_es.application import constructions_in_this_process
-from uwsgi_es.bank import BankAccounts
+from uwsgi_es.example.domain import BankAccounts
+from uwsgi_es.servers import celery as celery_adapter
 
 
 def report(balance: int) -> dict[str, int]:

@@ -14,9 +14,9 @@ from sqlalchemy import func, insert, select, text
 from werkzeug.wrappers import Request, Response
 
 from uwsgi_es import init_application
-from uwsgi_es.bank import BankAccounts
+from uwsgi_es.example.domain import BankAccounts
 from uwsgi_es.stores.sqlalchemy import SQLAlchemyRecordStore, records_table
-from uwsgi_es.web import json_response
+from uwsgi_es.web.responses import json_response
 from uwsgi_es.wsgi import api, application
 
 __all__ = ["application"]

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from uwsgi_es.testing import UwsgiServer, free_port
+from uwsgi_es.testing import UwsgiServer, free_port, lifecycle_events
 
-from ..conftest import PROJECT
-from .conftest import INI, assert_one_application_per_worker, fan_out
+from ..support.checks import assert_one_application_per_worker, fan_out
+from ..support.paths import INI, PROJECT
 
 pytestmark = pytest.mark.integration
 StartServer = Any
@@ -78,8 +78,9 @@ def test_gunicorn_builds_one_application_per_worker(
         account = client.post("/accounts", {"owner": "gunicorn"}).json()["id"]
         assert client.post(f"/accounts/{account}/deposits", {"amount": 3}).json()["balance"] == 3
     text = log.read_text()
-    assert text.count("uwsgi_es: worker pid") >= 6, text  # built and closed, in each of 3 workers
-    assert text.count("closed its application") == 3, text
+    built = [int(e["pid"]) for e in lifecycle_events(text, "build")]
+    closed = [int(e["pid"]) for e in lifecycle_events(text, "close")]
+    assert sorted(built) == sorted(closed) == sorted(pids), text  # built and closed, in each of 3 workers
 
 
 @pytest.mark.parametrize("lazy", [False, True], ids=["prefork", "lazy-apps"])

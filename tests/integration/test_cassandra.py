@@ -11,8 +11,8 @@ import pytest
 
 from uwsgi_es.testing.cassandra import CassandraNode
 
-from ..conftest import PROJECT
-from .conftest import assert_one_application_per_worker, move_money_concurrently, worker_reports
+from ..support.checks import assert_one_application_per_worker, move_money_concurrently, worker_reports
+from ..support.paths import PROJECT
 
 pytestmark = [pytest.mark.integration, pytest.mark.cassandra]
 CASSANDRA_INI = PROJECT / "deploy" / "uwsgi-cassandra.ini"

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from ..conftest import PROJECT
-from .conftest import INI, assert_one_application_per_worker, fan_out
+from ..support.checks import assert_one_application_per_worker, fan_out
+from ..support.paths import INI, PROJECT
 
 pytestmark = pytest.mark.integration
 StartServer = Any

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from ..conftest import PROJECT
-from .conftest import INI, fan_out
+from ..support.checks import fan_out
+from ..support.paths import INI, PROJECT
 
 pytestmark = pytest.mark.integration
 StartServer = Any

@@ -8,8 +8,7 @@ import pytest
 
 from uwsgi_es.testing import UwsgiServer, UwsgiStartError
 
-from ..conftest import PROJECT
-from .conftest import INI
+from ..support.paths import INI, PROJECT
 
 pytestmark = pytest.mark.integration
 pytest_plugins = ["pytester"]
@@ -41,4 +40,4 @@ def test_fixture_reports_the_uwsgi_log_when_a_test_fails(pytester: pytest.Pytest
     )
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*uWSGI log 0*", "*built BankAccounts*"])
+    result.stdout.fnmatch_lines(["*uWSGI log 0*", "*event=build*application=BankAccounts*"])

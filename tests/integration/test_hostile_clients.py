@@ -13,8 +13,7 @@ import pytest
 
 from uwsgi_es.testing import UwsgiServer, free_port
 
-from ..conftest import PROJECT
-from .conftest import INI
+from ..support.paths import INI, PROJECT
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 StartServer = Any

@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 
 from uwsgi_es.testing import UwsgiServer
 
-from .conftest import INI, all_events
+from ..support.checks import all_events
+from ..support.paths import INI
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 EXAMPLES = int(os.environ.get("HOSTILE_EXAMPLES", "10000"))

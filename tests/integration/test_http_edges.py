@@ -10,7 +10,7 @@ import pytest
 
 from uwsgi_es.testing import UwsgiServer
 
-from .conftest import INI
+from ..support.paths import INI
 
 pytestmark = pytest.mark.integration
 

@@ -8,10 +8,15 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
-from uwsgi_es.testing import UwsgiServer, UwsgiStartError
+from uwsgi_es.testing import UwsgiServer, UwsgiStartError, lifecycle_events
 
-from ..conftest import PROJECT
-from .conftest import INI, assert_one_application_per_worker, fan_out, move_money_concurrently, worker_reports
+from ..support.checks import (
+    assert_one_application_per_worker,
+    fan_out,
+    move_money_concurrently,
+    worker_reports,
+)
+from ..support.paths import INI, PROJECT
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 POSTGRES_INI = PROJECT / "deploy" / "uwsgi-postgres.ini"
@@ -71,7 +76,9 @@ def test_connection_opened_in_the_master_is_never_used_by_a_worker(
             "the master's connection was closed or broken by a worker"
         )
     engine.dispose()
-    assert "inherited an application built in process" in server.log()
+    forgot = list(lifecycle_events(server.log(), "forgot_inherited"))
+    assert forgot, "no worker forgot the application it inherited from the master"
+    assert {int(e["built_in_pid"]) for e in forgot} == {server.pid}
 
 
 def test_a_request_failing_mid_transaction_leaves_nothing_behind(

@@ -7,7 +7,6 @@ into docs/RELIABILITY.md).
 
 from __future__ import annotations
 
-import collections
 import json
 import os
 import random
@@ -23,16 +22,15 @@ import pytest
 
 from uwsgi_es.settings import Settings
 from uwsgi_es.stores import create_record_store
-from uwsgi_es.testing import PostgresServer, UwsgiServer, UwsgiStartError, free_port
+from uwsgi_es.testing import PostgresServer, UwsgiServer, UwsgiStartError, free_port, lifecycle_events
 from uwsgi_es.testing.cassandra import CassandraNode
 
-from ..conftest import PROJECT
-from .conftest import INI, assert_one_application_per_worker, worker_reports
-from .load import DepositLoad
+from ..support.checks import assert_one_application_per_worker, built_once_each, worker_reports
+from ..support.load import DepositLoad
+from ..support.paths import INI, PROJECT
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 StartServer = Any
-BUILT = re.compile(r"\[pid (\d+)\] INFO worker \d+ \(pid \d+\) built")
 KILL_SECONDS = float(os.environ.get("RELIABILITY_KILL_SECONDS", "20"))
 
 
@@ -40,14 +38,6 @@ def migrate(url: str) -> None:
     store = create_record_store(Settings(database_url=url))
     store.create_schema()
     store.close()
-
-
-def built_once_each(server: UwsgiServer) -> collections.Counter[int]:
-    """Every pid that built an application built exactly one."""
-    builds = collections.Counter(int(pid) for pid in BUILT.findall(server.log()))
-    assert builds, "no worker logged a build"
-    assert set(builds.values()) == {1}, builds
-    return builds
 
 
 def test_killed_workers_lose_nothing_acknowledged(
@@ -261,7 +251,7 @@ def test_fail_fast_with_an_invalid_setting_stops_uwsgi_at_once(tmp_path: Path, r
     assert code not in (0, None)
     assert took < 5
     assert "UWSGI_ES_POOL_SIZE='lots' is not a whole number" in server.log()
-    assert "built" not in server.log()
+    assert list(lifecycle_events(server.log(), "build")) == []
     report(
         "initialiser failure, fail-fast (invalid setting)",
         env,
@@ -284,10 +274,12 @@ def test_fail_fast_with_an_unreachable_database_stops_uwsgi_without_a_respawn_st
     with pytest.raises(UwsgiStartError, match="exited with code 22"):
         server.start()
     took = time.monotonic() - started
-    attempts = server.log().count("could not build its application")
+    failures = list(lifecycle_events(server.log(), "build_failed"))
+    attempts = len(failures)
     assert 1 <= attempts <= 4, f"{attempts} build attempts: a respawn storm"
     assert took < 10
-    assert "UWSGI_ES_FAIL_FAST is on: stopping uWSGI" in server.log()
+    assert failures[0]["consequence"] == "UWSGI_ES_FAIL_FAST is on: stopping uWSGI"
+    assert failures[0]["error"].startswith("StoreUnavailableError: SQLAlchemy store at postgresql")
     assert "Traceback" not in server.log()
     assert "NO MERCY" not in server.log()
     report(

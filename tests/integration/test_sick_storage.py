@@ -27,7 +27,7 @@ from uwsgi_es.settings import Settings
 from uwsgi_es.stores.sqlalchemy import SQLAlchemyRecordStore
 from uwsgi_es.testing import UwsgiServer
 
-from .conftest import INI
+from ..support.paths import INI
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 StartServer = Any

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import time
 from pathlib import Path
@@ -11,9 +10,10 @@ from typing import Any
 
 import pytest
 
-from uwsgi_es.testing import UwsgiServer, UwsgiStartError
+from uwsgi_es.testing import UwsgiServer, UwsgiStartError, lifecycle_events
 
-from .conftest import INI, all_events, assert_one_application_per_worker, fan_out, worker_reports
+from ..support.checks import all_events, assert_one_application_per_worker, builds, fan_out, worker_reports
+from ..support.paths import INI
 
 pytestmark = pytest.mark.integration
 StartServer = Any
@@ -54,7 +54,7 @@ def test_lazy_apps_builds_at_import_in_each_worker(
     server = uwsgi_server(INI, env=backend_env, options=["--processes", "4", "--lazy-apps"])
     pids = assert_one_application_per_worker(server, worker_reports(server, 400))
     assert len(pids) >= 2
-    assert "built BankAccounts" in server.log()
+    assert {e["application"] for e in lifecycle_events(server.log(), "build")} == {"BankAccounts"}
 
 
 def test_threads_share_one_application_per_process(
@@ -127,9 +127,9 @@ def test_failed_initialisation_never_serves_200(uwsgi_server: StartServer, app_e
         assert result.json()["error"] == "the application is not ready in this worker"
         assert result.elapsed < 5
     assert all("UWSGI_ES_POOL_SIZE" in r.json()["detail"] for r in results[1::3])  # /worker, from here
-    assert re.search(
-        r"worker \d \(pid \d+\) could not build its application: ConfigurationError", server.log()
-    )
+    failures = list(lifecycle_events(server.log(), "build_failed"))
+    assert {e["error"].split(":")[0] for e in failures} == {"SettingsError"}
+    assert all(int(e["worker"]) >= 1 for e in failures)
 
 
 def test_nothing_connects_in_the_master(uwsgi_server: StartServer, app_env: dict[str, str]) -> None:
@@ -142,9 +142,9 @@ def test_nothing_connects_in_the_master(uwsgi_server: StartServer, app_env: dict
         return {os.path.realpath(fd_dir / fd) for fd in os.listdir(fd_dir)}
 
     assert str(database) not in open_files(server.pid)
-    built = re.findall(r"\[pid (\d+)\] INFO worker \d \(pid \d+\) built", server.log())
-    assert str(server.pid) not in built
-    assert set(map(int, built)) == set(server.worker_pids())
+    built = builds(server)
+    assert server.pid not in built
+    assert set(built) == set(server.worker_pids())
 
 
 @pytest.mark.reliability
@@ -163,9 +163,7 @@ def test_stop_signals_stop_everything_and_each_worker_closes(
         took = time.monotonic() - started
     finally:
         server.stop()
-    closed = re.findall(
-        r"\[pid (\d+)\] INFO worker \d \(pid \d+\) closed its application and released the (.+)", server.log()
-    )
+    closed = [(e["pid"], e["released"]) for e in lifecycle_events(server.log(), "close")]
     assert {int(pid) for pid, _ in closed} == workers
     assert took < 5
     assert code == 0

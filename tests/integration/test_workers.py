@@ -4,7 +4,6 @@ real redis-server. Each process that runs jobs builds exactly one application; n
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -18,10 +17,11 @@ from celery import Celery
 from redis import Redis
 from rq import Queue
 
-from uwsgi_es.bank import BankAccounts
+from uwsgi_es.example.domain import BankAccounts
 from uwsgi_es.settings import Settings
+from uwsgi_es.testing import lifecycle_events
 
-from ..conftest import PROJECT
+from ..support.paths import PROJECT
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
@@ -44,14 +44,11 @@ def check(url: str, account: str, reports: list[dict[str, int]], amounts: list[i
     return {r["pid"] for r in reports}
 
 
-BUILD_LINE = re.compile(r"uwsgi_es: pool process (\d+) built ")
-
-
 def wait_for_builds(log: Path, expected: int, timeout: float) -> set[int]:
-    """The pids whose build line reached the log, once `expected` have (or the timeout passed)."""
+    """The pids whose build event reached the log, once `expected` have (or the timeout passed)."""
     deadline = time.monotonic() + timeout
     while True:
-        built = [int(pid) for pid in BUILD_LINE.findall(log.read_text())]
+        built = [int(e["pid"]) for e in lifecycle_events(log.read_text(), "build")]
         assert len(built) == len(set(built)), f"a pool process built twice: {built}"
         if len(built) >= expected or time.monotonic() > deadline:
             return set(built)
@@ -126,4 +123,4 @@ def test_celery_prefork_pool_builds_once_per_pool_process(
     assert pids <= builds
     assert len(builds) == 2, log.read_text()
     text = log.read_text()
-    assert text.count("uwsgi_es: pool process") == 2, text
+    assert len(list(lifecycle_events(text, "build"))) == 2, text

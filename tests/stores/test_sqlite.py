@@ -18,7 +18,7 @@ from uwsgi_es.errors import SchemaMissingError, StoreBusyError, StoreReadOnlyErr
 from uwsgi_es.settings import Settings
 from uwsgi_es.stores.sqlalchemy import SQLAlchemyRecordStore
 
-from ..forking import in_child
+from ..support.forking import in_child
 from .contract import records
 from .sqlalchemy_contract import SQLAlchemyStoreContract
 

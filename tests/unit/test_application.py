@@ -8,7 +8,6 @@ from uuid import uuid4
 import pytest
 
 from uwsgi_es.application import Application, PubSub, constructions_in_this_process
-from uwsgi_es.bank import BankAccount, BankAccounts
 from uwsgi_es.domain import Aggregate
 from uwsgi_es.errors import (
     AggregateNotFoundError,
@@ -17,10 +16,11 @@ from uwsgi_es.errors import (
     DuplicateSubscriptionError,
     ForkedApplicationError,
 )
+from uwsgi_es.example.domain import BankAccount, BankAccounts
 from uwsgi_es.settings import Settings
 from uwsgi_es.stores import create_record_store
 
-from ..forking import in_child
+from ..support.forking import in_child
 
 
 def test_saved_events_are_stored_once_and_replayed(settings: Settings) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from uwsgi_es.bank import BankAccount, InsufficientFundsError
 from uwsgi_es.domain import EventSequenceError, register_topic, replay, resolve_topic, topic_of
 from uwsgi_es.errors import TopicError
+from uwsgi_es.example.domain import BankAccount, InsufficientFundsError
 
 
 def test_new_aggregate_has_its_creation_event_pending() -> None:
@@ -56,8 +56,11 @@ def test_replay_refuses_events_before_creation() -> None:
 
 def test_topics_round_trip_and_bad_topics_say_why() -> None:
     """A topic is module:QualName and resolves back to the class; a wrong one names itself."""
-    assert topic_of(BankAccount.Deposited) == "uwsgi_es.bank:BankAccount.Deposited"
+    assert topic_of(BankAccount.Deposited) == "uwsgi_es.example.domain:BankAccount.Deposited"
+    assert resolve_topic("uwsgi_es.example.domain:BankAccount.Deposited") is BankAccount.Deposited
+    # events stored before the example moved out of uwsgi_es.bank still read (registered aliases)
     assert resolve_topic("uwsgi_es.bank:BankAccount.Deposited") is BankAccount.Deposited
+    assert resolve_topic("uwsgi_es.bank:BankAccount") is BankAccount
     with pytest.raises(TopicError, match=r"nowhere\.module:Gone"):
         resolve_topic("nowhere.module:Gone")
     with pytest.raises(TopicError, match="Missing"):

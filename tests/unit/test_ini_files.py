@@ -11,7 +11,7 @@ from pathlib import Path
 from uwsgi_es.cli import main
 from uwsgi_es.settings import declared, render_ini, render_markdown, uwsgi_option_name
 
-from ..conftest import PROJECT
+from ..support.paths import PROJECT
 
 
 def test_the_declarations_ini_is_rendered_from_the_settings() -> None:

@@ -19,10 +19,11 @@ from uwsgi_es.errors import (
     InitialisationFailedError,
     SchemaMissingError,
 )
+from uwsgi_es.lifecycle import registry as lifecycle_registry
 from uwsgi_es.settings import Settings
 from uwsgi_es.stores import create_record_store
 
-from ..forking import in_child
+from ..support.forking import in_child
 
 
 def test_get_before_init_says_how_to_fix_it() -> None:
@@ -148,3 +149,88 @@ def test_memory_database_is_refused_only_with_several_processes() -> None:
     app = registry.init_application(BankAccounts, settings=Settings(database_url="sqlite:///:memory:"))
     assert isinstance(app, BankAccounts)
     assert app.get_account(app.open_account("ann").id).owner == "ann"
+
+
+def test_no_application_without_a_factory_or_the_setting(
+    monkeypatch: pytest.MonkeyPatch, sqlite_url: str
+) -> None:
+    """The library never falls back to its example: the build fails, naming the setting."""
+    monkeypatch.setenv("UWSGI_ES_DATABASE_URL", sqlite_url)
+    with pytest.raises(ConfigurationError, match="UWSGI_ES_APPLICATION is not set"):
+        registry.init_application()
+
+
+def test_a_lazy_get_never_returns_another_application_than_asked(settings: Settings) -> None:
+    """get_application_lazily(MyApp) when the slot holds a BankAccounts: refused, not handed over."""
+
+    class Carts(Application):
+        pass
+
+    registry.init_application(BankAccounts, settings=settings)
+    with pytest.raises(ConfigurationError, match="is a BankAccounts, not the Carts asked for"):
+        registry.get_application_lazily(Carts, settings=settings)
+
+
+def test_several_named_applications_share_a_process_when_their_events_do_not_overlap(
+    settings: Settings,
+) -> None:
+    """Two applications, each persisting its own event types, live side by side by name;
+    get_application() without a name is the default one; a third persisting overlapping events is
+    refused (it would store them twice)."""
+    from uwsgi_es.domain import DomainEvent
+    from uwsgi_es.errors import DuplicateSubscriptionError
+
+    class Noted(DomainEvent):
+        pass
+
+    class Shipped(DomainEvent):
+        pass
+
+    class Audit(Application):
+        persist_event_type = Noted
+
+    class Shipping(Application):
+        persist_event_type = Shipped
+
+    class Everything(Application):
+        persist_event_type = DomainEvent  # overlaps both
+
+    audit = registry.init_application(Audit, settings=settings)
+    shipping = registry.init_application(Shipping, settings=settings, name="shipping")
+    assert registry.get_application() is audit
+    assert registry.get_application("shipping") is shipping
+    assert {h.name for h in lifecycle_registry.hosted_applications()} == {"default", "shipping"}
+    with pytest.raises(DuplicateSubscriptionError):
+        registry.init_application(Everything, settings=settings, name="everything")
+    registry.close_application()
+    assert audit.closed
+    assert shipping.closed
+
+
+def test_any_object_with_the_hosting_methods_can_be_hosted(settings: Settings) -> None:
+    """The registry hosts what satisfies Hosting (ping, check_ready, describe, close), not only ours."""
+
+    class Service:
+        closed = False
+
+        def __init__(self, settings: Settings) -> None:
+            self.settings = settings
+
+        def ping(self) -> None: ...
+
+        def check_ready(self) -> None: ...
+
+        def describe(self) -> str:
+            return "a service without a store"
+
+        def close(self) -> None:
+            self.closed = True
+
+    service = registry.init_application(Service, settings=settings, name="service")
+    assert isinstance(service, Service)
+    assert registry.get_application("service") is service
+    registry.close_application("service")
+    assert service.closed
+
+    with pytest.raises(ConfigurationError, match="cannot be hosted"):
+        registry.init_application(lambda settings: object(), settings=settings, name="nothing")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from uwsgi_es.errors import ConfigurationError
-from uwsgi_es.settings import DEFAULT_DATABASE_URL, Settings, boolean_setting
+from uwsgi_es.settings import DEFAULT_DATABASE_URL, Settings, SettingsError, resolve
 
 
 def test_defaults_suit_the_sqlite_quick_start() -> None:
@@ -80,22 +80,24 @@ def test_memory_database_is_recognised() -> None:
     ("raw", "expected"),
     [(None, True), ("false", False), ("OFF", False), ("yes", True), ("perhaps", True)],
 )
-def test_a_boolean_setting_can_be_read_alone(
-    monkeypatch: pytest.MonkeyPatch, raw: str | None, expected: bool
-) -> None:
-    """Fail-fast and gc-freeze apply even when another setting is invalid: read on their own, an
-    unreadable value counts as the default (the build then reports it, naming the variable)."""
-    monkeypatch.setenv("UWSGI_ES_POOL_SIZE", "lots")
+def test_settings_that_parse_survive_one_that_does_not(raw: str | None, expected: bool) -> None:
+    """Fail-fast and gc-freeze apply even when another setting is invalid: the one parse that
+    fails still yields the valid settings (an unreadable value counts as the default), and the
+    error names the variable."""
+    environ = {"UWSGI_ES_POOL_SIZE": "lots", "UWSGI_ES_FAIL_FAST": "on"}
     if raw is not None:
-        monkeypatch.setenv("UWSGI_ES_GC_FREEZE", raw)
-    assert boolean_setting(None, "gc_freeze") is expected
-    assert boolean_setting(None, "fail_fast") is False
-    assert boolean_setting(Settings(gc_freeze=False), "gc_freeze") is False
-    with pytest.raises(ConfigurationError, match="UWSGI_ES_POOL_SIZE"):
-        Settings.from_environ()
-    monkeypatch.delenv("UWSGI_ES_POOL_SIZE")
+        environ["UWSGI_ES_GC_FREEZE"] = raw
+    with pytest.raises(SettingsError, match="UWSGI_ES_POOL_SIZE") as caught:
+        Settings.from_environ(environ)
+    fallback = caught.value.fallback
+    assert (fallback.gc_freeze, fallback.fail_fast, fallback.pool_size) == (expected, True, 5)
     if raw == "perhaps":
-        with pytest.raises(ConfigurationError, match="UWSGI_ES_GC_FREEZE='perhaps' is not a boolean"):
-            Settings.from_environ()
-    else:
-        assert Settings.from_environ().gc_freeze is expected
+        assert "and 1 more problem" in str(caught.value)
+    settings, problem = resolve(None)
+    assert problem is None
+    assert settings == Settings()
+
+
+def test_no_application_is_named_by_default() -> None:
+    """A library never falls back to its demo: UWSGI_ES_APPLICATION has no default."""
+    assert Settings().application == ""

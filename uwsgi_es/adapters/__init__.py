@@ -1,4 +1,5 @@
-"""Adapters for servers and frameworks other than bare uWSGI, over the same per-process registry.
+"""Former home of the server and framework adapters, kept so that code written for it works.
 
-Each imports its framework only when used: ``uwsgi_es.adapters.gunicorn``, ``uwsgi_es.adapters.flask``.
+They live now in ``uwsgi_es.servers`` (gunicorn, Celery, uWSGI) and ``uwsgi_es.integrations``
+(Flask, Django); every module here re-exports the names it used to define.
 """

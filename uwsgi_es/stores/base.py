@@ -1,14 +1,19 @@
-"""The record-store contract every backend fulfils, and the stored record it speaks in.
+"""The record-store contract every backend fulfils, the capabilities a store may add, and the
+stored record they speak in.
 
 A record store knows nothing of domain events: it appends and reads rows of
 (originator_id, originator_version, topic, state). Its one hard promise is optimistic concurrency:
 appending a version that already exists raises ``ConcurrencyError`` and stores none of the batch.
 
-A store remembers the process that built it. Its connections belong to that process alone, so any
-use from a forked child raises ``ForkedApplicationError`` instead of sharing sockets.
+Capabilities, not refusals: a store that keeps a global order of its records is also a
+``GlobalFeed``; one that holds state per request (a SQL session) is also a ``RequestScope``. An
+application learns what its store can do when it is built, and nothing is refused per call.
 
-Messages a store builds from a driver's error go through ``scrub`` with the secrets of its
-configuration (``secrets``), so no password reaches a log line, however the driver phrased it.
+A store remembers the process that built it. Its connections belong to that process alone, so any
+use from a forked child raises ``ForkedApplicationError`` instead of sharing sockets, and
+``close()`` there only forgets them (``_forget``), never closes them (``_release``): written once,
+here. Messages a store builds from a driver's error go through ``unavailable``/``scrub`` with the
+secrets of its configuration, so no password reaches a log line, however the driver phrased it.
 """
 
 from __future__ import annotations
@@ -17,10 +22,10 @@ import abc
 import os
 import socket
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import NamedTuple, Protocol, runtime_checkable
 from uuid import UUID
 
-from uwsgi_es.errors import ConcurrencyError, ForkedApplicationError
+from uwsgi_es.errors import ConcurrencyError, ForkedApplicationError, StoreUnavailableError
 from uwsgi_es.redaction import scrub
 
 HEARTBEAT_TABLE = "uwsgi_es_heartbeat"
@@ -59,10 +64,15 @@ class RecordStore(abc.ABC):
 
     def __init__(self) -> None:
         self.built_in_pid = os.getpid()
+        self._closed = False
 
     def scrub(self, message: object) -> str:
         """``message`` (e.g. a driver's error) on one line, with this store's secrets masked."""
         return " ".join(scrub(str(message), self.secrets).split())
+
+    def unavailable(self, error: object) -> StoreUnavailableError:
+        """The error for a store that did not answer, naming it and the (scrubbed) cause."""
+        return StoreUnavailableError(f"{self.describe()} is unavailable: {self.scrub(error)}")
 
     def check_process(self) -> None:
         """Refuse to be used from a process other than the one that built this store."""
@@ -95,10 +105,6 @@ class RecordStore(abc.ABC):
         at most ``limit`` of them (all when None)."""
 
     @abc.abstractmethod
-    def select_all(self, after_id: int, limit: int) -> list[StoredRecord]:
-        """Records of every originator with ``id > after_id``, in id order, at most ``limit``."""
-
-    @abc.abstractmethod
     def ping(self) -> None:
         """Raise ``StoreUnavailableError`` (or ``SchemaMissingError``) unless the store answers."""
 
@@ -107,13 +113,41 @@ class RecordStore(abc.ABC):
         that is read-only, full, or cannot reach a write quorum is not ready. Default: ``ping``."""
         self.ping()
 
-    def end_request(self) -> None:  # noqa: B027 (optional hook: most stores hold nothing per request)
-        """Release what one request held (sessions, connections). Called after every request."""
-
     def pool_status(self) -> dict[str, int]:
         """Connection-pool figures for diagnostics (``/worker``), e.g. ``{"checked_out": 0}``."""
         return {}
 
-    @abc.abstractmethod
     def close(self) -> None:
-        """Release every connection. Idempotent."""
+        """Release every connection; in a forked child only forget the parent's. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if os.getpid() != self.built_in_pid:
+            self._forget()
+        else:
+            self._release()
+
+    @abc.abstractmethod
+    def _release(self) -> None:
+        """Close this process's connections (``close`` calls it once, in the building process)."""
+
+    def _forget(self) -> None:  # noqa: B027 (most stores have nothing to forget)
+        """Drop connections inherited across fork without touching them (they are the parent's)."""
+
+
+@runtime_checkable
+class GlobalFeed(Protocol):
+    """A store that keeps one order of every originator's records (SQL stores; not Cassandra)."""
+
+    def select_all(self, after_id: int, limit: int) -> list[StoredRecord]:
+        """Records of every originator with ``id > after_id``, in id order, at most ``limit``."""
+        ...
+
+
+@runtime_checkable
+class RequestScope(Protocol):
+    """Something that holds state for one request (a SQL session) and releases it after."""
+
+    def end_request(self) -> None:
+        """Release what one request held. Called after every request, also after errors."""
+        ...

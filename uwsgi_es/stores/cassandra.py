@@ -16,7 +16,8 @@ Why it looks the way it does:
   the fork (a session inherited across fork times out); statements are prepared once per
   process; reactor, protocol version and a DC-aware, token-aware load-balancing policy are set
   explicitly. ``close()`` shuts the cluster down, except in a forked child, where it only forgets.
-- Cassandra keeps no global order of events, so ``select_all`` (the ``/events`` feed) is refused.
+- Cassandra keeps no global order of events, so this store is no ``GlobalFeed``: applications on
+  it have no ``/events`` feed, and the read side refuses to start a runner on it.
 - ``/ready`` writes a counter in ``uwsgi_es_heartbeat`` (its own table: counters never share a
   partition with the events' lightweight transactions) at the configured consistency.
 """
@@ -41,7 +42,6 @@ from uwsgi_es.errors import (
     ConcurrencyError,
     SchemaMissingError,
     StoreUnavailableError,
-    UnsupportedOperationError,
 )
 from uwsgi_es.settings import Settings
 from uwsgi_es.stores.base import HEARTBEAT_TABLE, RecordStore, StoredRecord, heartbeat_name, version_conflict
@@ -81,7 +81,6 @@ class CassandraRecordStore(RecordStore):
         self.keyspace = settings.cassandra_keyspace
         self._statements: _Statements | None = None
         self._prepare_lock = threading.Lock()
-        self._closed = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CassandraRecordStore:
@@ -170,7 +169,7 @@ class CassandraRecordStore(RecordStore):
                         "Create it once per deployment with: UWSGI_ES_STORE=cassandra uwsgi-es migrate"
                     ) from exc
                 except (NoHostAvailable, DriverException) as exc:
-                    raise StoreUnavailableError(f"{self.describe()} is unavailable: {exc}") from exc
+                    raise self.unavailable(exc) from exc
         return self._statements
 
     def _serial(self, statement: PreparedStatement) -> PreparedStatement:
@@ -207,7 +206,7 @@ class CassandraRecordStore(RecordStore):
         except WriteTimeout as exc:
             applied = self._resolve_timeout(originator_id, records, exc)
         except (NoHostAvailable, DriverException) as exc:
-            raise StoreUnavailableError(f"{self.describe()} is unavailable: {exc}") from exc
+            raise self.unavailable(exc) from exc
         if not applied:
             raise version_conflict(records)
 
@@ -252,17 +251,11 @@ class CassandraRecordStore(RecordStore):
         try:
             return list(self.session.execute(statement, values))
         except (NoHostAvailable, DriverException) as exc:
-            raise StoreUnavailableError(f"{self.describe()} is unavailable: {exc}") from exc
+            raise self.unavailable(exc) from exc
 
     def _read(self, originator_id: UUID, *, serial: bool) -> list[Any]:
         statements = self.statements()
         return self._execute(statements.select_serial if serial else statements.select, (originator_id,))
-
-    def select_all(self, after_id: int, limit: int) -> list[StoredRecord]:
-        raise UnsupportedOperationError(
-            "This deployment's event store (Cassandra) keeps no global order of events, so there is "
-            "no event feed; read the events of one aggregate instead."
-        )
 
     def ping(self) -> None:
         self.check_process()
@@ -274,10 +267,5 @@ class CassandraRecordStore(RecordStore):
         self.ping()
         self._execute(self.statements().heartbeat, (heartbeat_name(),))
 
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if os.getpid() != self.built_in_pid:
-            return  # inherited across fork: the driver's threads and sockets belong to the parent
-        self.cluster.shutdown()
+    def _release(self) -> None:
+        self.cluster.shutdown()  # (in a forked child the base only forgets: the driver is the parent's)

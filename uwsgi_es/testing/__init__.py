@@ -1,13 +1,16 @@
 """Real servers for tests: uWSGI (``UwsgiServer``) and a throwaway PostgreSQL (``PostgresServer``).
 
 Shipped in the package so users can test their own deployments the way we test ours; the pytest
-fixture ``uwsgi_server`` (``uwsgi_es.pytest_plugin``) wraps ``UwsgiServer``. Standard library only.
+fixture ``uwsgi_server`` (``uwsgi_es.pytest_plugin``) wraps ``UwsgiServer``; ``lifecycle_events``
+reads the structured build/close events out of a uWSGI log. Standard library only.
 """
 
 from __future__ import annotations
 
+from uwsgi_es.lifecycle.events import events_in as lifecycle_events
 from uwsgi_es.testing.postgres import PostgresServer, PostgresUnavailableError
-from uwsgi_es.testing.uwsgi_server import HttpResult, UwsgiServer, UwsgiStartError, find_uwsgi, free_port
+from uwsgi_es.testing.processes import free_port
+from uwsgi_es.testing.uwsgi_server import HttpResult, UwsgiServer, UwsgiStartError, find_uwsgi
 
 __all__ = [
     "HttpResult",
@@ -17,4 +20,5 @@ __all__ = [
     "UwsgiStartError",
     "find_uwsgi",
     "free_port",
+    "lifecycle_events",
 ]

@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 from typing import Self
 
-from uwsgi_es.testing.lifecycle import StartStop
-from uwsgi_es.testing.uwsgi_server import free_port
+from uwsgi_es.errors import UwsgiEsError
+from uwsgi_es.testing.processes import StartStop, free_port
 
 CASSANDRA_VERSION = os.environ.get("ES_TEST_CASSANDRA_VERSION", "5.0.9")
 DEFAULT_CACHE = Path(os.environ.get("ES_TEST_CASSANDRA_CACHE", Path.cwd() / ".cache" / "cassandra"))
@@ -120,7 +120,7 @@ JDK17_FLAGS = [
 ]
 
 
-class CassandraUnavailableError(RuntimeError):
+class CassandraUnavailableError(UwsgiEsError, RuntimeError):
     """The node could not be fetched, started or reached; the message ends with its log."""
 
 

@@ -22,8 +22,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Self
 
-from uwsgi_es.testing.lifecycle import StartStop
-from uwsgi_es.testing.uwsgi_server import free_port
+from uwsgi_es.errors import UwsgiEsError
+from uwsgi_es.testing.processes import StartStop, free_port
 
 FAST_SETTINGS: Mapping[str, str] = {
     "fsync": "off",
@@ -39,7 +39,7 @@ INSTALL_HINT = (
 )
 
 
-class PostgresUnavailableError(RuntimeError):
+class PostgresUnavailableError(UwsgiEsError, RuntimeError):
     """The server could not be found, started or reached; the message ends with its log."""
 
 

@@ -43,12 +43,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Self
 
-from uwsgi_es.testing.lifecycle import StartStop
+from uwsgi_es.errors import UwsgiEsError
+from uwsgi_es.testing.processes import StartStop, free_port
 
 WaitFor = Literal["ready", "health", "nothing"]
 
 
-class UwsgiStartError(RuntimeError):
+class UwsgiStartError(UwsgiEsError, RuntimeError):
     """uWSGI exited or never became ready; the message ends with its log."""
 
 
@@ -64,13 +65,6 @@ class HttpResult:
         if self._json is None:
             self._json = json.loads(self.body)
         return self._json
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _ini_mentions(ini: Path, needle: str, depth: int = 0) -> bool:

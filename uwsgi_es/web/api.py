@@ -22,11 +22,12 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
-from uwsgi_es import registry
 from uwsgi_es.application import Application
+from uwsgi_es.lifecycle import registry
 from uwsgi_es.settings import Settings
-from uwsgi_es.web import ops
+from uwsgi_es.stores.base import RequestScope
 from uwsgi_es.web.bodies import BadRequestError, answered, read_json_object
+from uwsgi_es.web.ops import failure_report, health_report, is_operator, ready_report, worker_report
 from uwsgi_es.web.responses import error_response, json_response
 from uwsgi_es.web.status import answer_for, log_refusal
 from uwsgi_es.web.text import quoted
@@ -68,7 +69,7 @@ class JsonApi:
 
     def application(self, request: Request) -> Application:
         """This worker's application (built on first use), remembered to release after the request."""
-        app = registry.get_application_lazily(self.factory)
+        app: Application = registry.get_application_lazily(self.factory)
         request.environ[_APP_KEY] = app
         return app
 
@@ -78,7 +79,7 @@ class JsonApi:
 
     def is_operator(self, request: Request) -> bool:
         settings = registry.settings_in_use() or Settings()
-        return ops.is_operator(request.environ, settings.operator_networks)
+        return is_operator(request.environ, settings.operator_networks)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         request = Request(environ)
@@ -86,8 +87,8 @@ class JsonApi:
             response = self.dispatch(request)
         finally:
             app = environ.get(_APP_KEY)
-            if app is not None:
-                app.records.end_request()
+            if isinstance(app, RequestScope):
+                app.end_request()
         try:
             return answered(environ, response(environ, start_response))
         except Exception:  # a response that cannot be written must still be an answer
@@ -124,7 +125,7 @@ class JsonApi:
                 log_refusal(request.method, request.path, answer.status, exc)
                 if request.path == "/worker" and self.is_operator(request):
                     return json_response(
-                        {"error": answer.message, **ops.failure_report(exc)},
+                        {"error": answer.message, **failure_report(exc)},
                         answer.status,
                         {"Retry-After": "1"},
                     )
@@ -138,14 +139,14 @@ class JsonApi:
 
     def health(self, request: Request) -> Response:
         """Liveness: the process answers. Touches no database."""
-        return json_response(ops.health_report(self.is_operator(request)))
+        return json_response(health_report(self.is_operator(request)))
 
     def ready(self, request: Request) -> Response:
         """Readiness: this worker's application is built and its store answers, writes included."""
-        return json_response(ops.ready_report(self.application(request), self.is_operator(request)))
+        return json_response(ready_report(self.application(request), self.is_operator(request)))
 
     def worker(self, request: Request) -> Response:
         """Which process answered, and what it built: for operators only (404 to anyone else)."""
         if not self.is_operator(request):
             return self.not_found(request)
-        return json_response(ops.worker_report(self.application(request)))
+        return json_response(worker_report(self.application(request)))

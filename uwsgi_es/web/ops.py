@@ -19,8 +19,9 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from uwsgi_es import hooks
 from uwsgi_es.application import Application, constructions_in_this_process
+from uwsgi_es.lifecycle.hosting import Hosting
+from uwsgi_es.lifecycle.process import worker_id
 from uwsgi_es.settings import Networks
 
 
@@ -38,12 +39,12 @@ def health_report(operator: bool) -> dict[str, Any]:
     return {"status": "ok", "pid": os.getpid()} if operator else {"status": "ok"}
 
 
-def ready_report(app: Application, operator: bool = True) -> dict[str, Any]:
+def ready_report(app: Hosting, operator: bool = True) -> dict[str, Any]:
     """Check that this worker's application can serve, writes included (raises if it cannot)."""
     app.check_ready()
     if not operator:
         return {"status": "ready"}
-    return {"status": "ready", "pid": os.getpid(), "worker_id": hooks.worker_id()}
+    return {"status": "ready", "pid": os.getpid(), "worker_id": worker_id()}
 
 
 def worker_report(app: Application) -> dict[str, Any]:
@@ -53,7 +54,7 @@ def worker_report(app: Application) -> dict[str, Any]:
         "built_in_pid": app.built_in_pid,
         "constructions": constructions_in_this_process(),
         "subscriptions": app.bus.count_persistence_subscriptions(),
-        "worker_id": hooks.worker_id(),
+        "worker_id": worker_id(),
         "conflicts": app.conflicts,
         "retries": app.retries,
         "pool": app.records.pool_status(),
@@ -66,6 +67,6 @@ def failure_report(error: BaseException) -> dict[str, Any]:
     """``/worker`` of a worker whose application could not be built: why (for operators only)."""
     return {
         "pid": os.getpid(),
-        "worker_id": hooks.worker_id(),
+        "worker_id": worker_id(),
         "detail": f"{type(error).__name__}: {error}",
     }

@@ -1,13 +1,10 @@
-"""The app config. ``ready()`` deliberately does nothing: it runs for every management command
-(``check``, ``makemigrations``...), in the uWSGI master too, where no connection may be opened."""
+"""The app config Django finds under the former path: it installs the app that lives in
+``uwsgi_es.integrations.django`` (same label, same migrations, same table)."""
 
 from __future__ import annotations
 
-from django.apps import AppConfig
+from uwsgi_es.integrations.django import apps as _moved
 
 
-class UwsgiEsConfig(AppConfig):
-    name = "uwsgi_es.adapters.django"
-    label = "uwsgi_es_django"
-    verbose_name = "uwsgi_es event store"
-    default_auto_field = "django.db.models.BigAutoField"
+class UwsgiEsConfig(_moved.UwsgiEsConfig):
+    default = True

@@ -1,31 +1,7 @@
-"""``EventSourcedTestCase``: a Django test case with this process's application built in ``setUp``
-and closed in ``tearDown``, on the Django store (the test database Django made)."""
+"""Moved to ``uwsgi_es.integrations.django.testing``; this name still works from here."""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from uwsgi_es.integrations.django.testing import EventSourcedTestCase
 
-from django.test import TransactionTestCase
-
-from uwsgi_es import registry
-from uwsgi_es.application import Application
-from uwsgi_es.registry import ApplicationFactory
-from uwsgi_es.settings import Settings
-
-
-class EventSourcedTestCase(TransactionTestCase):
-    """Set ``application_factory``; use ``self.application`` in tests."""
-
-    application_factory: ClassVar[ApplicationFactory | None] = None
-    application: Application
-
-    def setUp(self) -> None:
-        super().setUp()
-        registry.close_application()
-        self.application = registry.init_application(
-            self.application_factory, settings=Settings(store="django")
-        )
-
-    def tearDown(self) -> None:
-        registry.close_application()
-        super().tearDown()
+__all__ = ["EventSourcedTestCase"]

@@ -1,37 +1,7 @@
-"""``get_wsgi_application(factory)``: Django's WSGI handler, with the application built after the fork.
-
-# myproject/wsgi.py
-import os
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "myproject.settings")
-from uwsgi_es.adapters.django.wsgi import get_wsgi_application
-application = get_wsgi_application(factory=Carts)
-
-The handler is wrapped in ``BufferedBody``: a body whose declared length exceeds
-``UWSGI_ES_MAX_BODY_BYTES`` is refused with 413 before a byte is read, and the body is read (under
-uWSGI's async mode: waited for) before Django sets up the request.
-"""
+"""Moved to ``uwsgi_es.integrations.django.wsgi``; this name still works from here."""
 
 from __future__ import annotations
 
-from typing import Any
+from uwsgi_es.integrations.django.wsgi import get_wsgi_application
 
-from django.core.wsgi import get_wsgi_application as django_wsgi_application
-
-from uwsgi_es import hooks, registry
-from uwsgi_es.errors import UwsgiEsError
-from uwsgi_es.registry import ApplicationFactory
-from uwsgi_es.settings import Settings
-from uwsgi_es.web import BufferedBody
-
-
-def get_wsgi_application(factory: ApplicationFactory | None = None) -> Any:
-    handler = django_wsgi_application()  # django.setup(): settings and apps, no connection
-    hooks.install(factory)  # under uWSGI: built in each worker after the fork
-
-    def max_body_bytes() -> int:
-        try:
-            return registry.get_application_lazily(factory).settings.max_body_bytes
-        except UwsgiEsError:  # no application yet: the view answers 503 with the reason
-            return Settings.max_body_bytes
-
-    return BufferedBody(handler, max_body_bytes)
+__all__ = ["get_wsgi_application"]

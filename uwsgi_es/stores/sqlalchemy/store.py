@@ -24,7 +24,6 @@ Why it looks the way it does:
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import threading
 from collections.abc import Iterator, Sequence
@@ -71,7 +70,8 @@ MIN_FREE_BYTES = 4 * 1024 * 1024
 
 
 class SQLAlchemyRecordStore(RecordStore):
-    """Records in the ``integer_sequenced_items`` table of any SQLAlchemy engine."""
+    """Records in the ``integer_sequenced_items`` table of any SQLAlchemy engine. A ``GlobalFeed``
+    (``select_all``) and a ``RequestScope`` (``end_request`` removes the request's session)."""
 
     def __init__(
         self,
@@ -95,7 +95,6 @@ class SQLAlchemyRecordStore(RecordStore):
         self._is_postgres = engine.dialect.name == "postgresql"
         self.path = _database_file(engine) if self._is_sqlite else None
         self._writers = WriterQueue(f"{self.path}.writers", writer_timeout) if self.path else None
-        self._closed = False
 
     @property
     def sessions(self) -> scoped_session[Session]:
@@ -222,14 +221,10 @@ class SQLAlchemyRecordStore(RecordStore):
         checked_out = getattr(self.engine.pool, "checkedout", None)
         return {"checked_out": int(checked_out())} if callable(checked_out) else {}
 
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if os.getpid() != self.built_in_pid:
-            # Inherited across fork: the sockets are the parent's. Forget them, never close them.
-            self.engine.dispose(close=False)
-            return
+    def _forget(self) -> None:
+        self.engine.dispose(close=False)  # the pooled sockets are the parent's: never close them
+
+    def _release(self) -> None:
         if self._owns_sessions and self._sessions is not None:
             self._sessions.remove()
         if self._writers is not None:
@@ -297,7 +292,7 @@ class SQLAlchemyRecordStore(RecordStore):
                 self.engine.dispose()
             raise error from exc
         except SQLAlchemyError as exc:  # e.g. pool timeout: every connection busy
-            raise StoreUnavailableError(f"{self.describe()} is unavailable: {self.scrub(exc)}") from exc
+            raise self.unavailable(exc) from exc
 
 
 def _database_file(engine: Engine) -> Path | None:

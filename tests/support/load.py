@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from uwsgi_es.testing import UwsgiServer
 
-from .conftest import all_events
+from .checks import all_events
 
 
 @dataclass

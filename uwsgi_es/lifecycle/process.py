@@ -1,0 +1,75 @@
+"""What this process is, as uWSGI sees it: inside uWSGI or not, which worker or mule, how many.
+
+A leaf: it imports nothing of ours, so every layer may ask it. Outside uWSGI (pytest, gunicorn,
+Celery) every answer is the neutral one: worker 0, one process, one thread.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+uwsgi: ModuleType | None
+try:
+    import uwsgi  # type: ignore[no-redef]  # exists only inside a uWSGI process
+except ImportError:
+    uwsgi = None
+
+
+def in_uwsgi() -> bool:
+    return uwsgi is not None
+
+
+def worker_id() -> int:
+    """The uWSGI worker id (1..N); 0 in the master, a mule, or outside uWSGI."""
+    return int(uwsgi.worker_id()) if uwsgi is not None else 0
+
+
+def mule_id() -> int:
+    """The uWSGI mule id (1..N); 0 anywhere else."""
+    return int(getattr(uwsgi, "mule_id", lambda: 0)()) if uwsgi is not None else 0
+
+
+def master_pid() -> int:
+    """The uWSGI master's pid; 0 outside uWSGI."""
+    return int(uwsgi.masterpid()) if uwsgi is not None else 0
+
+
+def process_count() -> int:
+    return int(uwsgi.numproc) if uwsgi is not None else 1
+
+
+def thread_count() -> int:
+    return int(option("threads") or 1)
+
+
+def is_forked() -> bool:
+    """True in a worker or mule (uWSGI already forked this process from its master)."""
+    return worker_id() > 0 or mule_id() > 0
+
+
+def is_lazy() -> bool:
+    """Whether each worker imports the application itself (lazy-apps), instead of the master."""
+    return bool(option("lazy-apps") or option("lazy"))
+
+
+def role() -> str:
+    """ "worker 3", "mule 1", "master" or "process" (outside uWSGI): for logs."""
+    if uwsgi is None:
+        return "process"
+    if worker_id():
+        return f"worker {worker_id()}"
+    if mule_id():
+        return f"mule {mule_id()}"
+    return "master"
+
+
+def option(name: str) -> str | None:
+    """The last value of one of uWSGI's options, as text; None when unset or outside uWSGI."""
+    if uwsgi is None:
+        return None
+    value = uwsgi.opt.get(name)
+    if value is None:
+        return None
+    if isinstance(value, list):
+        value = value[-1]
+    return value.decode() if isinstance(value, bytes) else str(value)

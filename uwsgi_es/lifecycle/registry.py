@@ -1,0 +1,273 @@
+"""The applications of this process: ``init_application``, ``get_application``, ``close_application``.
+
+The registry hosts any application object that satisfies ``Hosting`` (check it can serve, say what
+it is, close): our own ``Application`` does; the kinds in ``lifecycle.kinds`` adapt others. Each
+lives in a named slot (``"default"`` unless named), is built once per process, and remembers the
+process that built it. Several applications may share a process when their persisted event types
+do not overlap (the pub-sub refuses a second persistence subscription for the same events).
+
+After a fork the child sees the parent's slots; they are never used there (``get_application``
+raises ``ForkedApplicationError``), and building in the child replaces them without touching the
+parent's connections. ``get_application_lazily`` builds on first use behind a double-checked lock,
+so concurrent threads of one worker build once. A failed build is remembered with its cause, so
+every request can answer 503, and is retried after a growing back-off instead of on every request.
+
+Global state, admitted: the module-level slots below. ``close_application()`` resets them (tests).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from uwsgi_es.errors import (
+    ApplicationAlreadyInitialisedError,
+    ApplicationNotInitialisedError,
+    ConfigurationError,
+    ForkedApplicationError,
+    InitialisationFailedError,
+)
+from uwsgi_es.lifecycle import events, kinds, process
+from uwsgi_es.lifecycle.hosting import Hosting
+from uwsgi_es.redaction import redact_url
+from uwsgi_es.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DEFAULT = "default"
+ApplicationFactory = type | Callable[[Settings], Any]
+
+
+@dataclass(frozen=True)
+class Hosted:
+    """One slot: the application users get, how to host it, and where and how it was built."""
+
+    name: str
+    app: Any
+    hosting: Hosting
+    pid: int
+    settings: Settings
+
+
+@dataclass(frozen=True)
+class _Failure:
+    error: BaseException
+    pid: int
+    attempts: int
+    retry_at: float  # time.monotonic() after which a lazy get tries again
+    settings: Settings | None
+
+
+_lock = threading.RLock()
+_slots: dict[str, Hosted] = {}
+_failures: dict[str, _Failure] = {}
+
+
+def init_application(
+    factory: ApplicationFactory | None = None, *, settings: Settings | None = None, name: str = DEFAULT
+) -> Any:
+    """Build this process's application (in slot ``name``); raise if it already has one there.
+
+    ``factory``: an ``Application`` subclass, a class a kind adapts (``lifecycle.kinds``), or a
+    callable taking ``Settings``; by default the one ``UWSGI_ES_APPLICATION`` names (required then).
+    Settings default to the environment's. The application is checked (its store pinged) before it
+    is registered, so a build that returns is usable.
+    """
+    with _lock:
+        _forget_inherited()
+        existing = _slots.get(name)
+        if existing is not None:
+            raise ApplicationAlreadyInitialisedError(
+                f"This process ({os.getpid()}) already has its application {name!r} "
+                f"({type(existing.app).__qualname__}). A second one would store every event twice. "
+                "Call get_application() to use it, or close_application() first to replace it."
+            )
+        return _build(factory, settings, name)
+
+
+def get_application(name: str | None = None) -> Any:
+    """This process's application (the one named, or the only one); raise if there is none or it
+    was built in another process."""
+    hosted = _find(name)
+    if hosted is not None and hosted.pid == os.getpid():
+        return hosted.app
+    return _explain_missing(hosted, name)
+
+
+def _find(name: str | None) -> Hosted | None:
+    """The slot ``name``; without a name the default one, or else the only one."""
+    if name is not None:
+        return _slots.get(name)
+    hosted = _slots.get(DEFAULT)
+    if hosted is None and len(_slots) == 1:
+        hosted = next(iter(_slots.values()))
+    return hosted
+
+
+def get_application_lazily(
+    factory: ApplicationFactory | None = None, *, settings: Settings | None = None, name: str = DEFAULT
+) -> Any:
+    """This process's application in slot ``name``, built on first use (thread-safe: once per process).
+
+    An application inherited across fork is replaced by a new one built here. After a failed
+    build, raises ``InitialisationFailedError`` until the back-off passes, then tries again. If the
+    slot holds an application that is not an instance of ``factory`` (a class), that is refused:
+    it would silently be another application than the one asked for.
+    """
+    hosted = _slots.get(name)
+    if hosted is None or hosted.pid != os.getpid():
+        with _lock:
+            hosted = _slots.get(name)
+            if hosted is None or hosted.pid != os.getpid():
+                _forget_inherited()
+                failure = _failures.get(name)
+                if failure is not None and time.monotonic() < failure.retry_at:
+                    raise _failed(failure)
+                return _build(factory, settings, name)
+    if isinstance(factory, type) and not isinstance(hosted.app, factory):
+        raise ConfigurationError(
+            f"This process's application {name!r} is a {type(hosted.app).__name__}, not the "
+            f"{factory.__name__} asked for. Give each application its own name "
+            "(init_application(..., name=...)), or ask for the one that was built."
+        )
+    return hosted.app
+
+
+def close_application(name: str | None = None) -> None:
+    """Close and forget this process's application ``name`` (all of them when None), and any
+    recorded failure. Idempotent."""
+    with _lock:
+        names = list(_slots) if name is None else [name]
+        closing = [_slots.pop(n) for n in names if n in _slots]
+        for n in list(_failures) if name is None else [name]:
+            _failures.pop(n, None)
+    for hosted in closing:
+        hosted.hosting.close()  # in a forked child the store forgets the parent's connections
+
+
+def hosted_applications() -> list[Hosted]:
+    """This process's own slots, in the order they were built."""
+    pid = os.getpid()
+    return [hosted for hosted in _slots.values() if hosted.pid == pid]
+
+
+def initialisation_failure(name: str = DEFAULT) -> BaseException | None:
+    """Why this process's last build of ``name`` failed, or None when it did not (or was never tried)."""
+    failure = _failures.get(name)
+    return failure.error if failure is not None and failure.pid == os.getpid() else None
+
+
+def settings_in_use(name: str = DEFAULT) -> Settings | None:
+    """The settings this process's application was built (or last tried to build) with; None when
+    no build was tried here."""
+    hosted = _slots.get(name)
+    if hosted is not None and hosted.pid == os.getpid():
+        return hosted.settings
+    failure = _failures.get(name)
+    return failure.settings if failure is not None and failure.pid == os.getpid() else None
+
+
+def record_failure(name: str, error: BaseException, settings: Settings | None) -> None:
+    """Remember a failed build (also one that failed before it reached the registry)."""
+    with _lock:
+        _failures[name] = _next_failure(name, error, settings)
+
+
+def _build(factory: ApplicationFactory | None, settings: Settings | None, name: str) -> Any:
+    """Build, check and register; on failure record why and when to try again. Holds the lock."""
+    try:
+        if settings is None:
+            settings = Settings.from_environ()
+        _check_deployment(settings)
+        kind = kinds.kind_of(factory or kinds.load_factory(settings.application))
+        app, hosting = kind.construct(settings)
+        try:
+            hosting.ping()
+        except BaseException:
+            hosting.close()
+            raise
+    except Exception as exc:
+        _failures[name] = _next_failure(name, exc, settings or getattr(exc, "fallback", None))
+        raise
+    _slots[name] = Hosted(name, app, hosting, os.getpid(), settings)
+    _failures.pop(name, None)
+    return app
+
+
+def _next_failure(name: str, exc: BaseException, settings: Settings | None) -> _Failure:
+    previous = _failures.get(name)
+    previous = previous if previous is not None and previous.pid == os.getpid() else None
+    attempts = 1 if previous is None else previous.attempts + 1
+    defaults = settings or Settings()
+    delay = min(defaults.init_retry_max_seconds, defaults.init_retry_seconds * 2 ** (attempts - 1))
+    return _Failure(exc, os.getpid(), attempts, time.monotonic() + delay, settings)
+
+
+def _failed(failure: _Failure) -> InitialisationFailedError:
+    wait = max(0.0, failure.retry_at - time.monotonic())
+    error = InitialisationFailedError(
+        f"Process {failure.pid} could not build its application "
+        f"({type(failure.error).__name__}: {failure.error}); "
+        f"attempt {failure.attempts}, next try in {wait:.1f}s."
+    )
+    error.__cause__ = failure.error
+    return error
+
+
+def _forget_inherited() -> None:
+    """Drop the slots (and failures) the parent left before the fork. Holds the lock."""
+    pid = os.getpid()
+    for name, hosted in list(_slots.items()):
+        if hosted.pid != pid:
+            del _slots[name]
+            events.emit(
+                "forgot_inherited",
+                logging.WARNING,
+                role=process.role(),
+                pid=pid,
+                name=name,
+                built_in_pid=hosted.pid,
+                advice="build after the fork to avoid this",
+            )
+            hosted.hosting.close()  # unsubscribes here; the store forgets, never closes, parent sockets
+    for name, failure in list(_failures.items()):
+        if failure.pid != pid:
+            del _failures[name]
+
+
+def _explain_missing(hosted: Hosted | None, name: str | None) -> Any:
+    pid = os.getpid()
+    if hosted is not None:
+        raise ForkedApplicationError(
+            f"{type(hosted.app).__qualname__} was built in process {hosted.pid} and is used in "
+            f"process {pid}. An application must be built after the fork, once in each worker: "
+            "use uwsgi_es.hooks.install() under uWSGI, or init_application() in a post-fork hook."
+        )
+    if name is None and len(_slots) > 1:
+        raise ConfigurationError(
+            f"Process {pid} hosts several applications ({', '.join(sorted(_slots))}): "
+            "name the one you want, get_application(name)."
+        )
+    failure = _failures.get(name or DEFAULT)
+    if failure is not None and failure.pid == pid:
+        raise _failed(failure)
+    raise ApplicationNotInitialisedError(
+        f"Process {pid} has no application{f' named {name!r}' if name else ''} yet. Under uWSGI import "
+        "uwsgi_es.hooks and call install() in your WSGI module (it builds after each fork); "
+        "elsewhere call init_application() once per process, or use get_application_lazily()."
+    )
+
+
+def _check_deployment(settings: Settings) -> None:
+    processes, threads = process.process_count(), process.thread_count()
+    if settings.is_sqlite_memory and (processes > 1 or threads > 1):
+        raise ConfigurationError(
+            f"UWSGI_ES_DATABASE_URL={redact_url(settings.database_url)!r} is an in-memory SQLite "
+            f"database, which each of the {processes} processes (and each of {threads} threads) would "
+            "see as its own empty database. Use a file, e.g. sqlite:///var/uwsgi_es.sqlite3, or PostgreSQL."
+        )

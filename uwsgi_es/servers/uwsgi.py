@@ -1,0 +1,163 @@
+"""uWSGI: ``install()`` arranges for the application to be built exactly once in every worker, after
+the fork. The only module (with ``lifecycle.process``) that imports ``uwsgi`` or ``uwsgidecorators``.
+
+- prefork (the default): the WSGI module is imported in the master, so ``install()`` registers a
+  ``@postfork`` function; uWSGI runs it in each worker, and again in every respawned one.
+- lazy-apps (and mules): the module is imported after the fork, when uWSGI has already run its
+  post-fork hooks, so a ``@postfork`` registered then would never run. ``install()`` sees it is
+  already in a forked process and builds at once.
+
+The build itself is ``lifecycle.build.build_in_this_process``: it never raises into uWSGI (which
+would print and swallow the exception, leaving a worker serving without an application).
+
+With ``UWSGI_ES_FAIL_FAST=true`` the instance stops instead. The settings are validated when
+``install()`` runs (in the master under prefork: parsing only, no connection), so a bad value
+stops uWSGI at start with a message naming the variable. A worker that cannot build exits with
+uWSGI's "failed app" code 22: with ``lazy-apps`` and ``need-app`` uWSGI then stops with that
+code. In prefork mode uWSGI only respawns such a worker, so the worker raises a flag in memory it
+shares with the master and asks the master to stop; the master's exit hook
+(``hook-as-user-atexit = rpc:uwsgi_es_exit_code``, in uwsgi.ini) sees the flag and exits with 22 too.
+Workers still building when the master stops them exit at once.
+
+A worker closes its applications when it stops through ``uwsgi.atexit``, which uWSGI calls in every
+loop engine (Python's own ``atexit`` handlers are skipped in async mode, e.g. under gevent).
+Outside uWSGI (plain pytest, gunicorn) ``install()`` does nothing and ``import uwsgi_es`` works.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from uwsgi_es.errors import UwsgiUnavailableError
+from uwsgi_es.lifecycle import build, process, registry
+from uwsgi_es.lifecycle.events import configure_logging
+from uwsgi_es.settings import Settings, resolve
+
+FAILED_APP_EXIT_CODE = 22  # uWSGI's UWSGI_FAILED_APP_CODE: with lazy-apps + need-app, the instance stops
+EXIT_CODE_RPC = "uwsgi_es_exit_code"  # called by the master's exit hook (see the module docstring)
+
+_installed: set[tuple[int, str]] = set()  # (pid, name): one hook per application and process
+_closing_registered_in: int | None = None
+# One byte shared by the master and every worker it forks: 1 once a worker failed with fail-fast on.
+_fail_flag: mmap.mmap | None = None
+
+
+def install(
+    factory: registry.ApplicationFactory | None = None,
+    *,
+    settings: Settings | None = None,
+    name: str = registry.DEFAULT,
+) -> None:
+    """Build this process's application once in every uWSGI worker, after the fork.
+
+    Call it at import time of your WSGI module. ``factory``, ``settings`` and ``name`` go to the
+    registry's ``init_application`` (defaults: ``UWSGI_ES_APPLICATION``, the ``UWSGI_ES_*``
+    environment, ``"default"``).
+    """
+    uwsgi = process.uwsgi
+    if uwsgi is None:
+        return  # not under uWSGI: the web layer builds lazily on first use
+    if (os.getpid(), name) in _installed:
+        return  # imported twice in one process (e.g. by another name): keep one hook
+    _installed.add((os.getpid(), name))
+    configure_logging()
+    resolved, problem = resolve(settings)  # parsing only, nothing connects
+    if problem is not None and resolved.fail_fast:
+        raise problem  # a bad value stops uWSGI at start, naming the variable
+    _preload(resolved)
+    if process.is_forked():
+        _build_here(factory, settings, name)
+        return
+    _share_the_fail_flag()
+    try:
+        import uwsgidecorators
+    except Exception as exc:  # it raises a bare Exception without --master
+        raise UwsgiUnavailableError(
+            f"uwsgi_es needs uWSGI's master process to build the application after each fork ({exc}). "
+            "Add 'master = true' to your ini file (or --master), or use lazy-apps."
+        ) from exc
+    uwsgidecorators.postfork(lambda: _build_here(factory, settings, name))
+
+
+def _build_here(factory: registry.ApplicationFactory | None, settings: Settings | None, name: str) -> None:
+    global _closing_registered_in
+    try:
+        outcome = build.build_in_this_process(
+            factory, settings=settings, name=name, stop_instance=_stop_instance
+        )
+    except KeyboardInterrupt:
+        # The master is stopping the instance (SIGINT) while this worker builds: stop now, instead
+        # of serving on until the master's patience runs out.
+        sys.stderr.flush()
+        os._exit(0)
+    if outcome.app is not None and _closing_registered_in != os.getpid():
+        _closing_registered_in = os.getpid()
+        _on_uwsgi_exit(build.close_in_this_process)
+
+
+def _preload(settings: Settings) -> None:
+    """Import, never connect, what each worker's build will need: done once here (in the master
+    under prefork) the modules are shared by every worker instead of imported after each fork."""
+    try:
+        if settings.store == "cassandra":
+            import cassandra.cluster  # creates no Cluster: no threads, no sockets
+            import cassandra.io.libevreactor  # noqa: F401
+        else:
+            from sqlalchemy.engine import make_url
+
+            make_url(settings.database_url).get_dialect().import_dbapi()
+    except Exception:  # a bad setting or a missing driver is reported by the build, with its cause
+        return
+
+
+def _stop_instance() -> None:
+    """Exit with uWSGI's failed-app code; in prefork mode also make the master stop with it."""
+    if process.in_uwsgi() and not process.is_lazy():
+        if _fail_flag is not None:
+            _fail_flag[0] = 1
+        # The master answers with SIGINT to every worker, this one too: it must not interrupt
+        # the exit below (a KeyboardInterrupt there would leave this worker serving).
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGQUIT})
+        os.kill(process.master_pid(), signal.SIGINT)
+    sys.stderr.flush()
+    os._exit(FAILED_APP_EXIT_CODE)
+
+
+def _share_the_fail_flag() -> None:
+    """In the master, before the fork: the flag a failing worker raises, and the function the
+    master's exit hook calls to read it (uWSGI exits 0 after SIGINT otherwise)."""
+    global _fail_flag
+    uwsgi = process.uwsgi
+    if uwsgi is None or _fail_flag is not None:
+        return
+    _fail_flag = mmap.mmap(-1, 1)  # anonymous and shared: the workers write, the master reads
+    flag = _fail_flag
+
+    def exit_code(*_: Any) -> bytes:
+        if flag[0]:
+            sys.stderr.write("uwsgi_es: a worker failed with UWSGI_ES_FAIL_FAST on: exit code 22\n")
+            sys.stderr.flush()
+            os._exit(FAILED_APP_EXIT_CODE)
+        return b""
+
+    uwsgi.register_rpc(EXIT_CODE_RPC, exit_code)
+
+
+def _on_uwsgi_exit(function: Callable[[], None]) -> None:
+    """Call ``function`` when this uWSGI process stops, after whatever ``uwsgi.atexit`` was before."""
+    uwsgi = process.uwsgi
+    if uwsgi is None:
+        return
+    previous = getattr(uwsgi, "atexit", None)
+
+    def both() -> None:
+        if previous is not None:
+            previous()
+        function()
+
+    setattr(uwsgi, "atexit", both)  # noqa: B010 (the uwsgi module is untyped)
