@@ -251,6 +251,17 @@ class Application:
         """The store it runs on, for logs and ``/worker`` (no secrets)."""
         return self.records.describe()
 
+    def report(self) -> dict[str, Any]:
+        """What ``/worker`` adds for this application: how many were built in this process, its
+        persistence subscriptions, the conflicts it met, its connection pool."""
+        return {
+            "constructions": constructions_in_this_process(),
+            "subscriptions": self.bus.count_persistence_subscriptions(),
+            "conflicts": self.conflicts,
+            "retries": self.retries,
+            "pool": self.records.pool_status(),
+        }
+
     def end_request(self) -> None:
         """Release what the request held in the store (its SQL session), if it holds anything."""
         if isinstance(self.records, RequestScope):

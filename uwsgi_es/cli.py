@@ -1,7 +1,8 @@
 """The ``uwsgi-es`` command: deployment steps that must not run inside workers.
 
 - ``uwsgi-es migrate`` creates the tables once per deployment (idempotent). Workers never do:
-  creating schema in every worker races and slows boot.
+  creating schema in every worker races and slows boot. For an eventsourcing library application
+  (``UWSGI_ES_APPLICATION`` names it) it creates the library's tables, in its persistence module.
 - ``uwsgi-es check`` validates the ``UWSGI_ES_*`` settings and pings the store, so a deployment
   script can stop before uWSGI starts with a bad configuration.
 - ``uwsgi-es settings --markdown | --ini`` prints the settings table of the README, or the
@@ -19,12 +20,25 @@ import sys
 from collections.abc import Sequence
 
 from uwsgi_es.errors import UwsgiEsError
+from uwsgi_es.lifecycle import kinds
 from uwsgi_es.redaction import scrub, secrets_of
 from uwsgi_es.settings import Settings, render_ini, render_markdown
 from uwsgi_es.stores import create_record_store
 
 
+def _library_kind(settings: Settings) -> kinds.Kind | None:
+    """The kind of the application UWSGI_ES_APPLICATION names, when its tables are its own (an
+    eventsourcing library application); None for uwsgi_es's own store."""
+    if not settings.application:
+        return None
+    kind = kinds.kind_of(kinds.load_factory(settings.application))
+    return kind if kind.migrate is not None else None
+
+
 def migrate(settings: Settings) -> str:
+    kind = _library_kind(settings)
+    if kind is not None and kind.migrate is not None:
+        return kind.migrate(settings)
     store = create_record_store(settings)
     try:
         store.create_schema()
@@ -35,6 +49,16 @@ def migrate(settings: Settings) -> str:
 
 
 def check(settings: Settings) -> str:
+    kind = _library_kind(settings)
+    if kind is not None:
+        if kind.check is not None:
+            kind.check()
+        _, hosting = kind.construct(settings)
+        try:
+            hosting.ping()
+            return f"settings valid; {hosting.describe()} answers and has its tables"
+        finally:
+            hosting.close()
     store = create_record_store(settings)
     try:
         store.ping()

@@ -17,6 +17,7 @@ import pytest
 from uwsgi_es.testing import UwsgiServer, free_port, lifecycle_events
 
 from ..support.checks import assert_one_application_per_worker, fan_out
+from ..support.library import APPLICATION, migrate, sqlite_env
 from ..support.paths import INI, PROJECT
 
 pytestmark = pytest.mark.integration
@@ -57,6 +58,15 @@ def gunicorn(
             process.wait()
 
 
+def reports_of_every_worker(client: UwsgiServer, workers: int) -> list[dict[str, Any]]:
+    """``/worker`` reports until ``workers`` distinct pids answered (or 30 s passed)."""
+    reports: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 30
+    while len({r["pid"] for r in reports}) < workers and time.monotonic() < deadline:
+        reports += [r.json() for r in fan_out(60, lambda _: client.get("/worker"), concurrency=12)]
+    return reports
+
+
 @pytest.mark.parametrize("preload", [False, True], ids=["default", "preload"])
 def test_gunicorn_builds_one_application_per_worker(
     app_env: dict[str, str], tmp_path: Path, preload: bool
@@ -65,10 +75,7 @@ def test_gunicorn_builds_one_application_per_worker(
     post_fork builds in each worker; every pid answers from the application it built itself."""
     log = tmp_path / "gunicorn.log"
     with gunicorn(app_env, log, *(["--preload"] if preload else [])) as (process, client):
-        reports: list[dict[str, int]] = []
-        deadline = time.monotonic() + 30
-        while len({r["pid"] for r in reports}) < 3 and time.monotonic() < deadline:
-            reports += [r.json() for r in fan_out(60, lambda _: client.get("/worker"), concurrency=12)]
+        reports = reports_of_every_worker(client, 3)
         for report in reports:
             assert report["pid"] == report["built_in_pid"], report
             assert (report["constructions"], report["subscriptions"]) == (1, 1), report
@@ -118,3 +125,26 @@ def test_flask_sqlalchemy_engine_and_session_are_shared(
     assert all(r["shares_engine"] for r in reports)
     account = server.post("/accounts", {"owner": "flask-sqlalchemy"}).json()["id"]
     assert server.get(f"/accounts/{account}/audit").json() == {"entries": 1}
+
+
+def test_gunicorn_builds_one_library_application_per_worker(tmp_path: Path) -> None:
+    """An application of the eventsourcing library under gunicorn --preload (the module, and the
+    library's classes, imported in the master): post_fork builds it in each of 3 workers, which
+    serve the library-written bank; each closes it at exit."""
+    env = {**sqlite_env(tmp_path / "library.db"), "UWSGI_ES_APPLICATION": APPLICATION}
+    migrate(env)
+    log = tmp_path / "gunicorn.log"
+    with gunicorn(env, log, "--preload", "examples.eventsourcing_bank.wsgi:application") as (process, client):
+        reports = reports_of_every_worker(client, 3)
+        for report in reports:
+            assert report["pid"] == report["built_in_pid"], report
+            assert (report["application"], report["constructions"]) == ("BankAccounts", 1), report
+        pids = {r["pid"] for r in reports}
+        assert len(pids) == 3
+        assert process.pid not in pids
+        account = client.post("/accounts", {"owner": "gunicorn"}).json()["id"]
+        assert client.post(f"/accounts/{account}/deposits", {"amount": 3}).json()["balance"] == 3
+    text = log.read_text()
+    built = [int(e["pid"]) for e in lifecycle_events(text, "build")]
+    closed = [int(e["pid"]) for e in lifecycle_events(text, "close")]
+    assert sorted(built) == sorted(closed) == sorted(pids), text

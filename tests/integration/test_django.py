@@ -10,10 +10,12 @@ import sys
 import threading
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import pytest
 
 from ..support.checks import assert_one_application_per_worker, fan_out
+from ..support.library import APPLICATION, library_app, migrate, sqlite_env
 from ..support.paths import INI, PROJECT
 
 pytestmark = pytest.mark.integration
@@ -94,3 +96,29 @@ def test_django_project_under_uwsgi(uwsgi_server: StartServer, tmp_path: Path, l
     acknowledged = outcomes.count(200)
     assert acknowledged >= 30, outcomes
     assert "Django store" in server.log()
+
+
+def test_django_project_serves_a_library_application(uwsgi_server: StartServer, tmp_path: Path) -> None:
+    """The same Django views over the eventsourcing library's bank (UWSGI_ES_APPLICATION names it,
+    on the library's SQLite module): one per worker, built after the fork; commands work."""
+    env = {
+        "DJANGO_DATABASE_PATH": str(tmp_path / "django.sqlite3"),
+        "UWSGI_ES_APPLICATION": APPLICATION,
+        **sqlite_env(tmp_path / "library.db"),
+    }
+    migrate(env)
+    options = ["--module", "examples.django_project.wsgi:application", "--processes", "4"]
+    server = uwsgi_server(INI, env=env, options=options)
+    reports = [r.json() for r in fan_out(200, lambda _: server.get("/worker"))]
+    for report in reports:
+        assert report["pid"] == report["built_in_pid"], report
+        assert (report["application"], report["constructions"]) == ("BankAccounts", 1), report
+        assert report["persistence"] == "eventsourcing.sqlite", report
+    assert len({r["pid"] for r in reports}) >= 2
+    account = server.post("/accounts", {"owner": "django library"}).json()["id"]
+    outcomes = fan_out(
+        20, lambda _: server.post(f"/accounts/{account}/deposits", {"amount": 2}).status, concurrency=4
+    )
+    assert outcomes == [200] * 20
+    with library_app(env) as app:
+        assert app.get_account(UUID(account)).balance == 40

@@ -26,7 +26,7 @@ from uwsgi_es.testing import PostgresServer, UwsgiServer, UwsgiStartError, free_
 from uwsgi_es.testing.cassandra import CassandraNode
 
 from ..support.checks import assert_one_application_per_worker, built_once_each, worker_reports
-from ..support.load import DepositLoad
+from ..support.load import DepositLoad, aged_trigger, reload_under_load
 from ..support.paths import INI, PROJECT
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
@@ -80,39 +80,6 @@ def test_killed_workers_lose_nothing_acknowledged(
     report(
         "killed workers", backend_env, f"{kills} workers SIGKILLed over {KILL_SECONDS:.0f}s; {audit.line()}"
     )
-
-
-def reload_under_load(server: UwsgiServer, trigger: Path) -> tuple[DepositLoad, set[int], set[int]]:
-    """Touch ``trigger`` under write load; return the load and the worker pids before and after."""
-    before = set(server.worker_pids())
-    load = DepositLoad(server, one_writer_per_account=True).start()  # see the killed-workers test
-    time.sleep(1)
-    os.utime(trigger)  # uWSGI compares whole-second mtimes: the file was made 10 s older
-    deadline = time.monotonic() + 60
-    after: set[int] = set()
-    while time.monotonic() < deadline:
-        try:
-            after = set(server.worker_pids())
-        except OSError:  # the stats server is re-bound during a full reload
-            after = set()
-        if len(after) == len(before) and not after & before:
-            break
-        time.sleep(0.1)
-    else:
-        load.stop()
-        pytest.fail(f"not every worker was replaced: before {before}, now {after}")
-    server.wait_until_ready(idle=False)
-    time.sleep(1)
-    load.stop()
-    return load, before, after
-
-
-def aged_trigger(tmp_path: Path) -> Path:
-    trigger = tmp_path / "reload-trigger"
-    trigger.touch()
-    past = time.time() - 10
-    os.utime(trigger, (past, past))
-    return trigger
 
 
 def test_chain_reload_replaces_every_worker_without_failing_a_request(

@@ -9,10 +9,12 @@ requests that failed, e.g. on a worker killed mid-request).
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from uwsgi_es.testing import UwsgiServer
 
@@ -142,3 +144,36 @@ class DepositLoad:
             statuses=Counter(o.status for o in self.outcomes),
             versions_contiguous=contiguous,
         )
+
+
+def reload_under_load(server: UwsgiServer, trigger: Path) -> tuple[DepositLoad, set[int], set[int]]:
+    """Touch ``trigger`` under write load; return the load and the worker pids before and after."""
+    before = set(server.worker_pids())
+    load = DepositLoad(server, one_writer_per_account=True).start()  # see the killed-workers test
+    time.sleep(1)
+    os.utime(trigger)  # uWSGI compares whole-second mtimes: the file was made 10 s older
+    deadline = time.monotonic() + 60
+    after: set[int] = set()
+    while time.monotonic() < deadline:
+        try:
+            after = set(server.worker_pids())
+        except OSError:  # the stats server is re-bound during a full reload
+            after = set()
+        if len(after) == len(before) and not after & before:
+            break
+        time.sleep(0.1)
+    else:
+        load.stop()
+        raise AssertionError(f"not every worker was replaced: before {before}, now {after}")
+    server.wait_until_ready(idle=False)
+    time.sleep(1)
+    load.stop()
+    return load, before, after
+
+
+def aged_trigger(tmp_path: Path) -> Path:
+    trigger = tmp_path / "reload-trigger"
+    trigger.touch()
+    past = time.time() - 10
+    os.utime(trigger, (past, past))
+    return trigger

@@ -13,6 +13,8 @@ ORDER = [
     "killed workers",
     "chain reload (lazy-apps)",
     "full reload (touch-reload)",
+    "chain reload, eventsourcing library app (lazy-apps)",
+    "eventsourcing library app, 4x4 concurrent commands",
     "database outage (5 s)",
     "initialiser failure (database unreachable at start)",
     "initialiser failure, fail-fast (invalid setting)",
@@ -50,6 +52,11 @@ test_hostile_clients.py, test_sick_storage.py):
   acknowledged deposit is stored exactly once; versions stay 1..n; every replacement builds once.
 - **Reloads**: `touch-chain-reload` (lazy-apps) replaces every worker under load with zero failed
   requests; a full `touch-reload` may fail requests in flight but loses no acknowledged write.
+- **Applications of the eventsourcing library** (tests/integration/test_eventsourcing.py): the
+  same chain reload with the library-written bank on `eventsourcing.postgres`; and 4 workers x 4
+  threads depositing and withdrawing on 3 shared accounts on each persistence module, the
+  library refusing conflicting saves and uwsgi_es's `retry_on_conflict` re-running them: every
+  acknowledged operation stored once, versions 1..n, balances the sum of what was acknowledged.
 - **Database outage**: the database is stopped for 5 s under load (8 clients, an account each, so
   no command can conflict) and started again. Meanwhile every request gets a JSON 503 saying
   "the event store is unavailable" (the log names the store; never a 500, never a hang) and

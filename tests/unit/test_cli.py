@@ -37,3 +37,23 @@ def test_console_script_is_installed(tmp_path: Path) -> None:
     result = subprocess.run([script, "--help"], capture_output=True, text=True, check=False)
     assert result.returncode == 0
     assert "migrate" in result.stdout
+
+
+def test_migrate_and_check_an_eventsourcing_library_application(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """For a library application, `check` names the missing table and `migrate`; `migrate`
+    creates the library's tables (idempotently); a module the library cannot resolve exits 1."""
+    monkeypatch.setenv("UWSGI_ES_APPLICATION", "examples.eventsourcing_bank.application:BankAccounts")
+    monkeypatch.setenv("PERSISTENCE_MODULE", "eventsourcing.sqlite")
+    monkeypatch.setenv("SQLITE_DBNAME", str(tmp_path / "library.db"))
+    assert main(["check"]) == 1
+    assert "uwsgi-es migrate" in capsys.readouterr().err
+    assert main(["migrate"]) == 0
+    assert main(["migrate"]) == 0
+    assert "schema ready for BankAccounts (eventsourcing.sqlite at" in capsys.readouterr().out
+    assert main(["check"]) == 0
+    assert "BankAccounts (eventsourcing.sqlite" in capsys.readouterr().out
+    monkeypatch.setenv("PERSISTENCE_MODULE", "no.such.module")
+    assert main(["check"]) == 1
+    assert "no.such.module" in capsys.readouterr().err

@@ -42,7 +42,7 @@ from uwsgi_es.servers.uwsgi import install
 from uwsgi_es.settings import Settings
 from uwsgi_es.stores.base import RequestScope
 from uwsgi_es.stores.sqlalchemy import SQLAlchemyRecordStore
-from uwsgi_es.web.bodies import BufferedBody
+from uwsgi_es.web.bodies import BufferedBody, max_body_bytes_of
 from uwsgi_es.web.ops import is_operator, ready_report, worker_report
 from uwsgi_es.web.status import answer_for, log_refusal
 
@@ -105,7 +105,7 @@ class UwsgiEs:
         app.extensions["uwsgi_es"] = self
         app.teardown_appcontext(self._end_request)
         app.register_error_handler(UwsgiEsError, self._answer_error)
-        app.wsgi_app = BufferedBody(app.wsgi_app, self._max_body_bytes)  # type: ignore[method-assign]
+        app.wsgi_app = BufferedBody(app.wsgi_app, max_body_bytes_of(self.factory))  # type: ignore[method-assign]
         if ops_routes:
             app.add_url_rule("/ready", "uwsgi_es_ready", self._ready)
             app.add_url_rule("/worker", "uwsgi_es_worker", self._worker)
@@ -124,13 +124,6 @@ class UwsgiEs:
         if not self.is_operator():
             return jsonify(error=f"no route for '{request.path}'"), 404
         return jsonify(worker_report(self.application))
-
-    def _max_body_bytes(self) -> int:
-        try:  # before Flask's app context exists: ask the registry, not `self.application`
-            app: Application = registry.get_application_lazily(self.factory)
-            return app.settings.max_body_bytes
-        except UwsgiEsError:  # no application yet: the view will answer 503 with the reason
-            return Settings.max_body_bytes
 
     @staticmethod
     def _answer_error(error: UwsgiEsError) -> Any:

@@ -22,16 +22,21 @@ from uwsgi_es.lifecycle.hosting import Hosting
 from uwsgi_es.settings import Settings
 
 # base class (module.QualName) -> the integration module that builds and hosts its subclasses,
-# through its functions ``construct(cls, settings) -> app`` and ``hosting(app) -> Hosting``.
-ADAPTED_KINDS: dict[str, str] = {}
+# through its functions ``construct(cls)``, ``hosting(app)``, ``validate(cls)`` and
+# ``migrate(cls, settings)``.
+ADAPTED_KINDS: dict[str, str] = {
+    "eventsourcing.application.Application": "uwsgi_es.integrations.eventsourcing",
+}
 
 
 @dataclass(frozen=True)
 class Kind:
-    """How to make one application, and the object that hosts it."""
+    """How to make one application, the object that hosts it, and its deployment steps."""
 
     make: Callable[[Settings], Any]
     adapter: Callable[[Any], Hosting] | None = None  # None: the application hosts itself
+    check: Callable[[], None] | None = None  # validates its configuration, connecting to nothing
+    migrate: Callable[[Settings], str] | None = None  # None: uwsgi_es's own store's schema
 
     def construct(self, settings: Settings) -> tuple[Any, Hosting]:
         app = self.make(settings)
@@ -44,7 +49,12 @@ def kind_of(factory: Any) -> Kind:
         return Kind(factory.from_settings)
     integration = _integration_for(factory)
     if integration is not None:
-        return Kind(lambda settings: integration.construct(factory, settings), integration.hosting)
+        return Kind(
+            lambda settings: integration.construct(factory),
+            integration.hosting,
+            lambda: integration.validate(factory),
+            lambda settings: integration.migrate(factory, settings),
+        )
     if callable(factory):
         return Kind(factory)
     raise ConfigurationError(f"{factory!r} cannot build an application: pass a class or a callable.")

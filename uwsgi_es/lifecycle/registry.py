@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from uwsgi_es.errors import (
     ApplicationAlreadyInitialisedError,
@@ -96,7 +96,7 @@ def get_application(name: str | None = None) -> Any:
     hosted = _find(name)
     if hosted is not None and hosted.pid == os.getpid():
         return hosted.app
-    return _explain_missing(hosted, name)
+    _explain_missing(hosted, name)
 
 
 def _find(name: str | None) -> Hosted | None:
@@ -148,6 +148,15 @@ def close_application(name: str | None = None) -> None:
             _failures.pop(n, None)
     for hosted in closing:
         hosted.hosting.close()  # in a forked child the store forgets the parent's connections
+
+
+def hosted(name: str | None = None) -> Hosted:
+    """The slot of this process's application (as ``get_application`` finds it): the application
+    and how it is hosted (readiness, description) for the web layer's ``/ready`` and ``/worker``."""
+    found = _find(name)
+    if found is not None and found.pid == os.getpid():
+        return found
+    _explain_missing(found, name)
 
 
 def hosted_applications() -> list[Hosted]:
@@ -240,7 +249,7 @@ def _forget_inherited() -> None:
             del _failures[name]
 
 
-def _explain_missing(hosted: Hosted | None, name: str | None) -> Any:
+def _explain_missing(hosted: Hosted | None, name: str | None) -> NoReturn:
     pid = os.getpid()
     if hosted is not None:
         raise ForkedApplicationError(

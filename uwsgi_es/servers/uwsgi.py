@@ -34,7 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 from uwsgi_es.errors import UwsgiUnavailableError
-from uwsgi_es.lifecycle import build, process, registry
+from uwsgi_es.lifecycle import build, kinds, process, registry
 from uwsgi_es.lifecycle.events import configure_logging
 from uwsgi_es.settings import Settings, resolve
 
@@ -69,6 +69,12 @@ def install(
     resolved, problem = resolve(settings)  # parsing only, nothing connects
     if problem is not None and resolved.fail_fast:
         raise problem  # a bad value stops uWSGI at start, naming the variable
+    if resolved.fail_fast and (factory is not None or resolved.application):
+        # So does a configuration the application's kind can tell is wrong without connecting
+        # (e.g. an eventsourcing application's PERSISTENCE_MODULE and its settings).
+        kind = kinds.kind_of(factory or kinds.load_factory(resolved.application))
+        if kind.check is not None:
+            kind.check()
     _preload(resolved)
     if process.is_forked():
         _build_here(factory, settings, name)

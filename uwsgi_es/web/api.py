@@ -22,7 +22,6 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
-from uwsgi_es.application import Application
 from uwsgi_es.lifecycle import registry
 from uwsgi_es.settings import Settings
 from uwsgi_es.stores.base import RequestScope
@@ -46,12 +45,16 @@ Handler = Callable[..., Response]
 class JsonApi:
     """A WSGI callable dispatching Werkzeug rules to handlers that return JSON responses.
 
-    ``factory`` builds this process's application on first use when no post-fork hook has
-    (default: the ``UWSGI_ES_APPLICATION`` setting).
+    ``factory`` builds this process's application (in registry slot ``name``) on first use when no
+    post-fork hook has (default: the ``UWSGI_ES_APPLICATION`` setting). The application may be of
+    any kind the registry hosts (ours, the eventsourcing library's).
     """
 
-    def __init__(self, factory: registry.ApplicationFactory | None = None) -> None:
+    def __init__(
+        self, factory: registry.ApplicationFactory | None = None, *, name: str = registry.DEFAULT
+    ) -> None:
         self.factory = factory
+        self.name = name
         self.url_map = Map(strict_slashes=False, merge_slashes=False)
         self.handlers: dict[str, Handler] = {}
         self.route("/health", "GET")(self.health)
@@ -67,19 +70,23 @@ class JsonApi:
 
         return register
 
-    def application(self, request: Request) -> Application:
+    def application(self, request: Request) -> Any:
         """This worker's application (built on first use), remembered to release after the request."""
-        app: Application = registry.get_application_lazily(self.factory)
+        app = registry.get_application_lazily(self.factory, name=self.name)
         request.environ[_APP_KEY] = app
         return app
 
+    def settings(self) -> Settings:
+        """The settings this worker's application was built with (defaults before any build)."""
+        return registry.settings_in_use(self.name) or Settings()
+
     def body(self, request: Request) -> dict[str, Any]:
-        """The JSON object body, within the application's ``max_body_bytes``."""
-        return read_json_object(request, self.application(request).settings.max_body_bytes)
+        """The JSON object body, within ``UWSGI_ES_MAX_BODY_BYTES``."""
+        self.application(request)
+        return read_json_object(request, self.settings().max_body_bytes)
 
     def is_operator(self, request: Request) -> bool:
-        settings = registry.settings_in_use() or Settings()
-        return is_operator(request.environ, settings.operator_networks)
+        return is_operator(request.environ, self.settings().operator_networks)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         request = Request(environ)
@@ -143,7 +150,9 @@ class JsonApi:
 
     def ready(self, request: Request) -> Response:
         """Readiness: this worker's application is built and its store answers, writes included."""
-        return json_response(ready_report(self.application(request), self.is_operator(request)))
+        self.application(request)
+        hosting = registry.hosted(self.name).hosting
+        return json_response(ready_report(hosting, self.is_operator(request)))
 
     def worker(self, request: Request) -> Response:
         """Which process answered, and what it built: for operators only (404 to anyone else)."""

@@ -20,6 +20,7 @@ request can run in between and see that context.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 from collections.abc import Callable, Iterable, Mapping
@@ -30,6 +31,8 @@ from werkzeug.wrappers import Request
 from werkzeug.wsgi import ClosingIterator
 
 from uwsgi_es.errors import UwsgiEsError
+from uwsgi_es.lifecycle import registry
+from uwsgi_es.settings import Settings
 from uwsgi_es.web.responses import error_response
 from uwsgi_es.web.text import client_text, quoted
 
@@ -187,3 +190,18 @@ class BufferedBody:
         environ["wsgi.input"] = io.BytesIO(body)
         environ["CONTENT_LENGTH"] = str(len(body))
         return self.app(environ, start_response)
+
+
+def max_body_bytes_of(
+    factory: registry.ApplicationFactory | None, name: str = registry.DEFAULT
+) -> Callable[[], int]:
+    """``max_bytes`` for ``BufferedBody``: ``UWSGI_ES_MAX_BODY_BYTES`` as this worker's application
+    was built with it (built on first use, of any kind), the default until a build succeeds."""
+
+    def limit() -> int:
+        with contextlib.suppress(UwsgiEsError):  # no application: the view answers 503 saying why
+            registry.get_application_lazily(factory, name=name)
+        settings = registry.settings_in_use(name)
+        return settings.max_body_bytes if settings is not None else Settings.max_body_bytes
+
+    return limit

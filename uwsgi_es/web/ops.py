@@ -19,9 +19,9 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from uwsgi_es.application import Application, constructions_in_this_process
 from uwsgi_es.lifecycle.hosting import Hosting
 from uwsgi_es.lifecycle.process import worker_id
+from uwsgi_es.lifecycle.registry import hosted_applications
 from uwsgi_es.settings import Networks
 
 
@@ -39,28 +39,40 @@ def health_report(operator: bool) -> dict[str, Any]:
     return {"status": "ok", "pid": os.getpid()} if operator else {"status": "ok"}
 
 
-def ready_report(app: Hosting, operator: bool = True) -> dict[str, Any]:
-    """Check that this worker's application can serve, writes included (raises if it cannot)."""
-    app.check_ready()
+def hosting_of(app: Any) -> Hosting:
+    """How ``app``, one of this process's applications, is hosted (its registry slot says; an
+    application of uwsgi_es's own core, or a ``Hosting``, hosts itself)."""
+    slot = next((h for h in hosted_applications() if h.app is app), None)
+    return slot.hosting if slot is not None else app
+
+
+def ready_report(app: Any, operator: bool = True) -> dict[str, Any]:
+    """Check that this worker's application (of any kind) can serve, writes included (raises if
+    it cannot)."""
+    hosting_of(app).check_ready()
     if not operator:
         return {"status": "ready"}
     return {"status": "ready", "pid": os.getpid(), "worker_id": worker_id()}
 
 
-def worker_report(app: Application) -> dict[str, Any]:
-    """Which process answered, and what it built: how tests prove one application per worker."""
-    return {
+def worker_report(app: Any) -> dict[str, Any]:
+    """Which process answered, and what it built: how tests prove one application per worker.
+    ``app``: one of this process's applications (its registry slot says how it is hosted)."""
+    slot = next((h for h in hosted_applications() if h.app is app), None)
+    hosting = hosting_of(app)
+    report = {
         "pid": os.getpid(),
-        "built_in_pid": app.built_in_pid,
-        "constructions": constructions_in_this_process(),
-        "subscriptions": app.bus.count_persistence_subscriptions(),
+        "built_in_pid": slot.pid if slot is not None else getattr(app, "built_in_pid", None),
         "worker_id": worker_id(),
-        "conflicts": app.conflicts,
-        "retries": app.retries,
-        "pool": app.records.pool_status(),
+        "application": type(app).__name__,
+        "store": hosting.describe(),
         # Objects inherited from the master that the garbage collector leaves alone (UWSGI_ES_GC_FREEZE).
         "gc_frozen": gc.get_freeze_count(),
     }
+    details = getattr(hosting, "report", None)
+    if callable(details):
+        report.update(details())
+    return report
 
 
 def failure_report(error: BaseException) -> dict[str, Any]:

@@ -17,22 +17,12 @@ from typing import Any
 
 from django.core.wsgi import get_wsgi_application as django_wsgi_application
 
-from uwsgi_es.errors import UwsgiEsError
 from uwsgi_es.lifecycle import registry
 from uwsgi_es.servers.uwsgi import install
-from uwsgi_es.settings import Settings
-from uwsgi_es.web.bodies import BufferedBody
+from uwsgi_es.web.bodies import BufferedBody, max_body_bytes_of
 
 
 def get_wsgi_application(factory: registry.ApplicationFactory | None = None) -> Any:
     handler = django_wsgi_application()  # django.setup(): settings and apps, no connection
     install(factory)  # under uWSGI: built in each worker after the fork
-
-    def max_body_bytes() -> int:
-        try:
-            settings: Settings = registry.get_application_lazily(factory).settings
-            return settings.max_body_bytes
-        except UwsgiEsError:  # no application yet: the view answers 503 with the reason
-            return Settings.max_body_bytes
-
-    return BufferedBody(handler, max_body_bytes)
+    return BufferedBody(handler, max_body_bytes_of(factory))

@@ -1,0 +1,277 @@
+"""Applications written with the eventsourcing library, deployed by uwsgi_es under real uWSGI, on
+each persistence module its users pick: eventsourcing.sqlite (one file, 4 workers),
+eventsourcing.postgres and eventsourcing_sqlalchemy (the suite's PostgreSQL), and uwsgi_es's own
+Cassandra module (the suite's Cassandra node)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from uwsgi_es.testing import PostgresServer, UwsgiServer, UwsgiStartError, lifecycle_events
+from uwsgi_es.testing.cassandra import CassandraNode
+from uwsgi_es.testing.postgres import ExistingPostgres
+
+from ..support.checks import built_once_each, fan_out, move_money_concurrently, worker_reports
+from ..support.library import library_app, migrate, sqlite_env
+from ..support.load import aged_trigger, reload_under_load
+from ..support.paths import PROJECT
+
+pytestmark = pytest.mark.integration
+StartServer = Any
+ES_INI = PROJECT / "deploy" / "uwsgi-eventsourcing.ini"
+THREADS = ["--processes", "4", "--threads", "4", "--async", "0", "--loop", "simple"]
+_numbers = itertools.count()
+
+
+def postgres_env(server: PostgresServer | ExistingPostgres) -> dict[str, str]:
+    name = f"es_{os.getpid()}_{next(_numbers)}"
+    server.create_database(name)
+    return {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": name,
+        "POSTGRES_HOST": "127.0.0.1",
+        "POSTGRES_PORT": str(server.port),
+        "POSTGRES_USER": "postgres",
+        "POSTGRES_PASSWORD": "unused-by-trust-auth",
+    }
+
+
+@pytest.fixture(params=["sqlite", "postgres", "sqlalchemy", "cassandra"])
+def library_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
+    """The library's own environment for one persistence module (servers start on first use)."""
+    if request.param == "sqlite":
+        return sqlite_env(tmp_path / "bank.db")
+    if request.param == "cassandra":
+        node: CassandraNode = request.getfixturevalue("cassandra")
+        return {
+            "PERSISTENCE_MODULE": "uwsgi_es.integrations.eventsourcing.cassandra",
+            "CASSANDRA_PORT": str(node.native_port),
+            "CASSANDRA_KEYSPACE": f"bank_{os.getpid()}_{next(_numbers)}",
+        }
+    server = request.getfixturevalue("postgres")
+    if request.param == "postgres":
+        return postgres_env(server)
+    url = server.create_database(f"esa_{os.getpid()}_{next(_numbers)}")
+    return {"PERSISTENCE_MODULE": "eventsourcing_sqlalchemy", "SQLALCHEMY_URL": url}
+
+
+def assert_built_per_worker(server: UwsgiServer, reports: list[dict[str, Any]], module: str) -> set[int]:
+    for report in reports:
+        assert report["pid"] == report["built_in_pid"], report
+        assert report["constructions"] == 1, report
+        assert report["application"] == "BankAccounts", report
+        assert report["persistence"] == module, report
+        assert report["worker_id"] >= 1, report
+    pids = {r["pid"] for r in reports}
+    assert server.pid not in pids
+    return pids
+
+
+def test_a_library_application_is_built_once_per_worker_after_the_fork(
+    uwsgi_server: StartServer, library_env: dict[str, str]
+) -> None:
+    """deploy/uwsgi-eventsourcing.ini, 4 workers: each built its own BankAccounts (the library's
+    Application) after the fork; the commands, the refusal (409), the notification log and the
+    snapshots (every 10 events) work; each worker closes its application when uWSGI stops."""
+    serve_the_bank(uwsgi_server, library_env, ["--processes", "4"])
+
+
+def test_lazy_apps_build_a_library_application_at_import(uwsgi_server: StartServer, tmp_path: Path) -> None:
+    """The same with lazy-apps (each worker imports the module, after its fork), on SQLite."""
+    env = sqlite_env(tmp_path / "lazy.db")
+    serve_the_bank(uwsgi_server, env, ["--processes", "4", "--lazy-apps"])
+
+
+def serve_the_bank(uwsgi_server: StartServer, library_env: dict[str, str], options: list[str]) -> None:
+    migrate(library_env)
+    server = uwsgi_server(ES_INI, env=library_env, options=options)
+    reports = [r.json() for r in fan_out(200, lambda _: server.get("/worker"))]
+    pids = assert_built_per_worker(server, reports, library_env["PERSISTENCE_MODULE"])
+    assert len(pids) >= 2
+    account = server.post("/accounts", {"owner": "library"}).json()["id"]
+    for _ in range(12):
+        assert server.post(f"/accounts/{account}/deposits", {"amount": 5}).status == 200
+    refused = server.post(f"/accounts/{account}/withdrawals", {"amount": 1000})
+    assert refused.status == 409
+    assert "insufficient funds" in refused.json()["error"]
+    assert server.get(f"/accounts/{account}").json()["balance"] == 60
+    log = server.get("/events?limit=1000").json()["events"]
+    assert [e["version"] for e in log if e["originator_id"] == account] == list(range(1, 14))
+    with library_app(library_env) as app:
+        snapshots = list(app.snapshots.get(UUID(account)))
+    assert [s.originator_version for s in snapshots] == [10]
+    built = {int(e["pid"]) for e in lifecycle_events(server.log(), "build")}
+    assert {e["application"] for e in lifecycle_events(server.log(), "build")} == {"BankAccounts"}
+    server.wait_until_idle()
+    workers = set(server.worker_pids())
+    assert workers <= built
+    server.stop()
+    closed = {int(e["pid"]) for e in lifecycle_events(server.log(), "close")}
+    assert workers <= closed
+
+
+def test_library_application_kinds_name_their_store_without_secrets(
+    uwsgi_server: StartServer, postgres: PostgresServer | ExistingPostgres
+) -> None:
+    """/worker and the build event describe the library application and its PostgreSQL (never
+    the password); an unknown persistence module stops nothing but answers 503 naming it in the log."""
+    env = postgres_env(postgres)
+    env["POSTGRES_PASSWORD"] = "secret-library-password"  # noqa: S105 (trust auth ignores it)
+    migrate(env)
+    server = uwsgi_server(ES_INI, env=env, options=["--processes", "2"])
+    report = server.get("/worker").json()
+    assert report["store"].startswith(
+        "BankAccounts (eventsourcing.postgres at postgresql://postgres@127.0.0.1:"
+    )
+    assert "secret-library-password" not in server.log() + str(report)
+    broken = uwsgi_server(
+        ES_INI,
+        env={**env, "PERSISTENCE_MODULE": "no.such.module"},
+        options=["--processes", "1"],
+        wait_for="health",
+    )
+    assert broken.get("/ready").status == 503
+    assert "Failed to resolve persistence module topic: 'no.such.module'" in broken.log()
+
+
+def test_tables_are_created_by_migrate_never_by_the_workers(
+    uwsgi_server: StartServer, postgres: PostgresServer | ExistingPostgres
+) -> None:
+    """Four workers starting at once on an empty PostgreSQL create nothing (the library would race
+    itself: "tuple concurrently updated"); they answer 503 naming `uwsgi-es migrate`, and serve
+    as soon as it ran, without a restart."""
+    env = postgres_env(postgres)
+    server = uwsgi_server(ES_INI, env=env, options=["--processes", "4"], wait_for="health")
+    answers = [server.get("/ready") for _ in range(8)]
+    assert {a.status for a in answers} == {503}
+    assert "uwsgi-es migrate" in server.log()
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{postgres.port}/{env['POSTGRES_DBNAME']}"
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        tables = connection.execute(text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")).all()
+    assert tables == [], "a worker created tables"
+    migrate(env)
+    server.wait_until_ready()
+    with engine.connect() as connection:
+        tables = connection.execute(text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")).all()
+    engine.dispose()
+    assert {"bankaccounts_events", "bankaccounts_snapshots"} <= {t for (t,) in tables}
+    assert "concurrently updated" not in server.log()
+
+
+def test_a_library_application_built_in_the_master_is_never_used_by_a_worker(
+    uwsgi_server: StartServer, postgres: PostgresServer | ExistingPostgres
+) -> None:
+    """The library's examples build the application at import time: in the uWSGI master, with its
+    psycopg pool open before the fork. Each worker, and each that replaces one (max-requests),
+    forgets it without closing it and builds its own, with backends of its own; the master's
+    backend outlives them all."""
+    env = {**postgres_env(postgres), "PROBE_BUILD_IN_MASTER": "1"}
+    migrate(env)
+    options = ["--module", "tests.apps.es_probe:application", "--processes", "3"]
+    options += ["--max-requests", "40", "--min-worker-lifetime", "0"]
+    server = uwsgi_server(ES_INI, env=env, options=options)
+    master_backend = int(re.findall(r"probe: master \d+ holds backend (\d+)", server.log())[0])
+    answers = [r.json() for r in fan_out(200, lambda _: server.get("/probe/backend"), concurrency=8)]
+    backend_of: dict[int, set[int]] = {}
+    for answer in answers:
+        backend_of.setdefault(answer["pid"], set()).add(answer["backend_pid"])
+    assert master_backend not in set().union(*backend_of.values())
+    for pid, backends in backend_of.items():
+        others = set().union(*(b for p, b in backend_of.items() if p != pid))
+        assert not backends & others, "two workers shared a backend"
+    assert len(backend_of) > 3, "expected respawned workers too"
+    forgot = list(lifecycle_events(server.log(), "forgot_inherited"))
+    assert forgot
+    assert {int(e["built_in_pid"]) for e in forgot} == {server.pid}
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{postgres.port}/{env['POSTGRES_DBNAME']}"
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        state = connection.execute(
+            text("SELECT state FROM pg_stat_activity WHERE pid = :p"), {"p": master_backend}
+        ).scalar_one_or_none()
+    engine.dispose()
+    assert state == "idle", "the master's connection was closed or broken by a worker"
+
+
+@pytest.mark.reliability
+def test_concurrent_commands_on_shared_accounts_lose_and_repeat_nothing(
+    uwsgi_server: StartServer, library_env: dict[str, str], report: Any
+) -> None:
+    """4 workers x 4 threads deposit and withdraw on 3 accounts at once: the library refuses the
+    conflicting saves, uwsgi_es's retry policy re-runs them; every acknowledged operation is stored
+    exactly once, versions are 1..n, balances add up (see ``move_money_concurrently``)."""
+    migrate(library_env)
+    server = uwsgi_server(ES_INI, env=library_env, options=THREADS)
+    operations = 200 if "cassandra" in library_env["PERSISTENCE_MODULE"] else 400
+    started = time.monotonic()
+    figures = move_money_concurrently(server, operations=operations, concurrency=16)
+    took = time.monotonic() - started
+    reports = {r["pid"]: r for r in worker_reports(server, 40)}
+    assert all(r["constructions"] == 1 for r in reports.values())
+    module = library_env["PERSISTENCE_MODULE"]
+    report(
+        "eventsourcing library app, 4x4 concurrent commands",
+        {"UWSGI_ES_STORE": module},
+        f"{figures}; {took:.1f}s",
+    )
+
+
+@pytest.mark.reliability
+def test_chain_reload_replaces_library_applications_without_failing_a_request(
+    uwsgi_server: StartServer, postgres: PostgresServer | ExistingPostgres, report: Any, tmp_path: Path
+) -> None:
+    """lazy-apps + touch-chain-reload on eventsourcing.postgres, under write load: each new worker
+    builds its own application (its own pool) before the old one is stopped and closes its own;
+    zero failed requests, nothing acknowledged lost or stored twice."""
+    env = postgres_env(postgres)
+    migrate(env)
+    trigger = aged_trigger(tmp_path)
+    options = ["--processes", "3", "--lazy-apps", "--touch-chain-reload", str(trigger)]
+    server = uwsgi_server(ES_INI, env=env, options=options)
+    load, before, after = reload_under_load(server, trigger)
+    audit = load.audit()
+    audit.check()
+    assert audit.failed == 0, audit.line()
+    assert after <= set(built_once_each(server))
+    closed = {int(e["pid"]) for e in lifecycle_events(server.log(), "close")}
+    assert before <= closed, "a replaced worker did not close its application"
+    report(
+        "chain reload, eventsourcing library app (lazy-apps)",
+        {"UWSGI_ES_STORE": env["PERSISTENCE_MODULE"]},
+        f"{len(before)} workers replaced one by one; {audit.line()}",
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "code", "said"),
+    [
+        ({}, 78, "set PERSISTENCE_MODULE"),
+        (
+            {"PERSISTENCE_MODULE": "eventsourcing.postgres", "UWSGI_ES_FAIL_FAST": "true"},
+            22,
+            "POSTGRES_DBNAME",
+        ),
+    ],
+    ids=["no-persistence-module", "fail-fast-missing-setting"],
+)
+def test_a_library_application_that_cannot_be_built_stops_uwsgi_at_start(
+    tmp_path: Path, env: dict[str, str], code: int, said: str
+) -> None:
+    """deploy/uwsgi-eventsourcing.ini refuses to serve the library's in-memory default; with
+    fail-fast the master asks the library to build its factory from the environment (connecting
+    to nothing) and a missing setting stops uWSGI, named, before a worker is forked."""
+    server = UwsgiServer(ES_INI, env=env, log_dir=tmp_path, startup_timeout=20)
+    with pytest.raises(UwsgiStartError, match=f"exited with code {code}"):
+        server.start()
+    assert said in server.log()
+    assert list(lifecycle_events(server.log(), "build")) == []

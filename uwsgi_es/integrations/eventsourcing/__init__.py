@@ -1,0 +1,61 @@
+"""Deploying applications written with the eventsourcing library (9.5) under uWSGI and the other
+servers, exactly as uwsgi_es's own: one per worker, built after the fork.
+
+An ``eventsourcing.application.Application`` subclass is a factory like any other:
+``hooks.install(Dogs)``, ``UWSGI_ES_APPLICATION=myapp.domain:Dogs``, gunicorn's and Celery's hooks,
+the lazy getter and the test harness all build it through ``uwsgi_es.lifecycle``, which finds
+this module by the name of the library's base class. This module:
+
+- builds it with ``CREATE_TABLE`` off, since tables are a deployment step (``uwsgi-es migrate``
+  builds it once with tables on), and validates in the uWSGI master, connecting to nothing, that
+  the library can build it from the environment (``hosting``);
+- hosts it: ``/ready`` pings its recorder and checks the store takes writes; ``/worker`` and the
+  lifecycle log describe it; it is closed when the worker exits, and one inherited across fork
+  is kept, never closed (``hosting``);
+- gives commands a retry policy for conflicts (``commands.retry_on_conflict``);
+- ships Cassandra persistence the library lacks (``cassandra``:
+  ``PERSISTENCE_MODULE=uwsgi_es.integrations.eventsourcing.cassandra``).
+
+The library keeps its own configuration: ``PERSISTENCE_MODULE``, ``SQLITE_DBNAME``,
+``POSTGRES_*``, ``SQLALCHEMY_URL``, ``IS_SNAPSHOTTING_ENABLED``, ``CIPHER_*``, each also under the
+application's name (``DOGS_POSTGRES_DBNAME``). uwsgi_es's settings that concern the process
+(``UWSGI_ES_FAIL_FAST``, ``GC_FREEZE``, ``INIT_RETRY_*``, ``CONFLICT_RETRIES``, ``MAX_BODY_BYTES``,
+``OPERATOR_NETWORKS``) apply to it too; those of uwsgi_es's own stores (``DATABASE_URL``,
+``POOL_*``, ``STORE``, ``CASSANDRA_*``) do not.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from uwsgi_es.integrations.eventsourcing.commands import retry_on_conflict
+from uwsgi_es.integrations.eventsourcing.hosting import (
+    LibraryHosting,
+    construct,
+    constructions_in_this_process,
+    hosting,
+    validate,
+)
+from uwsgi_es.settings import Settings
+
+__all__ = [
+    "LibraryHosting",
+    "construct",
+    "constructions_in_this_process",
+    "hosting",
+    "migrate",
+    "retry_on_conflict",
+    "validate",
+]
+
+
+def migrate(cls: Any, settings: Settings) -> str:
+    """Create the tables of ``cls`` (``uwsgi-es migrate``): build it once with ``CREATE_TABLE`` on,
+    check it answers and takes writes, as /ready will, close it."""
+    app = construct(cls, {"CREATE_TABLE": "y"})
+    host = hosting(app)
+    try:
+        host.check_ready()
+        return f"schema ready for {host.describe()}"
+    finally:
+        host.close()
