@@ -20,7 +20,7 @@ run: $(STAMP) migrate
 	$(BIN)/uwsgi --ini uwsgi.ini
 
 migrate: $(STAMP)
-	$(BIN)/uwsgi-es migrate
+	UWSGI_ES_APPLICATION=$${UWSGI_ES_APPLICATION:-uwsgi_es.example.domain:BankAccounts} $(BIN)/uwsgi-es migrate
 
 ## test: static checks, then the whole suite (real uWSGI processes included)
 test: lint pytest

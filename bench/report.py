@@ -11,6 +11,7 @@ from pathlib import Path
 
 from bench.contenders import COMMON, PROJECT
 from bench.measure import ROUNDS, SECONDS, WARMUP, Row
+from bench.projection import BATCH, EVENTS
 from bench.targets import BOOT_TARGETS_MS, MEMORY_TARGET_MB
 from bench.wrk import CONNECTIONS
 
@@ -25,6 +26,7 @@ def write_report(
     memory: dict[str, float],
     imports: list[tuple[str, float]],
     profile: list[tuple[str, float, float]],
+    projections: list[Row],
 ) -> None:
     lines = [
         "# Benchmarks",
@@ -51,6 +53,22 @@ def write_report(
             f"{statistics.median(r.anchor_rps):.0f} | {r.ratio:.2f} | ≥ {r.target} | {'yes' if r.met else '**no**'} |"
         )
     lines += [
+        "",
+        "## The read side",
+        "",
+        f"Events per second a projection runner applies catching up on a backlog of {EVENTS} events (the",
+        f"example's balances, batches of {BATCH} with the tracking record, domain events decoded), against a",
+        "plain loop reading the events table and upserting the same balances (same batches, no tracking,",
+        f"no domain objects); in process, {ROUNDS} rounds, both from an empty read model in each",
+        "(bench/projection.py).",
+        "",
+        "| store | runner events/s (median) | plain loop events/s (median) | ratio | target | met |",
+        "|---|---|---|---|---|---|",
+        *[
+            f"| {r.store} | {statistics.median(r.ours_rps):.0f} | {statistics.median(r.anchor_rps):.0f} | "
+            f"{r.ratio:.2f} | ≥ {r.target} | {'yes' if r.met else '**no**'} |"
+            for r in projections
+        ],
         "",
         "## Boot",
         "",
@@ -101,7 +119,9 @@ def write_report(
     ]
     (PROJECT / "BENCHMARKS.md").write_text("\n".join(lines) + "\n")
     (PROJECT / ".cache").mkdir(exist_ok=True)
-    (PROJECT / ".cache" / "bench.json").write_text(json.dumps([r.__dict__ for r in rows], indent=1))
+    (PROJECT / ".cache" / "bench.json").write_text(
+        json.dumps([r.__dict__ for r in rows + projections], indent=1)
+    )
     chart(rows)
 
 

@@ -27,6 +27,7 @@ from bench.measure import (
     memory_figures,
     where_time_goes,
 )
+from bench.projection import projection_row
 from bench.report import write_report
 from bench.wrk import deposit_script, read_script, script
 from uwsgi_es.settings import Settings
@@ -156,6 +157,9 @@ def main() -> None:
         sqlite_lib,
         logs,
     )
+    projection_sqlite = f"sqlite:///{sqlite_dir}/projection.sqlite3"
+    migrate(Settings(database_url=projection_sqlite))
+    projections = [projection_row(projection_sqlite, "SQLite")]
     boot["SQLite"] = boot_figures({"UWSGI_ES_DATABASE_URL": ours_sqlite}, logs, "sqlite")
     memory = memory_figures({"UWSGI_ES_DATABASE_URL": ours_sqlite}, logs)
     imports = import_costs()
@@ -176,6 +180,9 @@ def main() -> None:
         rows += sql_rows(
             "PostgreSQL", {"UWSGI_ES_DATABASE_URL": ours_pg}, {"UWSGI_ES_DATABASE_URL": raw_pg}, pg_lib, logs
         )
+        projection_pg = postgres.create_database("projection")
+        migrate(Settings(database_url=projection_pg))
+        projections.append(projection_row(projection_pg, "PostgreSQL"))
         boot["PostgreSQL"] = boot_figures({"UWSGI_ES_DATABASE_URL": ours_pg}, logs, "postgres")
 
     with CassandraNode(PROJECT / ".cache" / "cassandra") as node:
@@ -190,7 +197,7 @@ def main() -> None:
         rows += cassandra_rows(env, logs)
         boot["Cassandra"] = boot_figures(env, logs, "cassandra")
 
-    write_report(rows, boot, memory, imports, profile)
+    write_report(rows, boot, memory, imports, profile, projections)
     print(f"logs of every server: {logs}")
 
 

@@ -18,6 +18,9 @@ RATIO_TARGETS: dict[tuple[str, str], float] = {
     ("write: deposit", "raw LWT"): 0.9,
     ("read: 10 events", "raw LWT"): 0.9,
     ("read: 100 events", "raw LWT"): 0.9,
+    # The runner does more per event than the loop: a tracking record, domain events decoded and
+    # dispatched by type. Within 30% of a loop that does none of it.
+    ("projection: catch up", "plain loop"): 0.7,
 }
 
 BOOT_TARGETS_MS: dict[str, float] = {"SQLite": 50, "PostgreSQL": 100, "Cassandra": 1000}

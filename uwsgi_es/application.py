@@ -15,8 +15,8 @@ from __future__ import annotations
 import os
 import random
 import threading
-import time
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from types import TracebackType
@@ -35,10 +35,14 @@ from uwsgi_es.errors import (
     TopicError,
     UnreadableEventError,
 )
+from uwsgi_es.lifecycle import process
 from uwsgi_es.settings import Settings
 from uwsgi_es.stores import GlobalFeed, RecordStore, RequestScope, StoredRecord, create_record_store
 
 T = TypeVar("T")
+# The feed position of the last event this request (thread, greenlet) stored: a client that reads
+# a projection can ask for at least it (the web layer answers it as X-Event-Position).
+written_position: ContextVar[int | None] = ContextVar("uwsgi_es_written_position", default=None)
 A = TypeVar("A", bound=Aggregate)
 Handler = Callable[[Sequence[DomainEvent]], None]
 
@@ -114,8 +118,9 @@ class EventStore:
         self.records = records
         self._state_fields: dict[type, tuple[str, ...]] = {}
 
-    def put(self, events: Sequence[DomainEvent]) -> None:
-        self.records.append([self.to_record(e) for e in events])
+    def put(self, events: Sequence[DomainEvent]) -> int | None:
+        """Store the events atomically; their last feed position when the store has a feed."""
+        return self.records.append([self.to_record(e) for e in events])
 
     def get(self, originator_id: UUID) -> list[DomainEvent]:
         return [self.from_record(r) for r in self.records.select(originator_id)]
@@ -176,7 +181,9 @@ class PersistencePolicy:
         self.subscription = bus.subscribe(self.store_events, event_type, persistence=True, owner=owner)
 
     def store_events(self, events: Sequence[DomainEvent]) -> None:
-        self.event_store.put(events)
+        position = self.event_store.put(events)
+        if position is not None:
+            written_position.set(position)
 
     def close(self) -> None:
         self.bus.unsubscribe(self.subscription)
@@ -199,6 +206,9 @@ class Application:
     """
 
     persist_event_type: ClassVar[type[DomainEvent]] = DomainEvent
+    # The read side: projection classes (or "module:Class" strings, resolved when a runner starts)
+    # that uwsgi_es.readside runs over this application's feed, one per mule.
+    projections: ClassVar[Sequence[type[Any] | str]] = ()
 
     def __init__(
         self, records: RecordStore, *, settings: Settings | None = None, bus: PubSub | None = None
@@ -281,12 +291,16 @@ class Application:
                 "use uwsgi_es.hooks.install() under uWSGI, or init_application() in a post-fork hook."
             )
 
-    def save(self, *aggregates: Aggregate) -> None:
-        """Publish the aggregates' new events; the persistence policy stores them atomically."""
+    def save(self, *aggregates: Aggregate) -> int | None:
+        """Publish the aggregates' new events; the persistence policy stores them atomically.
+        Returns the feed position of the last one (None without a feed, or nothing to save)."""
         self.check_usable()
         events = [event for aggregate in aggregates for event in aggregate.collect_events()]
-        if events:
-            self.bus.publish(events)
+        if not events:
+            return None
+        written_position.set(None)
+        self.bus.publish(events)
+        return written_position.get()
 
     def get(self, aggregate_id: UUID, aggregate_type: type[A]) -> A:
         self.check_usable()
@@ -311,7 +325,7 @@ class Application:
                 self.retries += 1
                 # Exponential back-off with full jitter: writers that collided spread out
                 # instead of colliding again in step (2 ms, 4 ms, ... capped at 100 ms).
-                time.sleep(random.uniform(0, min(0.1, 0.001 * 2**attempt)))
+                process.pause(random.uniform(0, min(0.1, 0.001 * 2**attempt)))
 
     def close(self) -> None:
         """Unsubscribe the persistence policy and release connections. Idempotent."""

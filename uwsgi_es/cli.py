@@ -3,6 +3,10 @@
 - ``uwsgi-es migrate`` creates the tables once per deployment (idempotent). Workers never do:
   creating schema in every worker races and slows boot. For an eventsourcing library application
   (``UWSGI_ES_APPLICATION`` names it) it creates the library's tables, in its persistence module.
+  The read models of the application's projections are created too (``Application.projections``).
+- ``uwsgi-es project NAME`` runs the projection NAME of the application until SIGTERM/SIGINT:
+  the runner a uWSGI mule runs, for deployments that run the read side under systemd or in a
+  container of its own.
 - ``uwsgi-es check`` validates the ``UWSGI_ES_*`` settings and pings the store, so a deployment
   script can stop before uWSGI starts with a bad configuration.
 - ``uwsgi-es settings --markdown | --ini`` prints the settings table of the README, or the
@@ -16,14 +20,21 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from uwsgi_es.errors import UwsgiEsError
-from uwsgi_es.lifecycle import kinds
+from uwsgi_es.lifecycle import kinds, registry
+from uwsgi_es.lifecycle.events import configure_logging
+from uwsgi_es.readside.projection import Projection
+from uwsgi_es.readside.runner import ProjectionRunner
+from uwsgi_es.readside.status import projection_classes, projection_named
 from uwsgi_es.redaction import scrub, secrets_of
 from uwsgi_es.settings import Settings, render_ini, render_markdown
 from uwsgi_es.stores import create_record_store
+from uwsgi_es.stores.sqlalchemy import SQLAlchemyRecordStore
 
 
 def _library_kind(settings: Settings) -> kinds.Kind | None:
@@ -43,9 +54,37 @@ def migrate(settings: Settings) -> str:
     try:
         store.create_schema()
         store.ping()
-        return f"schema ready in {store.describe()}"
+        done = f"schema ready in {store.describe()}"
+        projections = _projections(settings)
+        if projections and isinstance(store, SQLAlchemyRecordStore):
+            for projection in projections:
+                projection.metadata.create_all(store.engine, checkfirst=True)
+            done += f"; read models of {', '.join(p.name for p in projections)}"
+        return done
     finally:
         store.close()
+
+
+def _projections(settings: Settings) -> list[type[Projection]]:
+    """The projections of the application UWSGI_ES_APPLICATION names (none when it names none)."""
+    if not settings.application:
+        return []
+    return projection_classes(kinds.load_factory(settings.application))
+
+
+def project(settings: Settings, name: str) -> str:
+    """Run the projection ``name`` here until SIGTERM or SIGINT (what a runner mule does)."""
+    configure_logging()
+    app = registry.init_application(settings=settings)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        runner = ProjectionRunner(app, projection_named(app, name)())
+        runner.run(stop)
+    finally:
+        registry.close_application()
+    return f"{name} stopped"
 
 
 def check(settings: Settings) -> str:
@@ -82,6 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
     commands.add_parser("migrate", help="create the tables (idempotent; once per deployment)")
     commands.add_parser("check", help="validate the settings and ping the store")
+    project_command = commands.add_parser("project", help="run one projection until SIGTERM/SIGINT")
+    project_command.add_argument("name", help="the projection's name (its tracking record's key)")
     settings_command = commands.add_parser("settings", help="print every setting, as a table or ini")
     form = settings_command.add_mutually_exclusive_group(required=True)
     form.add_argument("--markdown", action="store_true", help="the README's table")
@@ -94,7 +135,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     secrets = secrets_of(raw_url) if raw_url else ()
     try:
         settings = Settings.from_environ()
-        print(f"uwsgi-es {arguments.command}: {STORE_COMMANDS[arguments.command](settings)}")
+        if arguments.command == "project":
+            done = project(settings, arguments.name)
+        else:
+            done = STORE_COMMANDS[arguments.command](settings)
+        print(f"uwsgi-es {arguments.command}: {done}")
     except UwsgiEsError as exc:
         print(f"uwsgi-es {arguments.command}: error: {_one_line(exc, secrets)}", file=sys.stderr)
         return 1

@@ -5,7 +5,8 @@ inherit the matching builtin where one fits. Messages say what happened, why, an
 are for operators (logs, the CLI) and may name hosts, files and settings.
 
 ``public_reason`` is what an anonymous HTTP client may be told instead: short, stable, and free of
-any detail of the deployment (no host, user, path, driver message or pid).
+any detail of the deployment (no host, user, path, driver message or pid). An error whose message
+is built only from such safe facts (``shows_message``) is shown whole: a projection's lag.
 
 This module imports nothing of ours, so any module can import it without cycles.
 """
@@ -19,6 +20,7 @@ class UwsgiEsError(Exception):
     """Base class of every uwsgi_es error."""
 
     public_reason: ClassVar[str] = "the service cannot handle this request now"
+    shows_message: ClassVar[bool] = False  # True: the message holds no deployment detail
 
 
 class ConfigurationError(UwsgiEsError, ValueError):
@@ -116,3 +118,24 @@ class TopicError(UwsgiEsError, LookupError):
 
 class UwsgiUnavailableError(UwsgiEsError, RuntimeError):
     """uWSGI features were requested outside uWSGI, or without its master process."""
+
+
+class ReadSideUnavailableError(ConfigurationError):
+    """The store cannot feed projections (no global order of events, e.g. Cassandra), or the
+    projection asked for is not one of the application's."""
+
+
+class ProjectionLagError(UwsgiEsError):
+    """A read asked for a position its projection had not reached within ``UWSGI_ES_READ_WAIT``.
+    The message names the projection and the positions only, so clients are shown it."""
+
+    public_reason = "the read model has not caught up yet"
+    shows_message = True
+
+
+class ProjectionStoppedError(UwsgiEsError):
+    """A projection stopped at an event it could not process. The message names the projection,
+    the position, the topic and the exception's type (never its text, which may hold data)."""
+
+    public_reason = "a read model is stopped at an event it cannot process; an operator must fix it"
+    shows_message = True

@@ -267,6 +267,21 @@ class Settings:
         "worker shares with the master (about 8 MB per worker for the example API)",
         shown="true",
     )
+    readside_poll_interval: float = setting(
+        1.0,
+        _number(0.01, 600.0),
+        "read side: the longest a projection runner waits for a wake-up (PostgreSQL NOTIFY, SQLite's "
+        "data_version) before reading the feed anyway, so a lost notification costs at most this",
+    )
+    readside_batch: int = setting(
+        100, _integer(1, 100_000), "read side: events a projection applies per transaction"
+    )
+    read_wait: float = setting(
+        2.0,
+        _number(0.0, 60.0),
+        "read side: how long a read asking for a position (`X-Min-Position`) waits for its projection "
+        "to reach it, then 503 naming the lag",
+    )
     cassandra_hosts: str = setting("127.0.0.1", _hosts, "contact points, comma-separated")
     cassandra_port: int = setting(9042, _integer(1, 65535), "native protocol port")
     cassandra_keyspace: str = setting("uwsgi_es", _identifier, "keyspace of the tables")

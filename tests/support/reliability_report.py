@@ -15,6 +15,9 @@ ORDER = [
     "full reload (touch-reload)",
     "chain reload, eventsourcing library app (lazy-apps)",
     "eventsourcing library app, 4x4 concurrent commands",
+    "projection mules killed under load",
+    "LISTEN connection terminated under load",
+    "read your writes (1,000 pairs, 8 at a time)",
     "database outage (5 s)",
     "initialiser failure (database unreachable at start)",
     "initialiser failure, fail-fast (invalid setting)",
@@ -57,6 +60,13 @@ test_hostile_clients.py, test_sick_storage.py):
   threads depositing and withdrawing on 3 shared accounts on each persistence module, the
   library refusing conflicting saves and uwsgi_es's `retry_on_conflict` re-running them: every
   acknowledged operation stored once, versions 1..n, balances the sum of what was acknowledged.
+- **The read side** (tests/integration/test_readside.py): under write load a projection mule is
+  SIGKILLed every 2 s for 20 s; uWSGI respawns it and it resumes from its tracking record; after
+  the load the read model equals a fold of the stored events, each projection's position is the
+  last event's, and a projection counting its events saw each once. The runners' LISTEN
+  connections terminated under load (PostgreSQL): they poll until they listen again, and a read
+  asking for its own write is answered. 1,000 write-then-read pairs over 4 workers: every read
+  asking for its write's position (`X-Min-Position`) shows it.
 - **Database outage**: the database is stopped for 5 s under load (8 clients, an account each, so
   no command can conflict) and started again. Meanwhile every request gets a JSON 503 saying
   "the event store is unavailable" (the log names the store; never a 500, never a hang) and

@@ -57,3 +57,16 @@ def test_migrate_and_check_an_eventsourcing_library_application(
     monkeypatch.setenv("PERSISTENCE_MODULE", "no.such.module")
     assert main(["check"]) == 1
     assert "no.such.module" in capsys.readouterr().err
+
+
+def test_migrate_creates_the_read_models_and_project_names_an_unknown_projection(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With UWSGI_ES_APPLICATION, migrate creates its projections' tables too; `project` refuses
+    a name the application does not declare, listing the ones it does."""
+    monkeypatch.setenv("UWSGI_ES_DATABASE_URL", f"sqlite:///{tmp_path}/events.sqlite3")
+    monkeypatch.setenv("UWSGI_ES_APPLICATION", "uwsgi_es.example.domain:BankAccounts")
+    assert main(["migrate"]) == 0
+    assert "read models of balances" in capsys.readouterr().out
+    assert main(["project", "balance"]) == 1
+    assert "no projection named 'balance' (its projections: balances)" in capsys.readouterr().err

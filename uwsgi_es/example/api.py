@@ -16,7 +16,9 @@ from werkzeug.wrappers import Request, Response
 
 from uwsgi_es.domain import resolve_topic
 from uwsgi_es.errors import AggregateNotFoundError, TopicError, UnsupportedOperationError
+from uwsgi_es.example.balances import Balances
 from uwsgi_es.example.domain import MAX_AMOUNT, MAX_OWNER_LENGTH, BankAccounts
+from uwsgi_es.readside import projected
 from uwsgi_es.stores.base import StoredRecord
 from uwsgi_es.web.api import JsonApi
 from uwsgi_es.web.bodies import BadRequestError, expect_fields
@@ -165,3 +167,23 @@ def event_feed(request: Request) -> Response:
     ]
     last = records[-1].id if records else after
     return json_response({"events": events, "next_after": last})
+
+
+@api.route("/balances", "GET")
+def balances(request: Request) -> Response:
+    """The read model: the ``top`` largest balances (default 10), as the balances projection has
+    them; ``X-Min-Position`` waits until it has applied that position (read your writes)."""
+    app, top = bank(request), int_param(request, "top", 10, 1, MAX_PAGE_LIMIT)
+    with projected(app, Balances, api.min_position(request)) as connection:
+        return json_response({"balances": Balances.top(connection, top)})
+
+
+@api.route("/balances/<account_id>", "GET")
+def balance(request: Request, account_id: str) -> Response:
+    """One account in the read model (``X-Min-Position`` as for ``/balances``)."""
+    app, key = bank(request), account_id_of(account_id)
+    with projected(app, Balances, api.min_position(request)) as connection:
+        found = Balances.one(connection, key)
+    if found is None:
+        raise AggregateNotFoundError(f"No account {key} in the balances read model (yet).")
+    return json_response(found)

@@ -7,9 +7,9 @@ load, change and save inside ``self.command`` so a concurrency conflict is retri
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 from uuid import UUID
 
 from uwsgi_es.application import Application
@@ -78,7 +78,10 @@ class BankAccount(Aggregate):
 
 
 class BankAccounts(Application):
-    """The example application: open accounts, move money, read them back."""
+    """The example application: open accounts, move money, read them back. Its read model, the
+    balances of every account, is kept by a projection (run in a uWSGI mule: uwsgi.ini)."""
+
+    projections: ClassVar[Sequence[type[Any] | str]] = ("uwsgi_es.example.balances:Balances",)
 
     def open_account(self, owner: str) -> BankAccount:
         account = BankAccount.open(owner)

@@ -35,8 +35,11 @@ def render(fields: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def emit(event: str, level: int = logging.INFO, *, exc_info: bool = False, **fields: Any) -> None:
-    """Log one lifecycle event. The fields also travel on the record (``record.uwsgi_es``)."""
+def emit(
+    event: str, level: int = logging.INFO, *, exc_info: bool | BaseException = False, **fields: Any
+) -> None:
+    """Log one lifecycle event. The fields also travel on the record (``record.uwsgi_es``).
+    ``exc_info``: True for the exception being handled, or an exception (its traceback is logged)."""
     everything = {"event": event, **fields}
     log.log(level, "%s", render(everything), exc_info=exc_info, extra={"uwsgi_es": everything})
 

@@ -6,6 +6,7 @@ Celery) every answer is the neutral one: worker 0, one process, one thread.
 
 from __future__ import annotations
 
+import time
 from types import ModuleType
 
 uwsgi: ModuleType | None
@@ -27,6 +28,17 @@ def worker_id() -> int:
 def mule_id() -> int:
     """The uWSGI mule id (1..N); 0 anywhere else."""
     return int(getattr(uwsgi, "mule_id", lambda: 0)()) if uwsgi is not None else 0
+
+
+# The `mule = ...` entry of uwsgi_es's projection runners (uwsgi_es.readside.mule).
+PROJECTION_MULE = "uwsgi_es.readside.mule:run"
+
+
+def is_projection_mule() -> bool:
+    """True in a mule that runs a projection: it builds its application itself, and only when it
+    has a projection to run."""
+    mules, mine = options("mule"), mule_id() - 1
+    return 0 <= mine < len(mules) and mules[mine] == PROJECTION_MULE
 
 
 def master_pid() -> int:
@@ -73,3 +85,23 @@ def option(name: str) -> str | None:
     if isinstance(value, list):
         value = value[-1]
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def options(name: str) -> list[str]:
+    """Every value of one of uWSGI's options (e.g. each ``mule``), as text; [] outside uWSGI."""
+    if uwsgi is None:
+        return []
+    value = uwsgi.opt.get(name)
+    values = value if isinstance(value, list) else [] if value is None else [value]
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+
+
+def pause(seconds: float) -> None:
+    """Wait without holding up this process's other requests: under uWSGI's gevent loop
+    (uwsgi.ini) ``time.sleep`` would stop every greenlet of the worker; gevent's sleep yields."""
+    if option("gevent"):
+        import gevent  # only under the gevent loop, where it is loaded already
+
+        gevent.sleep(seconds)
+    else:
+        time.sleep(seconds)

@@ -66,6 +66,19 @@ class _Failure:
 _lock = threading.RLock()
 _slots: dict[str, Hosted] = {}
 _failures: dict[str, _Failure] = {}
+_declared: dict[str, ApplicationFactory] = {}
+
+
+def declared(name: str = DEFAULT) -> ApplicationFactory | None:
+    """The factory a server hook named for slot ``name`` (None when none did)."""
+    return _declared.get(name)
+
+
+def declare(factory: ApplicationFactory, name: str = DEFAULT) -> None:
+    """Name the factory of slot ``name`` without building it (a server hook does, in the master):
+    a later build given no factory (a retry, a mule's projection runner) builds this one."""
+    with _lock:
+        _declared[name] = factory
 
 
 def init_application(
@@ -146,6 +159,8 @@ def close_application(name: str | None = None) -> None:
         closing = [_slots.pop(n) for n in names if n in _slots]
         for n in list(_failures) if name is None else [name]:
             _failures.pop(n, None)
+        if name is None:
+            _declared.clear()
     for hosted in closing:
         hosted.hosting.close()  # in a forked child the store forgets the parent's connections
 
@@ -193,6 +208,7 @@ def _build(factory: ApplicationFactory | None, settings: Settings | None, name: 
         if settings is None:
             settings = Settings.from_environ()
         _check_deployment(settings)
+        factory = factory or _declared.get(name)
         kind = kinds.kind_of(factory or kinds.load_factory(settings.application))
         app, hosting = kind.construct(settings)
         try:

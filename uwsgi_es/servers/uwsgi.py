@@ -65,6 +65,8 @@ def install(
     if (os.getpid(), name) in _installed:
         return  # imported twice in one process (e.g. by another name): keep one hook
     _installed.add((os.getpid(), name))
+    if factory is not None:
+        registry.declare(factory, name)  # for builds that are given no factory (mules, retries)
     configure_logging()
     resolved, problem = resolve(settings)  # parsing only, nothing connects
     if problem is not None and resolved.fail_fast:
@@ -92,6 +94,8 @@ def install(
 
 def _build_here(factory: registry.ApplicationFactory | None, settings: Settings | None, name: str) -> None:
     global _closing_registered_in
+    if process.is_projection_mule():
+        return  # it builds when it has a projection to run (uwsgi_es.readside.mule)
     try:
         outcome = build.build_in_this_process(
             factory, settings=settings, name=name, stop_instance=_stop_instance

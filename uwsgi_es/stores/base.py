@@ -29,6 +29,8 @@ from uwsgi_es.errors import ConcurrencyError, ForkedApplicationError, StoreUnava
 from uwsgi_es.redaction import scrub
 
 HEARTBEAT_TABLE = "uwsgi_es_heartbeat"
+TRACKING_TABLE = "uwsgi_es_tracking"  # the read side's positions (uwsgi_es.readside.tracking)
+FEED_CHANNEL = "uwsgi_es_events"  # PostgreSQL: NOTIFY'd by every append, LISTENed by projection runners
 
 
 def heartbeat_name() -> str:
@@ -94,8 +96,10 @@ class RecordStore(abc.ABC):
         """Create the tables if they are missing (idempotent). Run once per deployment."""
 
     @abc.abstractmethod
-    def append(self, records: Sequence[StoredRecord]) -> None:
-        """Store all records atomically, or none; ``ConcurrencyError`` if a version exists."""
+    def append(self, records: Sequence[StoredRecord]) -> int | None:
+        """Store all records atomically, or none; ``ConcurrencyError`` if a version exists.
+        Returns the feed position of the last record stored, when the store keeps a global feed
+        (None otherwise): what a client waits for to read its own write in a projection."""
 
     @abc.abstractmethod
     def select(

@@ -178,7 +178,7 @@ class CassandraRecordStore(RecordStore):
         ]
         return statement
 
-    def append(self, records: Sequence[StoredRecord]) -> None:
+    def append(self, records: Sequence[StoredRecord]) -> None:  # no global feed: no position
         """Per aggregate, one conditional write (a batch for several events): all or nothing.
 
         Events of different aggregates saved together go in separate transactions, in order:

@@ -10,6 +10,8 @@ Rules it keeps for every request:
 - Whatever a request held in the store (its SQLAlchemy session) is released when it ends, also
   after an error, because the response is built completely before it is returned.
 - The application is fetched per request from the registry, never captured at import time.
+- A request that stored events answers the feed position of the last one (``X-Event-Position``);
+  a read may ask for at least a position (``X-Min-Position``, see ``uwsgi_es.readside.status``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
+from uwsgi_es.application import written_position
 from uwsgi_es.lifecycle import registry
 from uwsgi_es.settings import Settings
 from uwsgi_es.stores.base import RequestScope
@@ -37,6 +40,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("uwsgi_es.web")
 
 _APP_KEY = "uwsgi_es.application"
+# Read your writes: a write answers the feed position of its last event; a read of a projection
+# may ask for at least that position (uwsgi_es.readside.status.projected).
+POSITION_HEADER = "X-Event-Position"
+MIN_POSITION_HEADER = "X-Min-Position"
 _LAST_RESORT = b'{"error":"internal error; the server log has the details"}'
 
 Handler = Callable[..., Response]
@@ -85,14 +92,32 @@ class JsonApi:
         self.application(request)
         return read_json_object(request, self.settings().max_body_bytes)
 
+    @staticmethod
+    def min_position(request: Request) -> int:
+        """The feed position a read asks its projection to have reached (``X-Min-Position``, as a
+        write answered it in ``X-Event-Position``); 0 when it asks for none."""
+        raw = request.headers.get(MIN_POSITION_HEADER)
+        if raw is None:
+            return 0
+        if not raw.isascii() or not raw.isdigit() or len(raw) > 19:
+            raise BadRequestError(
+                f"{MIN_POSITION_HEADER} must be a feed position (a whole number), got {quoted(raw, 40)}"
+            )
+        return int(raw)
+
     def is_operator(self, request: Request) -> bool:
         return is_operator(request.environ, self.settings().operator_networks)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         request = Request(environ)
+        token = written_position.set(None)
         try:
             response = self.dispatch(request)
+            position = written_position.get()
+            if position is not None and response.status_code < 400:
+                response.headers[POSITION_HEADER] = str(position)
         finally:
+            written_position.reset(token)
             app = environ.get(_APP_KEY)
             if isinstance(app, RequestScope):
                 app.end_request()

@@ -22,6 +22,7 @@ from typing import Any
 from uwsgi_es.lifecycle.hosting import Hosting
 from uwsgi_es.lifecycle.process import worker_id
 from uwsgi_es.lifecycle.registry import hosted_applications
+from uwsgi_es.readside import status as readside
 from uwsgi_es.settings import Networks
 
 
@@ -50,9 +51,13 @@ def ready_report(app: Any, operator: bool = True) -> dict[str, Any]:
     """Check that this worker's application (of any kind) can serve, writes included (raises if
     it cannot)."""
     hosting_of(app).check_ready()
+    projections = readside.check(app)  # a projection stopped at an event: 503 naming it
     if not operator:
         return {"status": "ready"}
-    return {"status": "ready", "pid": os.getpid(), "worker_id": worker_id()}
+    report: dict[str, Any] = {"status": "ready", "pid": os.getpid(), "worker_id": worker_id()}
+    if projections:
+        report["projections"] = projections  # each one's position and lag
+    return report
 
 
 def worker_report(app: Any) -> dict[str, Any]:
@@ -72,6 +77,9 @@ def worker_report(app: Any) -> dict[str, Any]:
     details = getattr(hosting, "report", None)
     if callable(details):
         report.update(details())
+    projections = readside.report(app)
+    if projections:
+        report["projections"] = projections
     return report
 
 

@@ -23,6 +23,8 @@ from uwsgi_es.errors import (
     ConfigurationError,
     ForkedApplicationError,
     InitialisationFailedError,
+    ProjectionLagError,
+    ProjectionStoppedError,
     StoreUnavailableError,
     UnreadableEventError,
     UnsupportedOperationError,
@@ -40,6 +42,8 @@ STATUS_OF: tuple[tuple[type[UwsgiEsError], int], ...] = (
     (ConcurrencyError, 409),
     (StoreUnavailableError, 503),
     (UnreadableEventError, 503),
+    (ProjectionLagError, 503),
+    (ProjectionStoppedError, 503),
     (InitialisationFailedError, 503),
     (ApplicationNotInitialisedError, 503),
     (ForkedApplicationError, 503),
@@ -65,7 +69,9 @@ def answer_for(error: BaseException) -> ErrorAnswer | None:
     if status < 500:
         message = error.public_reason if isinstance(error, ConcurrencyError) else str(error)
         return ErrorAnswer(status, message, retry_after=False)
-    return ErrorAnswer(status, public_reason(error), retry_after=not isinstance(error, UnreadableEventError))
+    message = str(error) if error.shows_message else public_reason(error)
+    lasting = isinstance(error, UnreadableEventError | ProjectionStoppedError)  # retrying will not help
+    return ErrorAnswer(status, message, retry_after=not lasting)
 
 
 def public_reason(error: UwsgiEsError) -> str:

@@ -42,7 +42,7 @@ class DjangoRecordStore(RecordStore):
     def create_schema(self) -> None:
         call_command("migrate", "uwsgi_es_django", database=self.alias, verbosity=0)
 
-    def append(self, records: Sequence[StoredRecord]) -> None:
+    def append(self, records: Sequence[StoredRecord]) -> None:  # no position (no projection runner)
         self.check_process()
         rows = [
             StoredEvent(

@@ -14,14 +14,13 @@ from __future__ import annotations
 import functools
 import random
 import threading
-import time
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
 from eventsourcing.persistence import RecordConflictError
 
 from uwsgi_es.errors import ConcurrencyError
-from uwsgi_es.lifecycle import registry
+from uwsgi_es.lifecycle import process, registry
 from uwsgi_es.settings import Settings
 
 P = ParamSpec("P")
@@ -56,6 +55,6 @@ def retry_on_conflict(command: Callable[P, T]) -> Callable[P, T]:
                     ) from exc
                 attempt += 1
                 _count("retries")
-                time.sleep(random.uniform(0, min(0.1, 0.001 * 2**attempt)))
+                process.pause(random.uniform(0, min(0.1, 0.001 * 2**attempt)))
 
     return retrying

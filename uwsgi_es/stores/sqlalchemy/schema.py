@@ -4,6 +4,8 @@
 unique (originator_id, originator_version) index is the optimistic-concurrency lock.
 ``uwsgi_es_heartbeat`` holds one row per host that ``/ready`` rewrites, because only a real write
 shows that the store accepts writes (a read-only file, a full disk, a standby server all answer reads).
+``uwsgi_es_tracking`` holds one row per projection: the feed position it has applied, written in
+the same transaction as its read model (and, when it stopped at an event, why: uwsgi_es.readside).
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ from sqlalchemy import (
     Text,
     Uuid,
     bindparam,
+    func,
     insert,
     select,
     text,
 )
 
-from uwsgi_es.stores.base import HEARTBEAT_TABLE
+from uwsgi_es.stores.base import FEED_CHANNEL, HEARTBEAT_TABLE, TRACKING_TABLE
 
 metadata = MetaData()
 
@@ -45,6 +48,17 @@ heartbeat_table = Table(
     metadata,
     Column("host", String(200), primary_key=True),
     Column("beats", BigInteger(), nullable=False),
+)
+
+tracking_table = Table(
+    TRACKING_TABLE,
+    metadata,
+    Column("projection", String(200), primary_key=True),
+    Column("position", BigInteger(), nullable=False),
+    # Set while the projection is stopped at an event it cannot process; cleared when it passes it.
+    Column("error_position", BigInteger(), nullable=True),
+    Column("error_topic", String(255), nullable=True),
+    Column("error", Text(), nullable=True),
 )
 
 # Built once: constructing statements per call costs more than running them on SQLite.
@@ -81,7 +95,10 @@ SELECT_AFTER = (
     .limit(bindparam("limit"))
 )
 SELECT_ANY = select(records_table.c.id).limit(1)
-INSERT = insert(records_table)
+INSERT = insert(records_table).returning(records_table.c.id, sort_by_parameter_order=True)
+SELECT_LAST_ID = select(func.max(records_table.c.id))
+# PostgreSQL: wakes the projection runners when the append commits (a wake-up only: they also poll).
+NOTIFY = text(f"NOTIFY {FEED_CHANNEL}")
 LOCK_FOR_APPEND = text(f"LOCK TABLE {records_table.name} IN EXCLUSIVE MODE")
 # The same upsert on PostgreSQL and SQLite (3.24+): one row per host, rewritten.
 HEARTBEAT = text(

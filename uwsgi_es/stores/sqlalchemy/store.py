@@ -52,8 +52,10 @@ from uwsgi_es.stores.sqlalchemy.schema import (
     HEARTBEAT,
     INSERT,
     LOCK_FOR_APPEND,
+    NOTIFY,
     SELECT_AFTER,
     SELECT_ANY,
+    SELECT_LAST_ID,
     SELECT_ONE,
     SELECT_ONE_AFTER,
     metadata,
@@ -131,9 +133,9 @@ class SQLAlchemyRecordStore(RecordStore):
         with self._errors():
             metadata.create_all(self.engine, checkfirst=True)
 
-    def append(self, records: Sequence[StoredRecord]) -> None:
+    def append(self, records: Sequence[StoredRecord]) -> int | None:
         if not records:
-            return
+            return None
         self.check_process()
         rows = [
             {
@@ -148,9 +150,11 @@ class SQLAlchemyRecordStore(RecordStore):
             with self._errors(), self._transaction(write=True) as session:
                 if self._is_postgres:  # insert order = commit order: see the module docstring
                     session.execute(LOCK_FOR_APPEND)
-                session.execute(INSERT, rows)
+                    session.execute(NOTIFY)  # delivered at commit, to projection runners
+                ids = session.execute(INSERT, rows).scalars().all()
         except IntegrityError as exc:
             raise version_conflict(records) from exc
+        return int(ids[-1])
 
     def select(
         self, originator_id: UUID, *, after_version: int = 0, limit: int | None = None
@@ -175,9 +179,23 @@ class SQLAlchemyRecordStore(RecordStore):
 
     def select_all(self, after_id: int, limit: int) -> list[StoredRecord]:
         self.check_process()
-        params = {"after_id": after_id, "limit": limit}
         with self._errors(), self._transaction(write=False) as session:
-            return [StoredRecord(*row) for row in session.execute(SELECT_AFTER, params)]
+            return select_all_on(session, after_id, limit)
+
+    def last_position(self) -> int:
+        """The feed position of the last stored record (0 when there is none)."""
+        self.check_process()
+        with self._errors(), self._transaction(write=False) as session:
+            return int(session.execute(SELECT_LAST_ID).scalar() or 0)
+
+    @contextmanager
+    def write_transaction(self) -> Iterator[Connection]:
+        """A write transaction of its own (never a request's session), as appends take it: SQLite
+        in the writers' queue with ``BEGIN IMMEDIATE``, the file checked before and after the
+        commit. The read side applies a batch of events and its tracking record in one."""
+        self.check_process()
+        with self.engine.connect() as connection, self._in_transaction(connection, write=True):
+            yield connection
 
     def ping(self) -> None:
         self.check_process()
@@ -247,19 +265,23 @@ class SQLAlchemyRecordStore(RecordStore):
                 with session.begin_nested():
                     yield session
                 return
-        with self.engine.connect() as connection:
-            if write and self._writers is not None:
-                connection.execution_options(**{WRITE: True})  # SQLite: BEGIN IMMEDIATE
-                with self._writers:
-                    with connection.begin():
-                        self._check_same_file(connection)
-                        yield connection
-                    # Committed: acknowledge only if the path still names the file written to.
+        with self.engine.connect() as connection, self._in_transaction(connection, write=write):
+            yield connection
+
+    @contextmanager
+    def _in_transaction(self, connection: Connection, *, write: bool) -> Iterator[None]:
+        if write and self._writers is not None:
+            connection.execution_options(**{WRITE: True})  # SQLite: BEGIN IMMEDIATE
+            with self._writers:
+                with connection.begin():
                     self._check_same_file(connection)
-                return
-            with connection.begin():
-                yield connection
-            self._check_same_file(connection)
+                    yield
+                # Committed: acknowledge only if the path still names the file written to.
+                self._check_same_file(connection)
+            return
+        with connection.begin():
+            yield
+        self._check_same_file(connection)
 
     def _check_same_file(self, connection: Connection) -> None:
         """Refuse (503) when the SQLite file this connection uses was deleted or replaced."""
@@ -293,6 +315,12 @@ class SQLAlchemyRecordStore(RecordStore):
             raise error from exc
         except SQLAlchemyError as exc:  # e.g. pool timeout: every connection busy
             raise self.unavailable(exc) from exc
+
+
+def select_all_on(connection: Session | Connection, after_id: int, limit: int) -> list[StoredRecord]:
+    """Records of every originator after ``after_id``, in feed order, on an open connection."""
+    rows = connection.execute(SELECT_AFTER, {"after_id": after_id, "limit": limit})
+    return [StoredRecord(*row) for row in rows]
 
 
 def _database_file(engine: Engine) -> Path | None:

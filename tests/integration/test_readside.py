@@ -1,0 +1,350 @@
+"""The read side under real uWSGI: projection runners in mules (uwsgi.ini declares one; these tests
+add a second for the ``Effects`` projection of tests/apps/readside_app.py), on SQLite and on the
+real PostgreSQL. Mules killed under load, the LISTEN connection terminated, a poison event, reads
+that ask for their own writes, Cassandra refused; and ``uwsgi-es project`` outside uWSGI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, func, select
+
+from uwsgi_es.cli import migrate
+from uwsgi_es.example.balances import balances_table
+from uwsgi_es.lifecycle.process import PROJECTION_MULE
+from uwsgi_es.settings import Settings
+from uwsgi_es.stores.sqlalchemy.schema import records_table, tracking_table
+from uwsgi_es.testing import UwsgiServer, lifecycle_events
+
+from ..apps.readside_app import effects_table
+from ..support.checks import fan_out
+from ..support.listeners import count_listeners, terminate_listeners
+from ..support.load import DepositLoad
+from ..support.paths import INI, PROJECT
+
+pytestmark = pytest.mark.integration
+StartServer = Any
+APP = "tests.apps.readside_app:Bank"
+TWO_RUNNERS = [
+    "--module",
+    "tests.apps.readside_app:application",
+    f"--mule={PROJECTION_MULE}",
+]  # `=`: optional
+KILL_SECONDS = 20.0
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """A migrated database with the read models of tests.apps.readside_app:Bank too (its Effects)."""
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    migrate(Settings(database_url=url, application=APP))
+    return url
+
+
+def env_for(url: str, **extra: str) -> dict[str, str]:
+    return {"UWSGI_ES_DATABASE_URL": url, **extra}
+
+
+def fold(url: str) -> tuple[dict[str, int], int, int]:
+    """From the stored events: each account's balance, the number of events, the last position."""
+    engine = create_engine(url)
+    balances: dict[str, int] = {}
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(records_table.c.originator_id, records_table.c.topic, records_table.c.state).order_by(
+                records_table.c.id
+            )
+        ).all()
+        last = connection.execute(select(func.max(records_table.c.id))).scalar() or 0
+    engine.dispose()
+    for originator, topic, state in rows:
+        key = str(originator)
+        if topic.endswith("Opened"):
+            balances[key] = 0
+        else:
+            amount = int(json.loads(state)["amount"])
+            balances[key] += amount if topic.endswith("Deposited") else -amount
+    return balances, len(rows), int(last)
+
+
+def read_models(url: str, *, effects: bool = True) -> tuple[dict[str, int], dict[str, int], tuple[int, int]]:
+    """The balances read model, the tracking positions, and the effects (rows, distinct positions)."""
+    engine = create_engine(url)
+    counted = (0, 0)
+    with engine.connect() as connection:
+        balances = {
+            str(a): b
+            for a, b in connection.execute(select(balances_table.c.account_id, balances_table.c.balance))
+        }
+        positions = {
+            p: int(n)
+            for p, n in connection.execute(select(tracking_table.c.projection, tracking_table.c.position))
+        }
+        if effects:
+            row = connection.execute(
+                select(func.count(), func.count(effects_table.c.position.distinct()))
+            ).one()
+            counted = (int(row[0]), int(row[1]))
+    engine.dispose()
+    return balances, positions, counted
+
+
+def caught_up(server: UwsgiServer, timeout: float = 30.0) -> float:
+    """Seconds until every projection reports no lag on /worker (fails after ``timeout``)."""
+    started = time.monotonic()
+    while True:
+        projections = server.get("/worker").json()["projections"]
+        if all(p["lag"] == 0 for p in projections.values()):
+            return time.monotonic() - started
+        assert time.monotonic() - started < timeout, projections
+        time.sleep(0.05)
+
+
+def mule_pids(server: UwsgiServer) -> dict[str, int]:
+    """The current pid of each runner mule ("mule 1", "mule 2"), from the runners' log events."""
+    pids: dict[str, int] = {}
+    for event in lifecycle_events(server.log(), "projection_runner"):
+        pids[event["role"]] = int(event["pid"])
+    return pids
+
+
+def test_each_mule_builds_one_application_after_its_fork_and_runs_one_projection(
+    uwsgi_server: StartServer, database_url: str
+) -> None:
+    """Two runner mules: each built its own application, once, in itself (never in the master),
+    and runs one projection: mule 1 balances, mule 2 effects."""
+    server = uwsgi_server(INI, env=env_for(database_url), options=TWO_RUNNERS)
+    account = server.post("/accounts", {"owner": "mules"}).json()["id"]
+    assert server.post(f"/accounts/{account}/deposits", {"amount": 5}).status == 200
+    caught_up(server)
+    runners = {e["role"]: e for e in lifecycle_events(server.log(), "projection_runner")}
+    assert {role: e["projection"] for role, e in runners.items()} == {
+        "mule 1": "balances",
+        "mule 2": "effects",
+    }
+    builds = [e for e in lifecycle_events(server.log(), "build") if e.get("mule")]
+    assert sorted(int(e["mule"]) for e in builds) == [1, 2]
+    assert {int(e["pid"]) for e in builds} == {int(e["pid"]) for e in runners.values()}
+    assert server.pid not in {int(e["pid"]) for e in builds}
+    balances, _, last = fold(database_url)
+    model, positions, effects = read_models(database_url)
+    assert model == balances
+    assert positions == {"balances": last, "effects": last}
+    assert effects == (last, last)
+
+
+@pytest.mark.reliability
+def test_killed_mules_resume_and_apply_every_event_exactly_once(
+    uwsgi_server: StartServer, database_url: str, report: Any
+) -> None:
+    """Under write load, a runner mule is SIGKILLed every 2 s for 20 s; uWSGI respawns it, it
+    resumes from its tracking record. Afterwards the read model equals a fold of the stored
+    events, both positions equal the last event's, and no event was processed twice."""
+    server = uwsgi_server(INI, env=env_for(database_url), options=TWO_RUNNERS)
+    load = DepositLoad(server, one_writer_per_account=True).start()
+    kills = 0
+    deadline = time.monotonic() + KILL_SECONDS
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(2)
+            victims = mule_pids(server)
+            role = ("mule 1", "mule 2")[kills % 2]
+            os.kill(victims[role], signal.SIGKILL)
+            kills += 1
+    finally:
+        load.stop()
+    audit = load.audit()
+    audit.check()
+    lag_seconds = caught_up(server)
+    balances, events, last = fold(database_url)
+    model, positions, effects = read_models(database_url)
+    assert model == balances
+    assert positions == {"balances": last, "effects": last}
+    assert effects == (events, events), f"{effects[0] - effects[1]} events processed twice"
+    respawned = list(lifecycle_events(server.log(), "projection_runner"))
+    assert len(respawned) >= kills + 2, "a killed mule did not come back"
+    report(
+        "projection mules killed under load",
+        env_for(database_url),
+        f"{kills} mules SIGKILLed over {KILL_SECONDS:.0f}s; {events} events, read models equal to the "
+        f"fold, each event processed once; caught up {lag_seconds:.2f}s after the load stopped; "
+        f"{audit.line()}",
+    )
+
+
+@pytest.mark.reliability
+def test_a_terminated_listen_connection_costs_at_most_the_poll_interval(
+    uwsgi_server: StartServer, postgres_url: str, report: Any
+) -> None:
+    """pg_terminate_backend on the runners' LISTEN connections under load: they poll (1 s), keep
+    up, and listen again; every read asking for its write is answered."""
+    migrate(Settings(database_url=postgres_url, application=APP))
+    env = env_for(postgres_url, UWSGI_ES_READSIDE_POLL_INTERVAL="1")
+    server = uwsgi_server(INI, env=env, options=TWO_RUNNERS)
+    load = DepositLoad(server, one_writer_per_account=True).start()
+    engine = create_engine(postgres_url)
+    try:
+        time.sleep(1)
+        assert terminate_listeners(engine) == [True, True]
+        account = server.post("/accounts", {"owner": "after the kill"}).json()["id"]
+        written = server.post(f"/accounts/{account}/deposits", {"amount": 9})
+        position = written.headers["x-event-position"]
+        started = time.monotonic()
+        read = server.get(f"/balances/{account}", headers={"X-Min-Position": position})
+        took = time.monotonic() - started
+        assert read.status == 200, read.body
+        assert read.json()["balance"] == 9
+        time.sleep(2)
+    finally:
+        load.stop()
+    audit = load.audit()
+    audit.check()
+    caught_up(server)
+    listening = count_listeners(engine)
+    engine.dispose()
+    assert listening == 2, "the runners did not listen again"
+    assert len(list(lifecycle_events(server.log(), "readside_listener_lost"))) == 2
+    report(
+        "LISTEN connection terminated under load",
+        env,
+        f"2 listeners terminated; a read asking for its write answered in {took:.2f}s (poll interval 1 s); "
+        f"both listening again; {audit.line()}",
+    )
+
+
+def test_a_poison_event_stops_its_projection_and_a_fixed_restart_resumes_it(
+    uwsgi_server: StartServer, database_url: str, tmp_path: Path
+) -> None:
+    """Effects raises on the "poison" account: it stops there (the events before it applied),
+    /ready answers 503 naming projection, position and topic, balances goes on; restarted
+    without the bug, it resumes at that event and skips nothing."""
+    server = uwsgi_server(INI, env=env_for(database_url, READSIDE_POISON="1"), options=TWO_RUNNERS)
+    before = server.post("/accounts", {"owner": "before"}).json()["id"]
+    poison = server.post("/accounts", {"owner": "poison"})
+    after = server.post(f"/accounts/{before}/deposits", {"amount": 4})
+    deadline = time.monotonic() + 15
+    while (ready := server.get("/ready")).status == 200:
+        assert time.monotonic() < deadline, "the projection did not stop"
+        time.sleep(0.05)
+    assert ready.status == 503
+    message = ready.json()["error"]
+    position = 2  # "before" opened at 1, "poison" at 2
+    assert f"'effects' is stopped at position {position}" in message
+    assert "BankAccount.Opened" in message
+    assert "ValueError" in message
+    assert "secret detail" not in message
+    read = server.get(f"/balances/{before}", headers={"X-Min-Position": after.headers["x-event-position"]})
+    assert read.json()["balance"] == 4, "balances stopped too"
+    assert poison.status == 201
+    _, positions, effects = read_models(database_url)
+    assert positions["effects"] == position - 1
+    assert effects == (1, 1)
+    assert "event=projection_stopped" in server.log()
+    server.stop()
+    fixed = uwsgi_server(INI, env=env_for(database_url), options=TWO_RUNNERS)
+    caught_up(fixed)
+    assert fixed.get("/ready").status == 200
+    _, events, last = fold(database_url)
+    _, positions, effects = read_models(database_url)
+    assert positions == {"balances": last, "effects": last}
+    assert effects == (events, events)
+
+
+@pytest.mark.reliability
+def test_every_read_sees_its_own_write_across_workers(
+    uwsgi_server: StartServer, database_url: str, report: Any
+) -> None:
+    """1,000 write-then-read pairs, 8 at a time over 4 workers: each read asks for its write's
+    position (X-Min-Position) and shows the write."""
+    server = uwsgi_server(INI, env=env_for(database_url))
+    accounts = [server.post("/accounts", {"owner": f"ryw {i}"}).json()["id"] for i in range(8)]
+
+    def pair(i: int) -> tuple[bool, float]:
+        account = accounts[i % 8]
+        written = server.post(f"/accounts/{account}/deposits", {"amount": 1})
+        assert written.status == 200, written.body
+        started = time.monotonic()
+        read = server.get(
+            f"/balances/{account}", headers={"X-Min-Position": written.headers["x-event-position"]}
+        )
+        took = time.monotonic() - started
+        sees = read.status == 200 and read.json()["version"] >= written.json()["version"]
+        return sees, took
+
+    results = fan_out(1000, pair, concurrency=8)
+    failures = [r for r in results if not r[0]]
+    assert failures == [], failures[:5]
+    waits = sorted(r[1] for r in results)
+    report(
+        "read your writes (1,000 pairs, 8 at a time)",
+        env_for(database_url),
+        f"1000/1000 reads showed their write; read latency median {waits[500] * 1000:.1f} ms, "
+        f"p99 {waits[990] * 1000:.1f} ms, max {waits[-1] * 1000:.1f} ms",
+    )
+
+
+def test_on_cassandra_the_runner_mule_idles_and_says_why(
+    uwsgi_server: StartServer, cassandra_env: dict[str, str]
+) -> None:
+    """No global order: the mule builds nothing, connects to nothing, says why once; /balances is
+    a 404 saying the read model is not kept here; the workers serve."""
+    server = uwsgi_server(PROJECT / "deploy" / "uwsgi-cassandra.ini", env=cassandra_env)
+    account = server.post("/accounts", {"owner": "no read side"}).json()["id"]
+    answer = server.get(f"/balances/{account}")
+    assert answer.status == 404
+    assert "not kept on this deployment" in answer.json()["error"]
+    idle = list(lifecycle_events(server.log(), "projection_runner_idle"))
+    assert len(idle) == 1
+    assert "UWSGI_ES_STORE=cassandra" in idle[0]["reason"]
+    assert not [e for e in lifecycle_events(server.log(), "build") if e.get("mule")]
+
+
+@contextmanager
+def projecting(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    command = [str(Path(sys.executable).parent / "uwsgi-es"), "project", "balances"]
+    with open(log, "ab") as out:
+        process = subprocess.Popen(
+            command, cwd=PROJECT, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_uwsgi_es_project_runs_a_projection_outside_uwsgi(sqlite_url: str, tmp_path: Path) -> None:
+    """`uwsgi-es project balances` (systemd, a container): follows the feed, stops on SIGTERM."""
+    env = {
+        "UWSGI_ES_DATABASE_URL": sqlite_url,
+        "UWSGI_ES_APPLICATION": "uwsgi_es.example.domain:BankAccounts",
+    }
+    log = tmp_path / "project.log"
+    from uwsgi_es.example.domain import BankAccounts
+
+    with (
+        projecting(env, log) as process,
+        BankAccounts.from_settings(Settings(database_url=sqlite_url)) as app,
+    ):
+        account = app.open_account("outside")
+        app.deposit(account.id, 12)
+        deadline = time.monotonic() + 15
+        while read_models(sqlite_url, effects=False)[1].get("balances", 0) < 2:
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        assert read_models(sqlite_url, effects=False)[0] == {str(account.id): 12}
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(10) == 0, log.read_text()
+    assert "uwsgi-es project: balances stopped" in log.read_text()

@@ -1,0 +1,190 @@
+"""The read side's promises, on each SQL backend: a backend's module subclasses
+``ReadSideContract`` and gives ``database_url`` (a new, migrated database).
+
+Runners here run in the test process (the mule tests run them under uWSGI): exactly once, in feed
+order, stopped at a failing event and resumed after the fix, read-your-writes bounded.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import func, select
+
+from uwsgi_es.application import written_position
+from uwsgi_es.errors import ProjectionLagError, ProjectionStoppedError, ReadSideUnavailableError
+from uwsgi_es.example.balances import Balances, balances_table
+from uwsgi_es.example.domain import BankAccount, BankAccounts
+from uwsgi_es.readside import ProjectionRunner, projected
+from uwsgi_es.readside import status as readside
+from uwsgi_es.readside.waking import waker_for
+from uwsgi_es.settings import Settings
+
+from ..apps.readside_app import Bank, Effects, effects_table
+
+
+def fold(app: BankAccounts) -> dict[str, int]:
+    """Each account's balance as its stored events say."""
+    balances: dict[str, int] = {}
+    for record in app.records.select_all(0, 1_000_000):  # type: ignore[attr-defined]
+        event = app.event_store.from_record(record)
+        key = str(event.originator_id)
+        if isinstance(event, BankAccount.Opened):
+            balances[key] = 0
+        elif isinstance(event, BankAccount.Deposited):
+            balances[key] += event.amount
+        elif isinstance(event, BankAccount.Withdrawn):
+            balances[key] -= event.amount
+    return balances
+
+
+def read_model(app: BankAccounts) -> dict[str, int]:
+    with app.records.engine.connect() as connection:  # type: ignore[attr-defined]
+        rows = connection.execute(select(balances_table.c.account_id, balances_table.c.balance)).all()
+    return {str(account): balance for account, balance in rows}
+
+
+def effects(app: BankAccounts) -> tuple[int, int]:
+    """(rows, distinct positions) of the effects table."""
+    with app.records.engine.connect() as connection:  # type: ignore[attr-defined]
+        return tuple(  # type: ignore[return-value]
+            connection.execute(select(func.count(), func.count(effects_table.c.position.distinct()))).one()
+        )
+
+
+class ReadSideContract:
+    @pytest.fixture
+    def app(self, database_url: str) -> Iterator[Bank]:
+        settings = Settings(database_url=database_url, readside_batch=7, read_wait=0.3)
+        app = Bank.from_settings(settings)
+        for projection in (Balances, Effects):
+            projection.metadata.create_all(app.records.engine)  # type: ignore[attr-defined]
+        Effects.poisoned = False
+        yield app
+        Effects.poisoned = False
+        app.close()
+
+    def test_a_runner_applies_every_event_once_in_feed_order(self, app: Bank) -> None:
+        accounts = [app.open_account(f"owner {i}").id for i in range(3)]
+        for n in range(1, 31):
+            app.deposit(accounts[n % 3], n)
+        app.withdraw(accounts[0], 5)
+        runner = ProjectionRunner(app, Balances())
+        assert runner.catch_up() == 34  # in batches of 7
+        assert runner.catch_up() == 0
+        assert read_model(app) == fold(app)
+        last = app.records.last_position()  # type: ignore[attr-defined]
+        assert readside.report(app)["balances"] == {
+            "position": last,
+            "lag": 0,
+            "stopped_at": None,
+            "stopped_topic": None,
+            "error": None,
+        }
+        assert readside.report(app)["effects"]["lag"] == last
+
+    def test_writes_answer_their_feed_position(self, app: Bank) -> None:
+        account = app.open_account("ann")
+        first = written_position.get()
+        app.deposit(account.id, 3)
+        second = written_position.get()
+        assert first is not None
+        assert second is not None
+        assert second > first
+        assert second == app.records.last_position()  # type: ignore[attr-defined]
+
+    def test_two_runners_of_one_projection_never_apply_an_event_twice(self, app: Bank) -> None:
+        """A mule and `uwsgi-es project` running the same projection by mistake: they take turns
+        on its tracking record; each event is applied once."""
+        account = app.open_account("twice")
+        for _ in range(60):
+            app.deposit(account.id, 1)
+        runners = [ProjectionRunner(app, Effects()) for _ in range(3)]
+        threads = [threading.Thread(target=r.catch_up) for r in runners]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert effects(app) == (61, 61)
+
+    def test_a_failing_event_stops_the_projection_at_it_and_the_fix_resumes_it(self, app: Bank) -> None:
+        """Events before the failing one are applied (the batch is replayed one by one), nothing
+        after it; /ready's check names position and topic but not the exception's text; fixed
+        and restarted, the runner resumes at that event and skips nothing."""
+        before = [app.open_account(f"before {i}").id for i in range(3)]
+        app.open_account("poison")
+        poison_position = app.records.last_position()  # type: ignore[attr-defined]
+        app.deposit(before[0], 10)
+        Effects.poisoned = True
+        runner = ProjectionRunner(app, Effects())
+        with pytest.raises(ProjectionStoppedError) as stopped:
+            runner.catch_up()
+        assert effects(app) == (3, 3)
+        with pytest.raises(ProjectionStoppedError) as reported:
+            readside.check(app)
+        for message in (str(stopped.value), str(reported.value)):
+            assert f"stopped at position {poison_position}" in message
+            assert "BankAccount.Opened" in message
+            assert "ValueError" in message
+            assert "secret detail" not in message
+        assert readside.report(app)["effects"]["error"].startswith("ValueError: cannot process")
+        with pytest.raises(ProjectionStoppedError):
+            runner.catch_up()  # still stopped: nothing is skipped
+        Effects.poisoned = False  # the fix, and a new runner (a restart)
+        assert ProjectionRunner(app, Effects()).catch_up() == 2
+        assert effects(app) == (5, 5)
+        readside.check(app)
+        assert readside.report(app)["effects"]["stopped_at"] is None
+
+    def test_a_read_waits_for_the_position_it_asks_for(self, app: Bank) -> None:
+        account = app.open_account("reader")
+        app.deposit(account.id, 7)
+        position = written_position.get()
+        assert position is not None
+        lagging = r"'balances' is at position 0, 2 event\(s\) behind"
+        with pytest.raises(ProjectionLagError, match=lagging), projected(app, Balances, position):
+            pass
+        runner = ProjectionRunner(app, Balances())
+        threading.Timer(0.1, runner.catch_up).start()
+        started = time.monotonic()
+        with projected(app, Balances, position) as connection:
+            assert Balances.one(connection, account.id) == {
+                "id": str(account.id),
+                "owner": "reader",
+                "balance": 7,
+                "version": 2,
+            }
+        assert time.monotonic() - started < 0.3
+
+    def test_a_following_runner_is_woken_by_an_append(self, app: Bank) -> None:
+        """run() follows the feed; an append wakes it well before the poll interval (60 s here)."""
+        runner = ProjectionRunner(app, Balances(), Settings(readside_poll_interval=60))
+        stop = threading.Event()
+        follower = threading.Thread(target=runner.run, args=(stop,))
+        follower.start()
+        try:
+            time.sleep(0.3)  # it is now waiting
+            account = app.open_account("woken")
+            position = written_position.get()
+            with projected(app, Balances, position or 0) as connection:
+                assert Balances.one(connection, account.id) is not None
+        finally:
+            stop.set()
+            follower.join(10)
+        assert not follower.is_alive()
+
+    def test_a_projection_that_is_not_declared_is_named(self, app: Bank) -> None:
+        with pytest.raises(ReadSideUnavailableError, match=r"no projection named 'nope'.*balances, effects"):
+            readside.projection_named(app, "nope")
+
+    def test_the_waker_polls_when_it_cannot_listen(self, app: Bank) -> None:
+        """Whatever the backend, a waker returns within its poll interval with nothing appended."""
+        waker = waker_for(app.records.engine, 0.2)  # type: ignore[attr-defined]
+        waker.arm()
+        started = time.monotonic()
+        waker.wait(threading.Event())
+        assert 0.1 <= time.monotonic() - started < 2
+        waker.close()

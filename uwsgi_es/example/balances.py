@@ -1,0 +1,69 @@
+"""The bank's read model: a ``balances`` table (account, owner, balance, version), kept by a
+projection that a uWSGI mule runs (uwsgi.ini), and queried by ``GET /balances``.
+
+It answers what the event store cannot answer cheaply: the largest balances across all accounts.
+Each event updates one row through the runner's connection, in the transaction that also records
+the position, so the table always equals a fold of the events up to that position.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+from uuid import UUID
+
+from sqlalchemy import BigInteger, Column, Connection, MetaData, String, Table, Uuid, insert, select, update
+
+from uwsgi_es.domain import DomainEvent
+from uwsgi_es.example.domain import BankAccount
+from uwsgi_es.readside import Projection
+
+metadata = MetaData()
+balances_table = Table(
+    "balances",
+    metadata,
+    Column("account_id", Uuid(), primary_key=True),
+    Column("owner", String(200), nullable=False),
+    Column("balance", BigInteger(), nullable=False, index=True),
+    Column("version", BigInteger(), nullable=False),
+)
+_c = balances_table.c
+
+
+class Balances(Projection):
+    name: ClassVar[str] = "balances"
+    metadata: ClassVar[MetaData] = metadata
+
+    def process(self, event: DomainEvent, position: int, connection: Connection) -> None:
+        if isinstance(event, BankAccount.Opened):
+            connection.execute(
+                insert(balances_table).values(
+                    account_id=event.originator_id,
+                    owner=event.owner,
+                    balance=0,
+                    version=event.originator_version,
+                )
+            )
+        elif isinstance(event, BankAccount.Deposited | BankAccount.Withdrawn):
+            change = event.amount if isinstance(event, BankAccount.Deposited) else -event.amount
+            connection.execute(
+                update(balances_table)
+                .where(_c.account_id == event.originator_id)
+                .values(balance=_c.balance + change, version=event.originator_version)
+            )
+
+    @staticmethod
+    def top(connection: Connection, limit: int) -> list[dict[str, Any]]:
+        """The ``limit`` largest balances, largest first."""
+        rows = connection.execute(
+            select(balances_table).order_by(_c.balance.desc(), _c.account_id).limit(limit)
+        ).all()
+        return [_as_dict(row) for row in rows]
+
+    @staticmethod
+    def one(connection: Connection, account_id: UUID) -> dict[str, Any] | None:
+        row = connection.execute(select(balances_table).where(_c.account_id == account_id)).first()
+        return _as_dict(row) if row is not None else None
+
+
+def _as_dict(row: Any) -> dict[str, Any]:
+    return {"id": str(row.account_id), "owner": row.owner, "balance": row.balance, "version": row.version}

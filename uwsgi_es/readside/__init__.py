@@ -1,0 +1,19 @@
+"""The read side: projections that turn the feed of events into read models, exactly once, run by
+uWSGI mules (``mule = uwsgi_es.readside.mule:run``) or by ``uwsgi-es project NAME``.
+
+- ``Projection`` (``projection``): what a projection is and what "exactly once" covers;
+- ``tracking``: the position each projection has applied, in the store's own database;
+- ``ProjectionRunner`` (``runner``): catch up, then follow the feed; stop at a failing event;
+- ``waking``: PostgreSQL LISTEN/NOTIFY or SQLite's data_version, bounded by polling;
+- ``status``: positions, lags and stops for ``/ready`` and ``/worker``; reads that wait for a
+  position (read your writes);
+- ``mule``: the uWSGI entry point.
+"""
+
+from __future__ import annotations
+
+from uwsgi_es.readside.projection import Projection
+from uwsgi_es.readside.runner import ProjectionRunner
+from uwsgi_es.readside.status import projected
+
+__all__ = ["Projection", "ProjectionRunner", "projected"]

@@ -1,0 +1,100 @@
+"""Projection runners in uWSGI mules: ``mule = uwsgi_es.readside.mule:run`` in the ini, once per
+projection.
+
+A mule is a process the uWSGI master forks and respawns (a killed mule is back in about a second)
+and that serves no HTTP. The N-th mule that runs this function runs the N-th of the application's
+``projections``, resuming from its tracking record. It builds its own application after its fork,
+like a worker (the post-fork hook leaves runner mules alone), but only once it knows it has a
+projection to run: a mule with none (more mules than projections, a store without a global feed,
+an application of the eventsourcing library) says why once and idles, connecting to nothing.
+
+The same runner runs outside uWSGI with ``uwsgi-es project NAME`` (systemd, a container).
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+import time
+from typing import Any, NoReturn
+
+from uwsgi_es.errors import UwsgiEsError
+from uwsgi_es.lifecycle import build, events, kinds, process, registry
+from uwsgi_es.lifecycle.events import configure_logging
+from uwsgi_es.readside.runner import ProjectionRunner
+from uwsgi_es.readside.status import projection_classes
+from uwsgi_es.settings import Settings, resolve
+
+BUILD_RETRY_SECONDS = 1.0
+
+
+def run() -> None:
+    """The mule's life: find this mule's projection, build, run it until uWSGI stops the mule."""
+    configure_logging()
+    settings, problem = resolve()
+    if problem is not None:
+        _idle(f"the settings are invalid ({problem}); the workers say so too")
+    if settings.store != "sqlalchemy":
+        _idle(
+            f"UWSGI_ES_STORE={settings.store}: projections read the events in one global order, which "
+            "only the SQL store keeps (Cassandra keeps no order across aggregates)"
+        )
+    factory = _factory(settings)
+    index = _runner_index()
+    if isinstance(factory, type):  # known without building: no connection for a mule with nothing to do
+        _check_has_projection(factory, index)
+    app = _application()
+    _check_has_projection(type(app), index)
+    try:
+        runner = ProjectionRunner(app, projection_classes(app)[index]())
+    except UwsgiEsError as exc:
+        _idle(str(exc))
+    runner.run(threading.Event())
+
+
+def _factory(settings: Settings) -> Any:
+    """The application's factory: the one the WSGI module installs (imported here under lazy-apps,
+    where the master imports nothing), else the one UWSGI_ES_APPLICATION names."""
+    module = process.option("module")
+    if process.is_lazy() and module:
+        importlib.import_module(module.split(":", 1)[0])
+    declared = registry.declared()
+    if declared is not None:
+        return declared
+    try:
+        return kinds.load_factory(settings.application)
+    except UwsgiEsError as exc:
+        _idle(str(exc))
+
+
+def _check_has_projection(cls: type, index: int) -> None:
+    declared = projection_classes(cls) if hasattr(cls, "projections") else []
+    if index >= len(declared):
+        _idle(
+            f"{cls.__qualname__} declares {len(declared)} projection(s) and this is runner mule "
+            f"{index + 1}: nothing to run here"
+        )
+
+
+def _runner_index() -> int:
+    """Which of the ini's runner mules this is (0 for the first ``mule = ...:run`` line)."""
+    mules, mine = process.options("mule"), process.mule_id() - 1
+    return sum(1 for mule in mules[:mine] if mule == process.PROJECTION_MULE)
+
+
+def _application() -> Any:
+    """This process's application, built here as a worker builds it (logged as ``build`` or
+    ``build_failed``), again and again until it builds: the database may not be up yet."""
+    while True:
+        outcome = build.build_in_this_process()
+        if outcome.app is not None:
+            return outcome.app
+        time.sleep(BUILD_RETRY_SECONDS)
+
+
+def _idle(reason: str) -> NoReturn:
+    """Say why this mule runs nothing, then wait to be stopped (exiting would make uWSGI respawn
+    it, again and again)."""
+    events.emit("projection_runner_idle", role=process.role(), reason=reason)
+    while True:
+        time.sleep(3600)

@@ -1,0 +1,173 @@
+"""What wakes a projection runner when events are appended, and the bound on how late it may be.
+
+A wake-up is only a hint: the runner always reads the feed itself, and waits at most
+``UWSGI_ES_READSIDE_POLL_INTERVAL`` for one, so a lost wake-up (a notification dropped with its
+connection) costs at most that interval, never an event.
+
+- PostgreSQL: every append issues ``NOTIFY uwsgi_es_events`` (delivered when it commits); the
+  runner ``LISTEN``s on a connection of its own (``application_name`` "uwsgi_es readside"). If that
+  connection dies, the runner polls until it is back.
+- SQLite has no notifications: the runner asks ``PRAGMA data_version`` every 10 ms, which changes
+  when another connection commits (a read of shared memory, no disk access).
+
+``arm()`` is called before each read of the feed and ``wait()`` after a read that found nothing,
+so an append that commits in between is never slept through.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Protocol
+
+from sqlalchemy import Connection, Engine
+
+from uwsgi_es.lifecycle import events
+from uwsgi_es.stores.base import FEED_CHANNEL
+
+LISTENER_NAME = "uwsgi_es readside"
+SQLITE_CHECK_SECONDS = 0.01
+STOP_CHECK_SECONDS = 0.5
+
+
+class Waker(Protocol):
+    def arm(self) -> None:
+        """Called before the runner reads the feed: what commits after this wakes ``wait``."""
+
+    def wait(self, stop: threading.Event) -> None:
+        """Return after an append committed since ``arm``, at the poll interval, or at ``stop``."""
+
+    def close(self) -> None: ...
+
+
+def waker_for(engine: Engine, poll_interval: float) -> Waker:
+    if engine.dialect.name == "postgresql":
+        return PostgresWaker(engine, poll_interval)
+    if engine.dialect.name == "sqlite":
+        return SqliteWaker(engine, poll_interval)
+    return PollingWaker(poll_interval)
+
+
+class PollingWaker:
+    """No wake-ups: read the feed at the poll interval."""
+
+    def __init__(self, poll_interval: float) -> None:
+        self.poll_interval = poll_interval
+
+    def arm(self) -> None:
+        pass
+
+    def wait(self, stop: threading.Event) -> None:
+        stop.wait(self.poll_interval)
+
+    def close(self) -> None:
+        pass
+
+
+class PostgresWaker:
+    """LISTEN on the feed's channel, on a connection of its own (autocommit)."""
+
+    def __init__(self, engine: Engine, poll_interval: float) -> None:
+        self.engine = engine
+        self.poll_interval = poll_interval
+        self._connection: Connection | None = None
+
+    def _driver(self) -> Any:
+        """The psycopg connection that LISTENs, made (again) when there is none."""
+        if self._connection is None:
+            connection = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            try:
+                connection.exec_driver_sql(f"SET application_name = '{LISTENER_NAME}'")
+                connection.exec_driver_sql(f"LISTEN {FEED_CHANNEL}")
+            except BaseException:
+                connection.close()
+                raise
+            self._connection = connection
+            events.emit("readside_listening", channel=FEED_CHANNEL)
+        return self._connection.connection.driver_connection
+
+    def arm(self) -> None:
+        """Listen (again, if the connection was lost) and drop the wake-ups already delivered: the
+        read that follows sees what they announced."""
+        try:
+            for _ in self._driver().notifies(timeout=0, stop_after=None):
+                pass
+        except Exception as exc:  # psycopg.OperationalError (terminated), SQLAlchemy errors, OSError
+            self._lost(exc)
+
+    def wait(self, stop: threading.Event) -> None:
+        if self._connection is None:  # lost: poll, and listen again at the next arm()
+            stop.wait(self.poll_interval)
+            return
+        deadline = time.monotonic() + self.poll_interval
+        try:
+            while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
+                # In slices, so that `stop` is seen within STOP_CHECK_SECONDS.
+                for _ in self._driver().notifies(timeout=min(left, STOP_CHECK_SECONDS), stop_after=1):
+                    return
+        except Exception as exc:
+            self._lost(exc)
+            stop.wait(max(0.0, deadline - time.monotonic()))
+
+    def _lost(self, exc: BaseException) -> None:
+        events.emit(
+            "readside_listener_lost",
+            logging.WARNING,
+            error=f"{type(exc).__name__}: {exc}".strip(),
+            consequence=f"polling every {self.poll_interval}s until it listens again",
+        )
+        self.close()
+
+    def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            try:
+                connection.invalidate()  # never back into the pool: it may be broken, and it LISTENs
+                connection.close()
+            except Exception:  # a dead connection may fail to close: it is gone either way
+                return
+
+
+class SqliteWaker:
+    """Watch ``PRAGMA data_version`` on a connection of its own."""
+
+    def __init__(self, engine: Engine, poll_interval: float) -> None:
+        self.engine = engine
+        self.poll_interval = poll_interval
+        self._raw: Any = None
+        self._version: int | None = None
+
+    def _data_version(self) -> int | None:
+        try:
+            if self._raw is None:
+                self._raw = self.engine.raw_connection()
+            cursor = self._raw.cursor()
+            try:
+                cursor.execute("PRAGMA data_version")
+                return int(cursor.fetchone()[0])
+            finally:
+                cursor.close()
+        except Exception:  # the file is away (deleted, locked): the runner's own read will say why
+            self.close()
+            return None
+
+    def arm(self) -> None:
+        self._version = self._data_version()
+
+    def wait(self, stop: threading.Event) -> None:
+        deadline = time.monotonic() + self.poll_interval
+        while not stop.is_set() and time.monotonic() < deadline:
+            if stop.wait(SQLITE_CHECK_SECONDS):
+                return
+            version = self._data_version()
+            if version is None or version != self._version:
+                return
+
+    def close(self) -> None:
+        raw, self._raw = self._raw, None
+        if raw is not None:
+            try:
+                raw.close()
+            except Exception:  # best effort: a broken connection is gone either way
+                return
