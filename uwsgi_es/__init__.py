@@ -26,6 +26,7 @@ from uwsgi_es.errors import (
     StoreBusyError,
     StoreReadOnlyError,
     StoreUnavailableError,
+    TranscodingError,
     UnreadableEventError,
     UwsgiEsError,
 )
@@ -36,6 +37,7 @@ from uwsgi_es.lifecycle.registry import (
     init_application,
 )
 from uwsgi_es.settings import Settings
+from uwsgi_es.transcoding import register_type
 
 __all__ = [
     "Aggregate",
@@ -60,6 +62,7 @@ __all__ = [
     "StoreBusyError",
     "StoreReadOnlyError",
     "StoreUnavailableError",
+    "TranscodingError",
     "UnreadableEventError",
     "UwsgiEsError",
     "close_application",
@@ -68,4 +71,5 @@ __all__ = [
     "init_application",
     "pubsub",
     "register_topic",
+    "register_type",
 ]

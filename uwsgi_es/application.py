@@ -17,13 +17,10 @@ import random
 import threading
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass, field, fields
-from datetime import datetime
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, ClassVar, Self, TypeVar
 from uuid import UUID
-
-import orjson
 
 from uwsgi_es.domain import Aggregate, DomainEvent, replay, resolve_topic, topic_of
 from uwsgi_es.errors import (
@@ -38,6 +35,7 @@ from uwsgi_es.errors import (
 from uwsgi_es.lifecycle import process
 from uwsgi_es.settings import Settings
 from uwsgi_es.stores import GlobalFeed, RecordStore, RequestScope, StoredRecord, create_record_store
+from uwsgi_es.transcoding import codec_for
 
 T = TypeVar("T")
 # The feed position of the last event this request (thread, greenlet) stored: a client that reads
@@ -110,13 +108,13 @@ pubsub = PubSub()
 
 
 class EventStore:
-    """Maps domain events to stored records (state as JSON text) and back."""
+    """Maps domain events to stored records (state as typed JSON text, see
+    ``uwsgi_es.transcoding``) and back."""
 
     _header = frozenset({"originator_id", "originator_version"})
 
     def __init__(self, records: RecordStore) -> None:
         self.records = records
-        self._state_fields: dict[type, tuple[str, ...]] = {}
 
     def put(self, events: Sequence[DomainEvent]) -> int | None:
         """Store the events atomically; their last feed position when the store has a feed."""
@@ -127,32 +125,26 @@ class EventStore:
 
     def to_record(self, event: DomainEvent) -> StoredRecord:
         cls = type(event)
-        names = self._state_fields.get(cls)
-        if names is None:
-            names = self._state_fields[cls] = tuple(
-                f.name for f in fields(event) if f.name not in self._header
-            )
-        state = orjson.dumps({name: getattr(event, name) for name in names}).decode()
+        state = codec_for(cls, self._header).encode(event)
         return StoredRecord(event.originator_id, event.originator_version, topic_of(cls), state)
 
-    @staticmethod
-    def from_record(record: StoredRecord) -> DomainEvent:
-        """The event a record stores; ``UnreadableEventError`` naming the record if it is corrupt."""
+    @classmethod
+    def from_record(cls, record: StoredRecord) -> DomainEvent:
+        """The event a record stores; ``UnreadableEventError`` naming the record if it is corrupt
+        or does not fit its class (a missing field wants an upcast step)."""
         try:
-            cls = resolve_topic(record.topic)
-            state: dict[str, Any] = orjson.loads(record.state)
-            state["timestamp"] = datetime.fromisoformat(state["timestamp"])
-            event: DomainEvent = cls(
-                originator_id=record.originator_id,
-                originator_version=record.originator_version,
-                **state,
+            codec = codec_for(resolve_topic(record.topic), cls._header)
+            event: DomainEvent = codec.decode(
+                {"originator_id": record.originator_id, "originator_version": record.originator_version},
+                record.state,
             )
-        except (TopicError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        except (TopicError, KeyError, TypeError, ValueError) as exc:
             raise UnreadableEventError(
                 f"The stored event at version {record.originator_version} of {record.originator_id} "
                 f"(position {record.id}, topic {record.topic[:200]!r}) cannot be read: "
-                f"{type(exc).__name__}: {exc}. Nothing skips it: repair the row (or register the "
-                "topic of a renamed class with uwsgi_es.register_topic) and read again."
+                f"{type(exc).__name__}: {exc}. Nothing skips it: repair the row, give the class an "
+                "upcast step for its old state, or list a renamed class's old topic in its "
+                "topic_aliases; then read again."
             ) from exc
         return event
 

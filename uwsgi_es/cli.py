@@ -19,6 +19,7 @@ an error we did not foresee, still one line, never a traceback). No line ever ho
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import sys
@@ -50,7 +51,8 @@ def migrate(settings: Settings) -> str:
     kind = _library_kind(settings)
     if kind is not None and kind.migrate is not None:
         return kind.migrate(settings)
-    store = create_record_store(settings)
+    # DDL on a large table (CREATE INDEX) may rightly run longer than any request's statement.
+    store = create_record_store(dataclasses.replace(settings, statement_timeout=0.0))
     try:
         store.create_schema()
         store.ping()

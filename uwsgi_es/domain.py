@@ -4,8 +4,11 @@ An aggregate never changes its state directly. A command method *triggers* an ev
 applied to the aggregate (``Event.apply``) and kept as pending until the application saves it.
 Replaying the stored events through the same ``apply`` methods rebuilds the aggregate.
 
-Event fields beyond the three headers hold JSON values (str, int, bool, None, lists and dicts),
-because the state is stored as JSON text. Nothing here does I/O.
+Event fields beyond the three headers are typed by their annotations and come back from the store
+as those types (UUID, Decimal, datetime, Enum, tuples, nested dataclasses...; see
+``uwsgi_es.transcoding``). An event class evolves with ``class_version`` and ``upcast_vN_vM``
+static methods; a renamed or moved class keeps its old topics in ``topic_aliases``. Nothing here
+does I/O.
 
 Topics name classes in stored data, so they are resolved only against the classes this process
 defined (every ``DomainEvent`` and ``Aggregate`` subclass registers itself) and the aliases
@@ -16,10 +19,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 from uuid import UUID, uuid4
 
 from uwsgi_es.errors import TopicError, UwsgiEsError
+from uwsgi_es.transcoding import upcasters_of
 
 A = TypeVar("A", bound="Aggregate")
 
@@ -57,11 +61,15 @@ def resolve_topic(topic: str) -> type:
 
 
 class _Registered:
-    """Registers each subclass's topic, so stored events of it can be read back."""
+    """Registers each subclass's topic and aliases, so stored events of it can be read back."""
+
+    topic_aliases: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         _classes_by_topic[topic_of(cls)] = cls
+        for alias in cls.__dict__.get("topic_aliases", ()):
+            register_topic(alias, cls)
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,14 @@ class DomainEvent(_Registered):
     originator_id: UUID
     originator_version: int
     timestamp: datetime
+
+    # The version of this class's stored state; raise it with an upcast_v<N>_v<N+1>(state) static
+    # method for each step, and events stored by older code are upcast when they are read.
+    class_version: ClassVar[int] = 1
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        upcasters_of(cls)  # a missing upcast step fails when the class is defined, not when read
 
 
 def utcnow() -> datetime:

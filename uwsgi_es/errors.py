@@ -116,6 +116,19 @@ class TopicError(UwsgiEsError, LookupError):
     """A topic names no event or aggregate class this process knows (registered ones only)."""
 
 
+class DuplicateRequestError(UwsgiEsError):
+    """Another request with the same Idempotency-Key was stored first; this one stored nothing.
+    The web layer answers the first request's answer instead."""
+
+
+class TranscodingError(UwsgiEsError, TypeError):
+    """An event cannot be stored as its class declares: a field of a type with no registered
+    transcoding, a value that does not fit, a missing upcast step. Raised when the class is first
+    saved (or defined), naming the class and the field."""
+
+    public_reason = "an event cannot be stored as its class declares; the application must be fixed"
+
+
 class UwsgiUnavailableError(UwsgiEsError, RuntimeError):
     """uWSGI features were requested outside uWSGI, or without its master process."""
 

@@ -232,6 +232,23 @@ class Settings:
         "PostgreSQL: seconds a statement waits for a lock (`lock_timeout`), e.g. behind a `CREATE INDEX`, "
         "then 503",
     )
+    idempotency_ttl: float = setting(
+        86_400.0,
+        _number(60.0, 90 * 86_400.0),
+        "seconds the answer of a request sent with an `Idempotency-Key` is kept for its repeats",
+    )
+    statement_timeout: float = setting(
+        30.0,
+        _number(0.0, 86_400.0),
+        "PostgreSQL: seconds one statement may run (`statement_timeout`; 0: no limit; `uwsgi-es "
+        "migrate` runs without it)",
+    )
+    idle_in_transaction_timeout: float = setting(
+        60.0,
+        _number(0.0, 86_400.0),
+        "PostgreSQL: seconds a session may sit idle inside a transaction before the server ends it "
+        "and its locks (`idle_in_transaction_session_timeout`; 0: no limit)",
+    )
     pool_size: int = setting(5, _integer(1, 1000), "server databases: pooled connections per worker")
     max_overflow: int = setting(10, _integer(0, 1000), "server databases: extra connections per worker")
     pool_timeout: float = setting(

@@ -24,6 +24,12 @@ def backend_env(request: pytest.FixtureRequest) -> dict[str, str]:
     return {"UWSGI_ES_DATABASE_URL": request.getfixturevalue(f"{request.param}_url")}
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def sql_backend_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """A fresh, migrated SQL store (Idempotency-Key needs one: see uwsgi_es.web.idempotency)."""
+    return {"UWSGI_ES_DATABASE_URL": request.getfixturevalue(f"{request.param}_url")}
+
+
 @pytest.fixture
 def report(request: pytest.FixtureRequest) -> Callable[[str, dict[str, str], str], None]:
     """Print a reliability figure line, and collect it when RELIABILITY_REPORT names a file."""

@@ -40,6 +40,19 @@ def migrate(url: str) -> None:
     store.close()
 
 
+def kill_a_worker_every_2s(server: UwsgiServer, rng: random.Random) -> list[float]:
+    """SIGKILL a random worker every 2 s for KILL_SECONDS; when each kill happened."""
+    kill_times: list[float] = []
+    deadline = time.monotonic() + KILL_SECONDS
+    while time.monotonic() < deadline:
+        time.sleep(2)
+        victims = server.worker_pids()
+        if victims:
+            os.kill(rng.choice(victims), signal.SIGKILL)
+            kill_times.append(time.monotonic())
+    return kill_times
+
+
 def test_killed_workers_lose_nothing_acknowledged(
     uwsgi_server: StartServer, backend_env: dict[str, str], report: Any
 ) -> None:
@@ -50,15 +63,7 @@ def test_killed_workers_lose_nothing_acknowledged(
     # One writer per account: a 409 (conflict retries exhausted, legitimate under contention) cannot
     # hide among the failures a kill may cause, and any 409 here would be the server's own doing.
     load = DepositLoad(server, one_writer_per_account=True).start()
-    rng = random.Random(11)
-    kill_times: list[float] = []
-    deadline = time.monotonic() + KILL_SECONDS
-    while time.monotonic() < deadline:
-        time.sleep(2)
-        victims = server.worker_pids()
-        if victims:
-            os.kill(rng.choice(victims), signal.SIGKILL)
-            kill_times.append(time.monotonic())
+    kill_times = kill_a_worker_every_2s(server, random.Random(11))
     kills = len(kill_times)
     time.sleep(1)
     load.stop()
@@ -289,4 +294,43 @@ def test_unreachable_database_at_start_answers_503_then_recovers(
         "initialiser failure (database unreachable at start)",
         env,
         f"{len(answers)} requests answered 503; served {recovered:.1f}s after the database appeared",
+    )
+
+
+def test_killed_workers_with_clients_that_retry_with_their_key(
+    uwsgi_server: StartServer, sql_backend_env: dict[str, str], report: Any
+) -> None:
+    """The killed-workers scenario with careful clients: every deposit carries an Idempotency-Key
+    and is sent again after any failure until answered. Every deposit ends acknowledged, stored
+    exactly once, although some first attempts were stored and their answers lost."""
+    server = uwsgi_server(INI, env=sql_backend_env, options=["--processes", "4"])
+    load = DepositLoad(server, one_writer_per_account=True, retry_with_key=True).start()
+    kills = len(kill_a_worker_every_2s(server, random.Random(13)))
+    time.sleep(1)
+    load.stop()
+    server.wait_until_ready()
+    audit = load.audit()
+    audit.check()
+    assert audit.retried > 0, f"no kill hit a request in flight: {audit.line()}"
+    report(
+        "killed workers, clients retry with Idempotency-Key",
+        sql_backend_env,
+        f"{kills} workers SIGKILLed over {KILL_SECONDS:.0f}s; {audit.line()}",
+    )
+
+
+def test_full_reload_with_clients_that_retry_with_their_key(
+    uwsgi_server: StartServer, sql_backend_env: dict[str, str], report: Any, tmp_path: Path
+) -> None:
+    """The full-reload scenario with careful clients: acknowledged 100 %, lost 0, duplicated 0."""
+    trigger = aged_trigger(tmp_path)
+    options = ["--processes", "4", "--touch-reload", str(trigger)]
+    server = uwsgi_server(INI, env=sql_backend_env, options=options)
+    load, before, _ = reload_under_load(server, trigger, retry_with_key=True)
+    audit = load.audit()
+    audit.check()
+    report(
+        "full reload, clients retry with Idempotency-Key",
+        sql_backend_env,
+        f"{len(before)} workers replaced at once; {audit.line()}",
     )

@@ -16,11 +16,12 @@ from uwsgi_es.stores.cassandra import CassandraRecordStore
 from uwsgi_es.testing.cassandra import CassandraNode
 
 from .contract import RecordStoreContract, records
+from .typed_contract import TypedEventsContract
 
 pytestmark = pytest.mark.cassandra
 
 
-class TestCassandraStore(RecordStoreContract):
+class TestCassandraStore(RecordStoreContract, TypedEventsContract):
     has_global_order = False
 
     @pytest.fixture

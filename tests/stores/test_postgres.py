@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from uuid import uuid4
 
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.exc import DBAPIError
 
 from uwsgi_es.errors import SchemaMissingError, StoreBusyError, StoreReadOnlyError, StoreUnavailableError
 from uwsgi_es.settings import Settings
 from uwsgi_es.stores.sqlalchemy import SQLAlchemyRecordStore
+from uwsgi_es.stores.sqlalchemy.schema import LOCK_FOR_APPEND
 from uwsgi_es.testing import PostgresServer
 from uwsgi_es.testing.postgres import ExistingPostgres
 
 from .contract import records
 from .sqlalchemy_contract import SQLAlchemyStoreContract
+from .typed_contract import TypedEventsContract
 
 pytestmark = pytest.mark.postgres
 
 
-class TestPostgresStore(SQLAlchemyStoreContract):
+class TestPostgresStore(SQLAlchemyStoreContract, TypedEventsContract):
     @pytest.fixture
     def database_url(self, postgres_url: str) -> str:
         return postgres_url
@@ -107,3 +112,64 @@ def test_a_read_only_server_is_not_ready_until_it_takes_writes_again(postgres_ur
     store.engine.dispose()
     store.check_ready()
     store.close()
+
+
+def test_connections_say_whose_they_are_and_carry_the_session_guards(postgres_url: str) -> None:
+    """pg_stat_activity names the process holding each connection; the three guards are set."""
+    settings = Settings(
+        database_url=postgres_url, lock_timeout=0.25, statement_timeout=7, idle_in_transaction_timeout=9
+    )
+    store = SQLAlchemyRecordStore.from_settings(settings)
+    with store.engine.connect() as connection:
+        name = connection.execute(
+            text("SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()")
+        ).scalar()
+        guards = [
+            connection.execute(text(f"SHOW {guard}")).scalar()
+            for guard in ("lock_timeout", "statement_timeout", "idle_in_transaction_session_timeout")
+        ]
+    store.close()
+    assert name == f"uwsgi_es process pid {os.getpid()}"
+    assert guards == ["250ms", "7s", "9s"]
+
+
+def test_a_stalled_transaction_holding_the_append_lock_is_cut_off_and_writers_go_on(
+    postgres_url: str,
+) -> None:
+    """A session takes the append lock and stalls (a hung request, a debugger): the server ends it
+    after UWSGI_ES_IDLE_IN_TRANSACTION_TIMEOUT (1 s here), so a writer queued behind it stores its
+    events well before the stall ends (8 s), within its own lock timeout (5 s)."""
+    settings = Settings(database_url=postgres_url, idle_in_transaction_timeout=1.0, lock_timeout=5.0)
+    stalled, writer = (
+        SQLAlchemyRecordStore.from_settings(settings),
+        SQLAlchemyRecordStore.from_settings(settings),
+    )
+    stall_over = threading.Event()
+    locked = threading.Event()
+    outcome: list[DBAPIError | None] = []
+
+    def stall() -> None:
+        with stalled.engine.connect() as connection:
+            connection.execute(LOCK_FOR_APPEND)  # inside the transaction SQLAlchemy began
+            locked.set()
+            time.sleep(8)
+            stall_over.set()
+            try:
+                connection.execute(text("SELECT 1"))
+                outcome.append(None)
+            except DBAPIError as exc:
+                outcome.append(exc)
+
+    staller = threading.Thread(target=stall)
+    staller.start()
+    assert locked.wait(10)
+    originator = uuid4()
+    writer.append(records(originator, range(1, 2)))
+    assert not stall_over.is_set(), "the writer waited for the stall to end"
+    assert [r.originator_version for r in writer.select(originator)] == [1]
+    staller.join(15)
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], DBAPIError), "the stalled session was not ended"
+    assert "idle-in-transaction timeout" in str(outcome[0])
+    stalled.close()
+    writer.close()

@@ -21,9 +21,10 @@ from uwsgi_es.stores.sqlalchemy import SQLAlchemyRecordStore
 from ..support.forking import in_child
 from .contract import records
 from .sqlalchemy_contract import SQLAlchemyStoreContract
+from .typed_contract import TypedEventsContract
 
 
-class TestSQLiteStore(SQLAlchemyStoreContract):
+class TestSQLiteStore(SQLAlchemyStoreContract, TypedEventsContract):
     @pytest.fixture
     def database_url(self, sqlite_url: str) -> str:
         return sqlite_url

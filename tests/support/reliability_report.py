@@ -13,6 +13,8 @@ ORDER = [
     "killed workers",
     "chain reload (lazy-apps)",
     "full reload (touch-reload)",
+    "killed workers, clients retry with Idempotency-Key",
+    "full reload, clients retry with Idempotency-Key",
     "chain reload, eventsourcing library app (lazy-apps)",
     "eventsourcing library app, 4x4 concurrent commands",
     "projection mules killed under load",
@@ -55,6 +57,11 @@ test_hostile_clients.py, test_sick_storage.py):
   acknowledged deposit is stored exactly once; versions stay 1..n; every replacement builds once.
 - **Reloads**: `touch-chain-reload` (lazy-apps) replaces every worker under load with zero failed
   requests; a full `touch-reload` may fail requests in flight but loses no acknowledged write.
+- **Clients that retry with an `Idempotency-Key`**: the same kills and full reload (SQLite and
+  PostgreSQL), each deposit sent with a key of its own and sent again after any failure until
+  answered. A first attempt may be stored while its answer is lost (the rows count them): its
+  repeat gets the stored answer and stores nothing, so every deposit ends acknowledged (100 %),
+  none is lost, none is stored twice.
 - **Applications of the eventsourcing library** (tests/integration/test_eventsourcing.py): the
   same chain reload with the library-written bank on `eventsourcing.postgres`; and 4 workers x 4
   threads depositing and withdrawing on 3 shared accounts on each persistence module, the

@@ -115,6 +115,13 @@ def withdraw(request: Request, account_id: str) -> Response:
     return json_response(app.withdraw(key, amount_of(api.body(request))).as_dict())
 
 
+def _offset_form(timestamp: Any) -> Any:
+    """Timestamps are stored in RFC 3339's "Z" form; the API has always said "+00:00"."""
+    if isinstance(timestamp, str) and timestamp.endswith("Z"):
+        return timestamp[:-1] + "+00:00"
+    return timestamp
+
+
 def event_entry(record: StoredRecord) -> dict[str, Any]:
     """One stored event as JSON. A row that cannot be read is listed as it is, with ``error``
     saying why, instead of failing the whole page: consumers see it, can stop or pass it, and
@@ -127,7 +134,7 @@ def event_entry(record: StoredRecord) -> dict[str, Any]:
     except (orjson.JSONDecodeError, TypeError) as exc:
         entry.update(timestamp=None, state=None, error=f"unreadable stored state: {exc}")
         return entry
-    entry.update(timestamp=state.pop("timestamp", None), state=state)
+    entry.update(timestamp=_offset_form(state.pop("timestamp", None)), state=state)
     try:
         resolve_topic(record.topic)
     except TopicError:

@@ -6,7 +6,8 @@ A record store knows nothing of domain events: it appends and reads rows of
 appending a version that already exists raises ``ConcurrencyError`` and stores none of the batch.
 
 Capabilities, not refusals: a store that keeps a global order of its records is also a
-``GlobalFeed``; one that holds state per request (a SQL session) is also a ``RequestScope``. An
+``GlobalFeed``; one that holds state per request (a SQL session) is also a ``RequestScope``; one
+that can store a request's answer in the same transaction as its events is ``IdempotentWrites``. An
 application learns what its store can do when it is built, and nothing is refused per call.
 
 A store remembers the process that built it. Its connections belong to that process alone, so any
@@ -21,7 +22,8 @@ from __future__ import annotations
 import abc
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import NamedTuple, Protocol, runtime_checkable
 from uuid import UUID
 
@@ -30,6 +32,7 @@ from uwsgi_es.redaction import scrub
 
 HEARTBEAT_TABLE = "uwsgi_es_heartbeat"
 TRACKING_TABLE = "uwsgi_es_tracking"  # the read side's positions (uwsgi_es.readside.tracking)
+IDEMPOTENCY_TABLE = "uwsgi_es_idempotency"  # answers of keyed requests (uwsgi_es.web.idempotency)
 FEED_CHANNEL = "uwsgi_es_events"  # PostgreSQL: NOTIFY'd by every append, LISTENed by projection runners
 
 
@@ -154,4 +157,22 @@ class RequestScope(Protocol):
 
     def end_request(self) -> None:
         """Release what one request held. Called after every request, also after errors."""
+        ...
+
+
+@runtime_checkable
+class IdempotentWrites(Protocol):
+    """A store that keeps the answer of a keyed request in the same transaction as the events the
+    request stored (SQL stores): a repeat of the request gets that answer and stores nothing."""
+
+    def recall(self, key: str, since: float) -> tuple[str, str] | None:
+        """(digest, answer) remembered under ``key`` at or after ``since`` (epoch seconds)."""
+        ...
+
+    def remembering(
+        self, key: str, digest: str, since: float
+    ) -> AbstractContextManager[Callable[[str], None]]:
+        """One write transaction around a request: every append inside joins it; the function it
+        yields records the answer, stored under ``key`` at the commit. ``DuplicateRequestError``
+        if another request stored ``key`` first (this one's events are then rolled back)."""
         ...

@@ -10,6 +10,8 @@ Rules it keeps for every request:
 - Whatever a request held in the store (its SQLAlchemy session) is released when it ends, also
   after an error, because the response is built completely before it is returned.
 - The application is fetched per request from the registry, never captured at import time.
+- A POST sent with an ``Idempotency-Key`` is answered once: a repeat gets the first answer and
+  stores nothing (``uwsgi_es.web.idempotency``).
 - A request that stored events answers the feed position of the last one (``X-Event-Position``);
   a read may ask for at least a position (``X-Min-Position``, see ``uwsgi_es.readside.status``).
 """
@@ -29,6 +31,7 @@ from uwsgi_es.lifecycle import registry
 from uwsgi_es.settings import Settings
 from uwsgi_es.stores.base import RequestScope
 from uwsgi_es.web.bodies import BadRequestError, answered, read_json_object
+from uwsgi_es.web.idempotency import answer_idempotently, key_of
 from uwsgi_es.web.ops import failure_report, health_report, is_operator, ready_report, worker_report
 from uwsgi_es.web.responses import error_response, json_response
 from uwsgi_es.web.status import answer_for, log_refusal
@@ -131,7 +134,20 @@ class JsonApi:
     def dispatch(self, request: Request) -> Response:
         try:
             endpoint, arguments = self.url_map.bind_to_environ(request.environ).match()
-            return self.handlers[endpoint](request, **arguments)
+            handler = self.handlers[endpoint]
+            key = key_of(request)
+            if key is None:
+                return handler(request, **arguments)
+            app, settings = self.application(request), self.settings()
+            return answer_idempotently(
+                request,
+                lambda: handler(request, **arguments),
+                store=getattr(app, "records", None),
+                key=key,
+                ttl=settings.idempotency_ttl,
+                max_body_bytes=settings.max_body_bytes,
+                position=written_position.get,
+            )
         except BadRequestError as exc:
             return error_response(str(exc), exc.status)
         except NotFound:

@@ -71,13 +71,19 @@ def declared_length(environ: WSGIEnvironment, max_bytes: int) -> int:
 
 LINGER_BYTES = 1 << 20
 _READ = "uwsgi_es.body_read"
+_BODY = "uwsgi_es.body"
 
 
 def read_body(environ: WSGIEnvironment, max_bytes: int) -> bytes:
-    """The whole body, read only once its declared length passed ``declared_length``."""
+    """The whole body, read only once its declared length passed ``declared_length``; kept, so a
+    second reader (the handler after the idempotency digest) gets the same bytes."""
+    kept = environ.get(_BODY)
+    if kept is not None:
+        return bytes(kept)
     length = declared_length(environ, max_bytes)
     environ[_READ] = True
     if length == 0:
+        environ[_BODY] = b""
         return b""
     stream = environ["wsgi.input"]
     try:
@@ -86,6 +92,7 @@ def read_body(environ: WSGIEnvironment, max_bytes: int) -> bytes:
         raise BadRequestError("the client sent fewer bytes than its Content-Length", 400) from None
     if len(data) != length:
         raise BadRequestError("the client sent fewer bytes than its Content-Length", 400)
+    environ[_BODY] = data
     return data
 
 

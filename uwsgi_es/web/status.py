@@ -26,6 +26,7 @@ from uwsgi_es.errors import (
     ProjectionLagError,
     ProjectionStoppedError,
     StoreUnavailableError,
+    TranscodingError,
     UnreadableEventError,
     UnsupportedOperationError,
     UwsgiEsError,
@@ -42,6 +43,7 @@ STATUS_OF: tuple[tuple[type[UwsgiEsError], int], ...] = (
     (ConcurrencyError, 409),
     (StoreUnavailableError, 503),
     (UnreadableEventError, 503),
+    (TranscodingError, 503),
     (ProjectionLagError, 503),
     (ProjectionStoppedError, 503),
     (InitialisationFailedError, 503),
@@ -70,7 +72,9 @@ def answer_for(error: BaseException) -> ErrorAnswer | None:
         message = error.public_reason if isinstance(error, ConcurrencyError) else str(error)
         return ErrorAnswer(status, message, retry_after=False)
     message = str(error) if error.shows_message else public_reason(error)
-    lasting = isinstance(error, UnreadableEventError | ProjectionStoppedError)  # retrying will not help
+    lasting = isinstance(
+        error, UnreadableEventError | TranscodingError | ProjectionStoppedError
+    )  # retrying will not help
     return ErrorAnswer(status, message, retry_after=not lasting)
 
 

@@ -9,7 +9,11 @@
   retires the pool's connections: the next attempt reopens the file, and writes resume when it is
   writable again.
 - PostgreSQL: every connection waits at most ``UWSGI_ES_LOCK_TIMEOUT`` for a lock (``lock_timeout``),
-  so a session holding the events table (``CREATE INDEX``) delays requests, never hangs them.
+  so a session holding the events table (``CREATE INDEX``) delays requests, never hangs them; a
+  statement runs at most ``UWSGI_ES_STATEMENT_TIMEOUT``, and a session that stalls inside a
+  transaction (holding the append lock) is ended by the server after
+  ``UWSGI_ES_IDLE_IN_TRANSACTION_TIMEOUT``, so the other writers go on. Each connection's
+  ``application_name`` says whose it is (``uwsgi_es worker 3 pid 1234``) in ``pg_stat_activity``.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from uwsgi_es.errors import (
     StoreReadOnlyError,
     StoreUnavailableError,
 )
+from uwsgi_es.lifecycle import process
 from uwsgi_es.redaction import redact_url
 from uwsgi_es.settings import Settings
 
@@ -60,10 +65,13 @@ def create_engine_from_settings(settings: Settings) -> Engine:
     url = make_url(settings.database_url)
     if url.get_backend_name() == "sqlite":
         return _create_sqlite_engine(settings, url)
+    connect_args: dict[str, Any] = {"connect_timeout": settings.connect_timeout}
+    if "application_name" not in url.query:  # the operator's own name wins
+        connect_args["application_name"] = connection_name()
     try:
         engine = create_engine(
             url,
-            connect_args={"connect_timeout": settings.connect_timeout},
+            connect_args=connect_args,
             pool_size=settings.pool_size,
             max_overflow=settings.max_overflow,
             pool_timeout=settings.pool_timeout,
@@ -75,18 +83,31 @@ def create_engine_from_settings(settings: Settings) -> Engine:
             f"UWSGI_ES_DATABASE_URL uses the {url.drivername!r} driver, which is not installed ({exc}). "
             "For PostgreSQL install the extra: pip install 'uwsgi_es[postgres]'."
         ) from exc
-    lock_timeout_ms = max(1, round(settings.lock_timeout * 1000))
+    guards = "; ".join(
+        f"SET {name} = {milliseconds}"
+        for name, milliseconds in (
+            ("lock_timeout", max(1, round(settings.lock_timeout * 1000))),
+            ("statement_timeout", round(settings.statement_timeout * 1000)),
+            ("idle_in_transaction_session_timeout", round(settings.idle_in_transaction_timeout * 1000)),
+        )
+    )
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
         cursor = dbapi_connection.cursor()
         try:
-            cursor.execute(f"SET lock_timeout = {lock_timeout_ms}")
+            cursor.execute(guards)  # one round trip for the three session guards
         finally:
             cursor.close()
         dbapi_connection.commit()  # psycopg opened a transaction for the SET: end it
 
     return engine
+
+
+def connection_name() -> str:
+    """``uwsgi_es worker 3 pid 1234``: who holds a connection, as ``pg_stat_activity`` shows it
+    (made when the engine is, in the process that uses it; PostgreSQL keeps 63 bytes)."""
+    return f"uwsgi_es {process.role()} pid {os.getpid()}"[:63]
 
 
 def _create_sqlite_engine(settings: Settings, url: URL) -> Engine:

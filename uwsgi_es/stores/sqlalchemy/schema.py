@@ -4,6 +4,8 @@
 unique (originator_id, originator_version) index is the optimistic-concurrency lock.
 ``uwsgi_es_heartbeat`` holds one row per host that ``/ready`` rewrites, because only a real write
 shows that the store accepts writes (a read-only file, a full disk, a standby server all answer reads).
+``uwsgi_es_idempotency`` holds the answer of each request sent with an ``Idempotency-Key``, written in
+the same transaction as the request's events, and its digest (method, path, body), until it expires.
 ``uwsgi_es_tracking`` holds one row per projection: the feed position it has applied, written in
 the same transaction as its read model (and, when it stopped at an event, why: uwsgi_es.readside).
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 from sqlalchemy import (
     BigInteger,
     Column,
+    Float,
     Index,
     Integer,
     MetaData,
@@ -21,13 +24,14 @@ from sqlalchemy import (
     Text,
     Uuid,
     bindparam,
+    delete,
     func,
     insert,
     select,
     text,
 )
 
-from uwsgi_es.stores.base import FEED_CHANNEL, HEARTBEAT_TABLE, TRACKING_TABLE
+from uwsgi_es.stores.base import FEED_CHANNEL, HEARTBEAT_TABLE, IDEMPOTENCY_TABLE, TRACKING_TABLE
 
 metadata = MetaData()
 
@@ -59,6 +63,16 @@ tracking_table = Table(
     Column("error_position", BigInteger(), nullable=True),
     Column("error_topic", String(255), nullable=True),
     Column("error", Text(), nullable=True),
+)
+
+idempotency_table = Table(
+    IDEMPOTENCY_TABLE,
+    metadata,
+    Column("key", String(255), primary_key=True),
+    Column("digest", String(64), nullable=False),
+    Column("answer", Text(), nullable=False),
+    Column("created", Float(), nullable=False),  # epoch seconds: expired rows are swept
+    Index(f"{IDEMPOTENCY_TABLE}_created", "created"),
 )
 
 # Built once: constructing statements per call costs more than running them on SQLite.
@@ -105,3 +119,11 @@ HEARTBEAT = text(
     f"INSERT INTO {HEARTBEAT_TABLE} (host, beats) VALUES (:host, 1) "  # noqa: S608 (a constant name)
     f"ON CONFLICT (host) DO UPDATE SET beats = {HEARTBEAT_TABLE}.beats + 1"
 )
+SELECT_ANSWER = select(idempotency_table.c.digest, idempotency_table.c.answer).where(
+    idempotency_table.c.key == bindparam("key"), idempotency_table.c.created >= bindparam("since")
+)
+INSERT_ANSWER = insert(idempotency_table)
+DELETE_EXPIRED_KEY = delete(idempotency_table).where(
+    idempotency_table.c.key == bindparam("key"), idempotency_table.c.created < bindparam("since")
+)
+DELETE_EXPIRED = delete(idempotency_table).where(idempotency_table.c.created < bindparam("since"))

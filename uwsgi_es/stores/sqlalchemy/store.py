@@ -16,6 +16,11 @@ Why it looks the way it does:
   making readers gap-aware: PostgreSQL writers take ``LOCK TABLE ... IN EXCLUSIVE MODE`` for
   their (short) transaction, which queues writers but never blocks readers; SQLite's
   ``BEGIN IMMEDIATE`` already admits one writer at a time. Simple readers stay correct.
+- A request sent with an ``Idempotency-Key`` runs in one write transaction (``remembering``): its
+  appends join it through a savepoint (a version conflict rolls back the append only, and the
+  command is re-run), and its answer is inserted under the key before the one commit. Events and
+  answer are stored together or not at all; a second request that stored the same key first makes
+  this one roll back whole (``DuplicateRequestError``).
 - SQLite: a write is acknowledged only if, after its commit, the database path still names the
   file the connection wrote to. A file deleted or replaced under a running server would otherwise
   take acknowledged writes with it; instead they answer 503 until the file is back.
@@ -26,8 +31,10 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
@@ -36,7 +43,12 @@ from uuid import UUID
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
-from uwsgi_es.errors import SchemaMissingError, StoreReadOnlyError, StoreUnavailableError
+from uwsgi_es.errors import (
+    DuplicateRequestError,
+    SchemaMissingError,
+    StoreReadOnlyError,
+    StoreUnavailableError,
+)
 from uwsgi_es.redaction import redact_url, secrets_of
 from uwsgi_es.settings import Settings
 from uwsgi_es.stores.base import RecordStore, StoredRecord, heartbeat_name, version_conflict
@@ -49,11 +61,15 @@ from uwsgi_es.stores.sqlalchemy.engine import (
     translate,
 )
 from uwsgi_es.stores.sqlalchemy.schema import (
+    DELETE_EXPIRED,
+    DELETE_EXPIRED_KEY,
     HEARTBEAT,
     INSERT,
+    INSERT_ANSWER,
     LOCK_FOR_APPEND,
     NOTIFY,
     SELECT_AFTER,
+    SELECT_ANSWER,
     SELECT_ANY,
     SELECT_LAST_ID,
     SELECT_ONE,
@@ -69,6 +85,13 @@ log = logging.getLogger(__name__)
 # SQLite checkpoints its write-ahead log at 1000 pages (4 MiB): below that much free space, appends
 # start failing with "database or disk is full".
 MIN_FREE_BYTES = 4 * 1024 * 1024
+# Expired answers are swept at most this often per process, in a keyed request's transaction.
+SWEEP_INTERVAL = 60.0
+# The write transaction of the keyed request this context (thread, greenlet) is serving, and the
+# store it belongs to: that store's statements join it (see ``remembering``).
+_unit: ContextVar[tuple[SQLAlchemyRecordStore, Connection] | None] = ContextVar(
+    "uwsgi_es_unit_of_work", default=None
+)
 
 
 class SQLAlchemyRecordStore(RecordStore):
@@ -97,6 +120,7 @@ class SQLAlchemyRecordStore(RecordStore):
         self._is_postgres = engine.dialect.name == "postgresql"
         self.path = _database_file(engine) if self._is_sqlite else None
         self._writers = WriterQueue(f"{self.path}.writers", writer_timeout) if self.path else None
+        self._swept = 0.0
 
     @property
     def sessions(self) -> scoped_session[Session]:
@@ -197,6 +221,44 @@ class SQLAlchemyRecordStore(RecordStore):
         with self.engine.connect() as connection, self._in_transaction(connection, write=True):
             yield connection
 
+    def recall(self, key: str, since: float) -> tuple[str, str] | None:
+        self.check_process()
+        with self._errors(), self._transaction(write=False) as session:
+            row = session.execute(SELECT_ANSWER, {"key": key, "since": since}).first()
+        return None if row is None else (str(row[0]), str(row[1]))
+
+    @contextmanager
+    def remembering(self, key: str, digest: str, since: float) -> Iterator[Callable[[str], None]]:
+        self.check_process()
+        answers: list[str] = []
+        with (
+            self._errors(),
+            self.engine.connect() as connection,
+            self._in_transaction(connection, write=True),
+        ):
+            token = _unit.set((self, connection))
+            try:
+                yield answers.append
+            finally:
+                _unit.reset(token)
+            if answers:
+                now = time.time()
+                connection.execute(DELETE_EXPIRED_KEY, {"key": key, "since": since})
+                if now - self._swept > SWEEP_INTERVAL:
+                    self._swept = now
+                    connection.execute(DELETE_EXPIRED, {"since": since})
+                try:
+                    with connection.begin_nested():
+                        connection.execute(
+                            INSERT_ANSWER,
+                            {"key": key, "digest": digest, "answer": answers[-1], "created": now},
+                        )
+                except IntegrityError as exc:
+                    raise DuplicateRequestError(
+                        f"Another request with Idempotency-Key {key[:60]!r} was stored first; this "
+                        "one stored nothing."
+                    ) from exc
+
     def ping(self) -> None:
         self.check_process()
         if self.path is not None and not self.path.exists():
@@ -259,6 +321,15 @@ class SQLAlchemyRecordStore(RecordStore):
         together. Otherwise use a pooled Core connection for just this statement: half the cost of
         an ORM session on the hot path, and the connection is back in the pool when it returns.
         """
+        unit = _unit.get()
+        if unit is not None and unit[0] is self:
+            connection = unit[1]
+            if write:
+                with connection.begin_nested():
+                    yield connection
+            else:
+                yield connection
+            return
         if self._sessions is not None and self._sessions.registry.has():
             session = self._sessions()
             if session.in_transaction():
