@@ -39,7 +39,7 @@ def write_report(
         f"each, then {ROUNDS} rounds of {SECONDS} s runs, ours and the anchor back to back in every round. The",
         "ratio is the median of the per-round ratios (ours / anchor): absolute numbers drift on this shared",
         "machine, ratios measured seconds apart hold. Deposits go round-robin over 100 accounts; reads over",
-        "10 accounts of 10 or 100 events.",
+        "10 accounts of 10 or 100 events, and 4 accounts of 1,000 events (against the raw select).",
         "",
         f"Durability: SQLite {SQLITE_DURABILITY} for uwsgi_es and raw SQL (the eventsourcing library sets WAL and",
         f"keeps SQLite's default synchronous); PostgreSQL {POSTGRES_DURABILITY}.",

@@ -55,6 +55,8 @@ def sql_rows(
         for contender in (ours, raw, library):
             open_accounts(contender, "read10", 10, 10)
             open_accounts(contender, "read100", 10, 100)
+        for contender in (ours, raw):  # long streams: against the raw select only
+            open_accounts(contender, "read1000", 4, 1000)
         for anchor in (raw, library):
             # Fresh accounts for both sides of each write comparison: a deposit replays its account,
             # so ours must not carry the events of the previous comparison into this one.
@@ -64,6 +66,7 @@ def sql_rows(
         for purpose, label in (("read10", "read: 10 events"), ("read100", "read: 100 events")):
             rows.append(compare(label, store, ours, raw, read_script(purpose)))
             rows.append(compare(label, store, ours, library, read_script(purpose)))
+        rows.append(compare("read: 1,000 events", store, ours, raw, read_script("read1000")))
         if store == "PostgreSQL":
             rows.append(without_pre_ping(env_ours, ours, library, logs))
     finally:

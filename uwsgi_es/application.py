@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import random
 import threading
+from collections import Counter
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from uwsgi_es.errors import (
 )
 from uwsgi_es.lifecycle import process
 from uwsgi_es.settings import Settings
+from uwsgi_es.snapshots import Snapshots
 from uwsgi_es.stores import GlobalFeed, RecordStore, RequestScope, StoredRecord, create_record_store
 from uwsgi_es.transcoding import codec_for
 
@@ -150,15 +152,59 @@ class EventStore:
 
 
 class Repository:
-    """Rebuilds aggregates by replaying their stored events."""
+    """Rebuilds aggregates by replaying their stored events: from this worker's cached copy or the
+    latest stored snapshot when there is one, then only the events after it (``uwsgi_es.snapshots``)."""
 
-    def __init__(self, event_store: EventStore) -> None:
+    def __init__(self, event_store: EventStore, snapshots: Snapshots | None = None) -> None:
         self.event_store = event_store
+        self.snapshots = snapshots
 
     def get(self, aggregate_id: UUID, aggregate_type: type[A]) -> A:
-        aggregate = replay(self.event_store.get(aggregate_id))
+        if self.snapshots is None:
+            aggregate = replay(self.event_store.get(aggregate_id))
+        else:
+            aggregate = self._load(aggregate_id, self.snapshots)
         if not isinstance(aggregate, aggregate_type):
             raise AggregateNotFoundError(f"No {aggregate_type.__name__} with id {aggregate_id} is stored.")
+        return aggregate
+
+    def _load(self, aggregate_id: UUID, snapshots: Snapshots) -> Aggregate | None:
+        entry = snapshots.cached(aggregate_id)
+        if entry is not None:
+            # From the cached version's own event on: it must be stored as the cache remembers it.
+            records = self._select(aggregate_id, entry.version - 1)
+            start = snapshots.from_cache(entry, aggregate_id, records[0] if records else None)
+            if start is not None:
+                return self._forward(start, records, snapshots)
+        start = snapshots.stored(aggregate_id)
+        if start is not None:
+            records = self._select(aggregate_id, start.version - 1)
+            if records and records[0].originator_version == start.version:
+                return self._forward(start, records, snapshots)
+        records = self._select(aggregate_id, 0)
+        aggregate = replay([self.event_store.from_record(r) for r in records])
+        if aggregate is not None:
+            snapshots.remember(aggregate, records[-1])
+        return aggregate
+
+    def _select(self, aggregate_id: UUID, after_version: int) -> list[StoredRecord]:
+        records = self.event_store.records
+        return (
+            records.select(aggregate_id, after_version=after_version)
+            if after_version
+            else records.select(aggregate_id)
+        )
+
+    def _forward(
+        self, start: Aggregate, records: list[StoredRecord], snapshots: Snapshots
+    ) -> Aggregate | None:
+        """``start`` (at the version of ``records[0]``) with the later records applied."""
+        later = records[1:]
+        if not later:
+            return start
+        aggregate = replay([self.event_store.from_record(r) for r in later], start)
+        if aggregate is not None:
+            snapshots.remember(aggregate, later[-1])
         return aggregate
 
 
@@ -212,7 +258,8 @@ class Application:
         # Cassandra) is what `/events` and the read side need.
         self.feed: GlobalFeed | None = records if isinstance(records, GlobalFeed) else None
         self.event_store = EventStore(records)
-        self.repository = Repository(self.event_store)
+        self.snapshots = Snapshots(records, self.settings)
+        self.repository = Repository(self.event_store, self.snapshots)
         self.bus = pubsub if bus is None else bus
         self.conflicts = 0
         self.retries = 0
@@ -262,6 +309,7 @@ class Application:
             "conflicts": self.conflicts,
             "retries": self.retries,
             "pool": self.records.pool_status(),
+            **self.snapshots.report(),
         }
 
     def end_request(self) -> None:
@@ -292,6 +340,8 @@ class Application:
             return None
         written_position.set(None)
         self.bus.publish(events)
+        if self.snapshots.store is not None:
+            self.snapshots.after_save(aggregates, Counter(event.originator_id for event in events))
         return written_position.get()
 
     def get(self, aggregate_id: UUID, aggregate_type: type[A]) -> A:

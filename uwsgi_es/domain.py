@@ -17,6 +17,7 @@ registered with ``register_topic``: a stored row can never make us import a modu
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
@@ -104,6 +105,16 @@ class Aggregate(_Registered):
     version: int
     _pending: list[DomainEvent]
 
+    # Snapshots of this class every this many events (None: UWSGI_ES_SNAPSHOT_INTERVAL; 0: never).
+    snapshot_interval: ClassVar[int | None] = None
+    # The version of this class's snapshot state; raise it with upcast_v<N>_v<N+1>(state) static
+    # methods, as for events, when its attributes change.
+    class_version: ClassVar[int] = 1
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        upcasters_of(cls)  # a missing upcast step fails when the class is defined
+
     @dataclass(frozen=True)
     class Event(DomainEvent):
         """An event of one aggregate; ``apply`` is the only place its state changes."""
@@ -186,6 +197,11 @@ class Aggregate(_Registered):
 _aggregate_topics: dict[type, str] = {}
 
 
+def aggregate_classes() -> list[type[Aggregate]]:
+    """Every aggregate class this process defined."""
+    return [c for c in set(_classes_by_topic.values()) if isinstance(c, type) and issubclass(c, Aggregate)]
+
+
 def _topic_of_aggregate(cls: type) -> str:
     try:
         return _aggregate_topics[cls]
@@ -194,9 +210,9 @@ def _topic_of_aggregate(cls: type) -> str:
         return topic
 
 
-def replay(events: list[DomainEvent]) -> Aggregate | None:
-    """Rebuild an aggregate from its events, in version order; None when there are none."""
-    aggregate: Aggregate | None = None
+def replay(events: Sequence[DomainEvent], aggregate: Aggregate | None = None) -> Aggregate | None:
+    """Rebuild an aggregate from its events, in version order (from ``aggregate``, e.g. a
+    snapshot, when given); None when there is nothing."""
     for event in events:
         if not isinstance(event, Aggregate.Event):
             raise EventSequenceError(f"{topic_of(type(event))} is not an aggregate event.")

@@ -257,6 +257,17 @@ class Settings:
     pool_recycle: int = setting(1800, _integer(-1, 86_400), "seconds before a connection is replaced")
     pool_pre_ping: bool = setting(True, _boolean, "test a pooled connection before use", shown="true")
     connect_timeout: int = setting(5, _integer(1, 600), "seconds to wait for a new database connection")
+    snapshot_interval: int = setting(
+        100,
+        _integer(0, 1_000_000),
+        "an aggregate is snapshotted every this many events (0: never); a class's own "
+        "`snapshot_interval` wins; `uwsgi-es migrate` creates the table",
+    )
+    aggregate_cache: int = setting(
+        1000,
+        _integer(0, 10_000_000),
+        "aggregates each worker keeps in memory (LRU), read forward from their cached version; 0: none",
+    )
     conflict_retries: int = setting(
         10, _integer(0, 100), "times a conflicting command is reloaded and re-run before 409"
     )

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import typing
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -43,6 +44,7 @@ def register_type(cls: type, encode: Callable[[Any], Any], decode: Callable[[Any
         raise TranscodingError(f"register_type needs a class, not {cls!r}.")
     _types[cls] = (encode, decode)
     _codecs.clear()  # a class refused before may be storable now
+    _aggregate_codecs.clear()
 
 
 def _encode_hook(value: Any) -> Any:
@@ -85,6 +87,20 @@ def _custom_types(info: msgspec.inspect.Type) -> Iterator[type]:
     if isinstance(info, msgspec.inspect.DataclassType):
         for f in info.fields:
             yield from _custom_types(f.type)
+
+
+Upcaster = Callable[[dict[str, Any]], None]
+
+
+def _upcast(codec: EventCodec | AggregateCodec, state: dict[str, Any], written: Any) -> None:
+    """Bring ``state`` written at class version ``written`` to the codec's, one step at a time."""
+    if not isinstance(written, int) or not 1 <= written <= codec.version:
+        raise ValueError(
+            f"state written at class_version {written!r}; {codec.name} is at {codec.version} "
+            "(is this process running older code than the one that wrote it?)"
+        )
+    for upcast in codec.upcasters[written - 1 :]:
+        upcast(state)
 
 
 class EventCodec:
@@ -136,21 +152,82 @@ class EventCodec:
             raise ValueError(f"the stored state is {type(state).__name__}, not an object")
         version = state.pop(VERSION_KEY, 1)
         if version != self.version:
-            self.upcast(state, version)
+            _upcast(self, state, version)
         state.update(headers)
         return msgspec.convert(state, self.cls, dec_hook=_decode_hook)
 
-    def upcast(self, state: dict[str, Any], version: Any) -> None:
-        if not isinstance(version, int) or not 1 <= version <= self.version:
-            raise ValueError(
-                f"state written at class_version {version!r}; {self.name} is at {self.version} "
-                "(is this process running older code than the one that wrote it?)"
-            )
-        for upcast in self.upcasters[version - 1 :]:
-            upcast(state)
+
+class AggregateCodec:
+    """An aggregate's state as a snapshot: its attributes (all but ``id``, ``version`` and the
+    pending events) as JSON, read back by the class's annotations where it has them.
+
+    Aggregates set their attributes in ``apply`` methods, annotated or not, so a snapshot is only
+    trusted if it reads back equal to the aggregate it was taken of (``encode`` checks, every
+    time): one that would not (an unannotated ``UUID`` attribute comes back a ``str``) is not
+    taken, and ``unfaithful`` names the attributes to annotate. Versions and upcasts work as for
+    events: ``class_version`` and ``upcast_vN_vM`` on the aggregate class.
+    """
+
+    header = frozenset({"id", "version", "_pending"})
+
+    def __init__(self, cls: type) -> None:
+        self.cls = cls
+        self.name = f"{cls.__module__}:{cls.__qualname__}"
+        self.version: int = getattr(cls, "class_version", 1)
+        self.upcasters = upcasters_of(cls)
+        try:
+            hints = typing.get_type_hints(cls)
+        except Exception as exc:  # unresolvable annotations: NameError, TypeError...
+            raise TranscodingError(
+                f"The annotations of {self.name} cannot be read: {type(exc).__name__}: {exc}"
+            ) from exc
+        self.types = {
+            name: hint
+            for name, hint in hints.items()
+            if name not in self.header and typing.get_origin(hint) is not typing.ClassVar
+        }
+        self.unfaithful: list[str] = []
+
+    def encode(self, aggregate: Any) -> str | None:
+        """The snapshot state, or None when it would not read back equal (see ``unfaithful``)."""
+        attributes = {k: v for k, v in vars(aggregate).items() if k not in self.header}
+        state = dict(attributes)
+        if self.version > 1:
+            state[VERSION_KEY] = self.version
+        try:
+            encoded = _encoder.encode(state).decode()
+            back = self._typed(_untyped.decode(encoded))
+        except (TypeError, ValueError, msgspec.EncodeError) as exc:
+            self.unfaithful = [f"{type(exc).__name__}: {exc}"]
+            return None
+        if back != attributes:
+            self.unfaithful = sorted(k for k in attributes if back.get(k, attributes) != attributes[k])
+            return None
+        return encoded
+
+    def decode(self, aggregate_id: Any, version: int, stored: str | bytes) -> Any:
+        """The aggregate a snapshot holds, upcast to the current class version."""
+        state = _untyped.decode(stored)
+        if not isinstance(state, dict):
+            raise ValueError(f"the snapshot state is {type(state).__name__}, not an object")
+        written = state.pop(VERSION_KEY, 1)
+        if written != self.version:
+            _upcast(self, state, written)
+        aggregate: Any = object.__new__(self.cls)
+        aggregate.__dict__.update(self._typed(state))
+        aggregate.id, aggregate.version, aggregate._pending = aggregate_id, version, []
+        return aggregate
+
+    def _typed(self, state: dict[str, Any]) -> dict[str, Any]:
+        types = self.types
+        for name, value in state.items():
+            hint = types.get(name)
+            if hint is not None:
+                state[name] = msgspec.convert(value, hint, dec_hook=_decode_hook)
+        return state
 
 
-def upcasters_of(cls: type) -> list[Callable[[dict[str, Any]], None]]:
+def upcasters_of(cls: type) -> list[Upcaster]:
     """``upcast_v1_v2`` ... up to the class's version; a missing step is an error at import."""
     version: int = getattr(cls, "class_version", 1)
     if not isinstance(version, int) or version < 1:
@@ -170,6 +247,18 @@ def upcasters_of(cls: type) -> list[Callable[[dict[str, Any]], None]]:
 
 _codecs: dict[type, EventCodec] = {}
 _codecs_lock = threading.Lock()
+
+
+_aggregate_codecs: dict[type, AggregateCodec] = {}
+
+
+def aggregate_codec_for(cls: type) -> AggregateCodec:
+    """The snapshot codec of an aggregate class, compiled on first use."""
+    codec = _aggregate_codecs.get(cls)
+    if codec is None:
+        with _codecs_lock:
+            codec = _aggregate_codecs[cls] = AggregateCodec(cls)
+    return codec
 
 
 def codec_for(cls: type, header: frozenset[str]) -> EventCodec:

@@ -16,12 +16,13 @@ from uwsgi_es.stores.cassandra import CassandraRecordStore
 from uwsgi_es.testing.cassandra import CassandraNode
 
 from .contract import RecordStoreContract, records
+from .snapshot_contract import SnapshotsContract
 from .typed_contract import TypedEventsContract
 
 pytestmark = pytest.mark.cassandra
 
 
-class TestCassandraStore(RecordStoreContract, TypedEventsContract):
+class TestCassandraStore(RecordStoreContract, TypedEventsContract, SnapshotsContract):
     has_global_order = False
 
     @pytest.fixture

@@ -19,13 +19,14 @@ from uwsgi_es.testing import PostgresServer
 from uwsgi_es.testing.postgres import ExistingPostgres
 
 from .contract import records
+from .snapshot_contract import SnapshotsContract
 from .sqlalchemy_contract import SQLAlchemyStoreContract
 from .typed_contract import TypedEventsContract
 
 pytestmark = pytest.mark.postgres
 
 
-class TestPostgresStore(SQLAlchemyStoreContract, TypedEventsContract):
+class TestPostgresStore(SQLAlchemyStoreContract, TypedEventsContract, SnapshotsContract):
     @pytest.fixture
     def database_url(self, postgres_url: str) -> str:
         return postgres_url

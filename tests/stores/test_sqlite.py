@@ -20,11 +20,12 @@ from uwsgi_es.stores.sqlalchemy import SQLAlchemyRecordStore
 
 from ..support.forking import in_child
 from .contract import records
+from .snapshot_contract import SnapshotsContract
 from .sqlalchemy_contract import SQLAlchemyStoreContract
 from .typed_contract import TypedEventsContract
 
 
-class TestSQLiteStore(SQLAlchemyStoreContract, TypedEventsContract):
+class TestSQLiteStore(SQLAlchemyStoreContract, TypedEventsContract, SnapshotsContract):
     @pytest.fixture
     def database_url(self, sqlite_url: str) -> str:
         return sqlite_url

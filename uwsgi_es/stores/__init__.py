@@ -11,9 +11,25 @@ import importlib
 
 from uwsgi_es.errors import ConfigurationError
 from uwsgi_es.settings import Settings
-from uwsgi_es.stores.base import GlobalFeed, RecordStore, RequestScope, StoredRecord
+from uwsgi_es.stores.base import (
+    GlobalFeed,
+    IdempotentWrites,
+    RecordStore,
+    RequestScope,
+    SnapshotStore,
+    StoredRecord,
+)
 
-__all__ = ["BACKENDS", "GlobalFeed", "RecordStore", "RequestScope", "StoredRecord", "create_record_store"]
+__all__ = [
+    "BACKENDS",
+    "GlobalFeed",
+    "IdempotentWrites",
+    "RecordStore",
+    "RequestScope",
+    "SnapshotStore",
+    "StoredRecord",
+    "create_record_store",
+]
 
 # UWSGI_ES_STORE -> (module, class, what to install when its driver is missing)
 BACKENDS: dict[str, tuple[str, str, str]] = {

@@ -7,7 +7,8 @@ appending a version that already exists raises ``ConcurrencyError`` and stores n
 
 Capabilities, not refusals: a store that keeps a global order of its records is also a
 ``GlobalFeed``; one that holds state per request (a SQL session) is also a ``RequestScope``; one
-that can store a request's answer in the same transaction as its events is ``IdempotentWrites``. An
+that can store a request's answer in the same transaction as its events is ``IdempotentWrites``;
+one that keeps aggregate snapshots is a ``SnapshotStore``. An
 application learns what its store can do when it is built, and nothing is refused per call.
 
 A store remembers the process that built it. Its connections belong to that process alone, so any
@@ -32,6 +33,7 @@ from uwsgi_es.redaction import scrub
 
 HEARTBEAT_TABLE = "uwsgi_es_heartbeat"
 TRACKING_TABLE = "uwsgi_es_tracking"  # the read side's positions (uwsgi_es.readside.tracking)
+SNAPSHOTS_TABLE = "uwsgi_es_snapshots"  # the latest snapshot of each aggregate (uwsgi_es.snapshots)
 IDEMPOTENCY_TABLE = "uwsgi_es_idempotency"  # answers of keyed requests (uwsgi_es.web.idempotency)
 FEED_CHANNEL = "uwsgi_es_events"  # PostgreSQL: NOTIFY'd by every append, LISTENed by projection runners
 
@@ -175,4 +177,18 @@ class IdempotentWrites(Protocol):
         """One write transaction around a request: every append inside joins it; the function it
         yields records the answer, stored under ``key`` at the commit. ``DuplicateRequestError``
         if another request stored ``key`` first (this one's events are then rolled back)."""
+        ...
+
+
+@runtime_checkable
+class SnapshotStore(Protocol):
+    """A store that keeps the latest snapshot of each aggregate (SQL stores and Cassandra), in a
+    table of its own: a record whose version is the aggregate's and whose state is its state."""
+
+    def save_snapshot(self, snapshot: StoredRecord) -> None:
+        """Keep ``snapshot`` unless a later one of the same aggregate is kept already."""
+        ...
+
+    def latest_snapshot(self, originator_id: UUID) -> StoredRecord | None:
+        """The latest snapshot of an aggregate, or None."""
         ...

@@ -44,7 +44,14 @@ from uwsgi_es.errors import (
     StoreUnavailableError,
 )
 from uwsgi_es.settings import Settings
-from uwsgi_es.stores.base import HEARTBEAT_TABLE, RecordStore, StoredRecord, heartbeat_name, version_conflict
+from uwsgi_es.stores.base import (
+    HEARTBEAT_TABLE,
+    SNAPSHOTS_TABLE,
+    RecordStore,
+    StoredRecord,
+    heartbeat_name,
+    version_conflict,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +87,7 @@ class CassandraRecordStore(RecordStore):
         self.settings = settings
         self.keyspace = settings.cassandra_keyspace
         self._statements: _Statements | None = None
+        self._snapshots: tuple[PreparedStatement, PreparedStatement] | None = None
         self._prepare_lock = threading.Lock()
 
     @classmethod
@@ -135,6 +143,10 @@ class CassandraRecordStore(RecordStore):
                 ") WITH CLUSTERING ORDER BY (originator_version ASC)"
             )
             self.session.execute(
+                f"CREATE TABLE IF NOT EXISTS {self.keyspace}.{SNAPSHOTS_TABLE} ("
+                "originator_id uuid PRIMARY KEY, originator_version bigint, topic text, state text)"
+            )
+            self.session.execute(
                 f"CREATE TABLE IF NOT EXISTS {self.keyspace}.{HEARTBEAT_TABLE} "
                 "(host text PRIMARY KEY, beats counter)"
             )
@@ -155,22 +167,57 @@ class CassandraRecordStore(RecordStore):
                 )
                 select = f"SELECT originator_version, topic, state FROM {table} WHERE originator_id = ?"  # noqa: S608
                 heartbeat = f"UPDATE {self.keyspace}.{HEARTBEAT_TABLE} SET beats = beats + 1 WHERE host = ?"  # noqa: S608
-                try:
-                    self._statements = _Statements(
-                        insert=self.session.prepare(insert),
-                        select=self.session.prepare(select),
-                        select_serial=self._serial(self.session.prepare(select)),
-                        select_after=self.session.prepare(f"{select} AND originator_version > ? LIMIT ?"),
-                        heartbeat=self.session.prepare(heartbeat),
-                    )
-                except InvalidRequest as exc:
-                    raise SchemaMissingError(
-                        f"The table {table} does not exist in {self.describe()} ({exc}). "
-                        "Create it once per deployment with: UWSGI_ES_STORE=cassandra uwsgi-es migrate"
-                    ) from exc
-                except (NoHostAvailable, DriverException) as exc:
-                    raise self.unavailable(exc) from exc
+                after = f"{select} AND originator_version > ? LIMIT ?"
+                prepared = self._prepare(table, insert, select, select, after, heartbeat)
+                self._statements = _Statements(
+                    insert=prepared[0],
+                    select=prepared[1],
+                    select_serial=self._serial(prepared[2]),
+                    select_after=prepared[3],
+                    heartbeat=prepared[4],
+                )
         return self._statements
+
+    def _prepare(self, table: str, *statements: str) -> list[PreparedStatement]:
+        """The statements prepared; ``SchemaMissingError`` naming migrate if ``table`` is missing."""
+        try:
+            return [self.session.prepare(statement) for statement in statements]
+        except InvalidRequest as exc:
+            raise SchemaMissingError(
+                f"The table {table} does not exist in {self.describe()} ({exc}). "
+                "Create it once per deployment with: UWSGI_ES_STORE=cassandra uwsgi-es migrate"
+            ) from exc
+        except (NoHostAvailable, DriverException) as exc:
+            raise self.unavailable(exc) from exc
+
+    def save_snapshot(self, snapshot: StoredRecord) -> None:
+        """A plain upsert (last write wins): a snapshot older than the one it overwrites only
+        means more events to replay after it, never a wrong state."""
+        self.check_process()
+        save, _ = self._snapshot_statements()
+        values = (snapshot.originator_id, snapshot.originator_version, snapshot.topic, snapshot.state)
+        self._execute(save, values)
+
+    def latest_snapshot(self, originator_id: UUID) -> StoredRecord | None:
+        self.check_process()
+        _, latest = self._snapshot_statements()
+        rows = self._execute(latest, (originator_id,))
+        if not rows:
+            return None
+        return StoredRecord(originator_id, rows[0].originator_version, rows[0].topic, rows[0].state)
+
+    def _snapshot_statements(self) -> tuple[PreparedStatement, PreparedStatement]:
+        """Prepared apart from the events' statements, so a keyspace migrated before snapshots
+        existed still stores events (and says to migrate when a snapshot is asked for)."""
+        if self._snapshots is None:
+            table = f"{self.keyspace}.{SNAPSHOTS_TABLE}"
+            save, latest = self._prepare(
+                table,
+                f"INSERT INTO {table} (originator_id, originator_version, topic, state) VALUES (?, ?, ?, ?)",  # noqa: S608
+                f"SELECT originator_version, topic, state FROM {table} WHERE originator_id = ?",  # noqa: S608
+            )
+            self._snapshots = (save, latest)
+        return self._snapshots
 
     def _serial(self, statement: PreparedStatement) -> PreparedStatement:
         statement.consistency_level = ConsistencyLevel.name_to_value[

@@ -4,6 +4,7 @@
 unique (originator_id, originator_version) index is the optimistic-concurrency lock.
 ``uwsgi_es_heartbeat`` holds one row per host that ``/ready`` rewrites, because only a real write
 shows that the store accepts writes (a read-only file, a full disk, a standby server all answer reads).
+``uwsgi_es_snapshots`` holds the latest snapshot of each aggregate that has one (uwsgi_es.snapshots).
 ``uwsgi_es_idempotency`` holds the answer of each request sent with an ``Idempotency-Key``, written in
 the same transaction as the request's events, and its digest (method, path, body), until it expires.
 ``uwsgi_es_tracking`` holds one row per projection: the feed position it has applied, written in
@@ -31,7 +32,13 @@ from sqlalchemy import (
     text,
 )
 
-from uwsgi_es.stores.base import FEED_CHANNEL, HEARTBEAT_TABLE, IDEMPOTENCY_TABLE, TRACKING_TABLE
+from uwsgi_es.stores.base import (
+    FEED_CHANNEL,
+    HEARTBEAT_TABLE,
+    IDEMPOTENCY_TABLE,
+    SNAPSHOTS_TABLE,
+    TRACKING_TABLE,
+)
 
 metadata = MetaData()
 
@@ -63,6 +70,15 @@ tracking_table = Table(
     Column("error_position", BigInteger(), nullable=True),
     Column("error_topic", String(255), nullable=True),
     Column("error", Text(), nullable=True),
+)
+
+snapshots_table = Table(
+    SNAPSHOTS_TABLE,
+    metadata,
+    Column("originator_id", Uuid(), primary_key=True),
+    Column("originator_version", BigInteger(), nullable=False),
+    Column("topic", String(255), nullable=False),
+    Column("state", Text(), nullable=False),
 )
 
 idempotency_table = Table(
@@ -127,3 +143,14 @@ DELETE_EXPIRED_KEY = delete(idempotency_table).where(
     idempotency_table.c.key == bindparam("key"), idempotency_table.c.created < bindparam("since")
 )
 DELETE_EXPIRED = delete(idempotency_table).where(idempotency_table.c.created < bindparam("since"))
+SELECT_SNAPSHOT = select(
+    snapshots_table.c.originator_version, snapshots_table.c.topic, snapshots_table.c.state
+).where(snapshots_table.c.originator_id == bindparam("originator_id"))
+# The same upsert on PostgreSQL and SQLite: a snapshot never replaces a later one.
+UPSERT_SNAPSHOT = text(
+    f"INSERT INTO {SNAPSHOTS_TABLE} (originator_id, originator_version, topic, state) "  # noqa: S608
+    "VALUES (:originator_id, :originator_version, :topic, :state) "
+    "ON CONFLICT (originator_id) DO UPDATE SET originator_version = excluded.originator_version, "
+    "topic = excluded.topic, state = excluded.state "
+    f"WHERE {SNAPSHOTS_TABLE}.originator_version < excluded.originator_version"
+).bindparams(bindparam("originator_id", type_=Uuid()))

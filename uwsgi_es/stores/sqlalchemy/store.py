@@ -74,6 +74,8 @@ from uwsgi_es.stores.sqlalchemy.schema import (
     SELECT_LAST_ID,
     SELECT_ONE,
     SELECT_ONE_AFTER,
+    SELECT_SNAPSHOT,
+    UPSERT_SNAPSHOT,
     metadata,
 )
 from uwsgi_es.stores.sqlalchemy.writers import WriterQueue
@@ -220,6 +222,23 @@ class SQLAlchemyRecordStore(RecordStore):
         self.check_process()
         with self.engine.connect() as connection, self._in_transaction(connection, write=True):
             yield connection
+
+    def save_snapshot(self, snapshot: StoredRecord) -> None:
+        self.check_process()
+        values = {
+            "originator_id": snapshot.originator_id,
+            "originator_version": snapshot.originator_version,
+            "topic": snapshot.topic,
+            "state": snapshot.state,
+        }
+        with self._errors(), self._transaction(write=True) as session:
+            session.execute(UPSERT_SNAPSHOT, values)
+
+    def latest_snapshot(self, originator_id: UUID) -> StoredRecord | None:
+        self.check_process()
+        with self._errors(), self._transaction(write=False) as session:
+            row = session.execute(SELECT_SNAPSHOT, {"originator_id": originator_id}).first()
+        return None if row is None else StoredRecord(originator_id, int(row[0]), str(row[1]), str(row[2]))
 
     def recall(self, key: str, since: float) -> tuple[str, str] | None:
         self.check_process()
