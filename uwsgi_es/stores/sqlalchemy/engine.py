@@ -48,6 +48,8 @@ _UNDEFINED_TABLE = "42P01"
 _LOCK_NOT_AVAILABLE = "55P03"
 _READ_ONLY_TRANSACTION = "25006"
 _DISK_FULL = "53100"
+# idle_in_transaction_session_timeout, admin shutdown (pg_terminate_backend), crash and cannot-connect-now
+_SESSION_ENDED = frozenset({"25P03", "57P01", "57P02", "57P03"})
 _SQLITE_READONLY = ("readonly database", "read-only")
 _SQLITE_FULL = "database or disk is full"
 
@@ -91,6 +93,13 @@ def create_engine_from_settings(settings: Settings) -> Engine:
             ("idle_in_transaction_session_timeout", round(settings.idle_in_transaction_timeout * 1000)),
         )
     )
+
+    @event.listens_for(engine, "handle_error")
+    def _on_error(context: ExceptionContext) -> None:
+        # The server ended the session (a guard's timeout, pg_terminate_backend, a shutdown): the
+        # connection is gone, so retire it (closed now, never back into the pool).
+        if getattr(context.original_exception, "sqlstate", None) in _SESSION_ENDED:
+            context.is_disconnect = True
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
