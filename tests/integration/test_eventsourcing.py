@@ -178,10 +178,13 @@ def test_a_library_application_built_in_the_master_is_never_used_by_a_worker(
     env = {**postgres_env(postgres), "PROBE_BUILD_IN_MASTER": "1"}
     migrate(env)
     options = ["--module", "tests.apps.es_probe:application", "--processes", "3"]
-    options += ["--max-requests", "40", "--min-worker-lifetime", "0"]
+    # 150: well above what the harness's start-up probes cost a worker (with a lower bound, a
+    # worker could be recycled again and again before every slot had answered ready), while 600
+    # requests over 3 workers make at least one serve more than 150, so respawns happen.
+    options += ["--max-requests", "150", "--min-worker-lifetime", "0"]
     server = uwsgi_server(ES_INI, env=env, options=options)
     master_backend = int(re.findall(r"probe: master \d+ holds backend (\d+)", server.log())[0])
-    answers = [r.json() for r in fan_out(200, lambda _: server.get("/probe/backend"), concurrency=8)]
+    answers = [r.json() for r in fan_out(600, lambda _: server.get("/probe/backend"), concurrency=8)]
     backend_of: dict[int, set[int]] = {}
     for answer in answers:
         backend_of.setdefault(answer["pid"], set()).add(answer["backend_pid"])
