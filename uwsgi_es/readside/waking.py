@@ -122,11 +122,17 @@ class PostgresWaker:
     def close(self) -> None:
         connection, self._connection = self._connection, None
         if connection is not None:
+            driver = connection.connection.driver_connection
             try:
                 connection.invalidate()  # never back into the pool: it may be broken, and it LISTENs
                 connection.close()
-            except Exception:  # a dead connection may fail to close: it is gone either way
-                return
+            except Exception as exc:  # a dead connection may fail to close: it is gone either way
+                events.emit("readside_listener_closed", logging.DEBUG, error=type(exc).__name__)
+            finally:
+                # A connection the server terminated is not always closed by the pool's
+                # invalidation; close the driver's own so nothing is left to the garbage collector.
+                if driver is not None and not driver.closed:
+                    driver.close()
 
 
 class SqliteWaker:
