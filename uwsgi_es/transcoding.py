@@ -103,6 +103,17 @@ def _upcast(codec: EventCodec | AggregateCodec, state: dict[str, Any], written: 
         upcast(state)
 
 
+def _current_state(codec: EventCodec | AggregateCodec, stored: str | bytes) -> dict[str, Any]:
+    """Stored state as a dict at the codec's class version (upcast if written at an older one)."""
+    state = _untyped.decode(stored)
+    if not isinstance(state, dict):
+        raise ValueError(f"the stored state is {type(state).__name__}, not an object")
+    written = state.pop(VERSION_KEY, 1)
+    if written != codec.version:
+        _upcast(codec, state, written)
+    return state
+
+
 class EventCodec:
     """The compiled schema of one event class: its state fields, version and upcasters."""
 
@@ -147,12 +158,7 @@ class EventCodec:
     def decode(self, headers: dict[str, Any], stored: str | bytes) -> Any:
         """The event from its header values and stored state: upcast, then typed by the fields.
         Raises ``ValueError`` (msgspec's errors are ValueErrors) naming what does not fit."""
-        state = _untyped.decode(stored)
-        if not isinstance(state, dict):
-            raise ValueError(f"the stored state is {type(state).__name__}, not an object")
-        version = state.pop(VERSION_KEY, 1)
-        if version != self.version:
-            _upcast(self, state, version)
+        state = _current_state(self, stored)
         state.update(headers)
         return msgspec.convert(state, self.cls, dec_hook=_decode_hook)
 
@@ -207,12 +213,7 @@ class AggregateCodec:
 
     def decode(self, aggregate_id: Any, version: int, stored: str | bytes) -> Any:
         """The aggregate a snapshot holds, upcast to the current class version."""
-        state = _untyped.decode(stored)
-        if not isinstance(state, dict):
-            raise ValueError(f"the snapshot state is {type(state).__name__}, not an object")
-        written = state.pop(VERSION_KEY, 1)
-        if written != self.version:
-            _upcast(self, state, written)
+        state = _current_state(self, stored)
         aggregate: Any = object.__new__(self.cls)
         aggregate.__dict__.update(self._typed(state))
         aggregate.id, aggregate.version, aggregate._pending = aggregate_id, version, []
