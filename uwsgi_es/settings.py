@@ -255,7 +255,13 @@ class Settings:
         10.0, _number(0.1, 600.0), "seconds to wait for a pooled connection, then 503"
     )
     pool_recycle: int = setting(1800, _integer(-1, 86_400), "seconds before a connection is replaced")
-    pool_pre_ping: bool = setting(True, _boolean, "test a pooled connection before use", shown="true")
+    pool_pre_ping: bool = setting(
+        False,
+        _boolean,
+        "test a pooled connection before every use (one round trip each); without it, a call whose "
+        "connection the server dropped is run once more on a new one, unless it reached COMMIT",
+        shown="false",
+    )
     connect_timeout: int = setting(5, _integer(1, 600), "seconds to wait for a new database connection")
     snapshot_interval: int = setting(
         100,
@@ -296,10 +302,11 @@ class Settings:
         shown="true",
     )
     readside_poll_interval: float = setting(
-        1.0,
+        0.1,
         _number(0.01, 600.0),
-        "read side: the longest a projection runner waits for a wake-up (PostgreSQL NOTIFY, SQLite's "
-        "data_version) before reading the feed anyway, so a lost notification costs at most this",
+        "read side: how often an idle projection runner reads the feed on PostgreSQL (appends do "
+        "not notify; a read waiting for its own write does), and the longest it waits for SQLite's "
+        "data_version to change: how stale a projection may be for readers that do not wait",
     )
     readside_batch: int = setting(
         100, _integer(1, 100_000), "read side: events a projection applies per transaction"

@@ -14,7 +14,8 @@ from sqlalchemy.exc import DBAPIError
 from uwsgi_es.errors import SchemaMissingError, StoreBusyError, StoreReadOnlyError, StoreUnavailableError
 from uwsgi_es.settings import Settings
 from uwsgi_es.stores.sqlalchemy import SQLAlchemyRecordStore
-from uwsgi_es.stores.sqlalchemy.schema import LOCK_FOR_APPEND
+from uwsgi_es.stores.sqlalchemy.schema import POSITIONS_PER_TRANSACTION, SELECT_AFTER
+from uwsgi_es.stores.sqlalchemy.store import select_all_on
 from uwsgi_es.testing import PostgresServer
 from uwsgi_es.testing.postgres import ExistingPostgres
 
@@ -33,12 +34,43 @@ class TestPostgresStore(SQLAlchemyStoreContract, TypedEventsContract, SnapshotsC
 
 
 def test_pool_settings_reach_the_engine(postgres_url: str) -> None:
-    settings = Settings(database_url=postgres_url, pool_size=3, max_overflow=2, pool_timeout=1.5)
+    settings = Settings(
+        database_url=postgres_url, pool_size=3, max_overflow=2, pool_timeout=1.5, pool_pre_ping=True
+    )
     store = SQLAlchemyRecordStore.from_settings(settings)
     pool = store.engine.pool
     assert (pool.size(), pool._max_overflow, pool._timeout) == (3, 2, 1.5)  # type: ignore[attr-defined]
     assert pool._pre_ping is True
     store.close()
+    default = SQLAlchemyRecordStore.from_settings(Settings(database_url=postgres_url))
+    assert default.engine.pool._pre_ping is False  # type: ignore[attr-defined]
+    default.close()
+
+
+def test_a_restarted_server_costs_no_failed_call_without_pre_ping() -> None:
+    """Every pooled connection dies with the server. Without a ping before each checkout, the
+    first call on a dead connection is run again, once, on a new one: reads, appends and readiness
+    all succeed right after the restart. Work in a transaction someone else began is not retried
+    (it must fail whole: its earlier statements are gone with the connection)."""
+    with PostgresServer() as server:
+        url = server.create_database("restarted")
+        store = SQLAlchemyRecordStore.from_settings(Settings(database_url=url, pool_size=3))
+        store.create_schema()
+        originator = uuid4()
+        store.append(records(originator, range(1, 2)))
+        for _ in range(3):  # a pooled connection for each call below
+            assert len(store.select(originator)) == 1
+        server.stop_server()
+        server.start_server()
+        store.append(records(originator, range(2, 3)))
+        assert [r.originator_version for r in store.select(originator)] == [1, 2]
+        store.check_ready()
+        server.stop_server()
+        server.start_server()
+        with pytest.raises(StoreUnavailableError), store.remembering(f"k-{originator}", "d", 0.0):
+            store.append(records(originator, range(3, 4)))
+        assert [r.originator_version for r in store.select(originator)] == [1, 2]
+        store.close()
 
 
 def test_unmigrated_database_says_to_migrate(postgres: PostgresServer | ExistingPostgres) -> None:
@@ -58,15 +90,98 @@ def test_unreachable_server_is_unavailable_within_the_connect_timeout(
     store.close()
 
 
-def test_writers_hold_the_append_lock_only_inside_their_transaction(postgres_url: str) -> None:
-    """The feed's lock queues writers, never readers, and is gone when the append ends."""
+def test_writers_commit_concurrently_and_the_feed_shows_only_what_can_no_longer_change(
+    postgres_url: str,
+) -> None:
+    """An older transaction has appended and not committed; a newer one appends and commits
+    without waiting for it. The feed hides the newer event until the older transaction ends (a
+    reader would otherwise move past the older event's position and never see it: the unprotected
+    query shows that hole), then shows both, the older first."""
+    settings = Settings(database_url=postgres_url)
+    slow, fast, reader = (SQLAlchemyRecordStore.from_settings(settings) for _ in range(3))
+    start = reader.last_position()
+    older, newer = uuid4(), uuid4()
+    with slow.remembering(f"feed-{older}", "digest", 0.0):  # a write transaction held open
+        slow.append(records(older, range(1, 3)))
+        done = threading.Event()
+        writer = threading.Thread(target=lambda: (fast.append(records(newer, range(1, 2))), done.set()))
+        writer.start()
+        assert done.wait(10), "a writer waited for another writer's transaction"
+        assert [r.originator_id for r in reader.select_all(start, 10)] == []
+        with reader.engine.connect() as connection:  # what a reader without the horizon would see
+            unprotected = connection.execute(SELECT_AFTER, {"after_id": start, "limit": 10}).all()
+        assert [row.originator_id for row in unprotected] == [newer]
+        assert reader.count_after(start, 10) == 0
+    feed = reader.select_all(start, 10)
+    assert [(r.originator_id, r.originator_version) for r in feed] == [(older, 1), (older, 2), (newer, 1)]
+    positions = [r.id or 0 for r in feed]
+    assert positions == sorted(positions)
+    assert len(set(positions)) == 3
+    assert positions[1] - positions[0] == 1, "one transaction's events take consecutive places"
+    assert positions[2] // POSITIONS_PER_TRANSACTION > positions[0] // POSITIONS_PER_TRANSACTION
+    assert reader.last_position() == positions[-1]
+    assert reader.count_after(start, 10) == 3
+    with reader.engine.connect() as connection:
+        assert select_all_on(connection, positions[0], 10) == feed[1:]
+    for store in (slow, fast, reader):
+        store.close()
+
+
+def test_one_transaction_appending_twice_keeps_its_positions_unique_and_in_order(
+    postgres_url: str,
+) -> None:
+    """A keyed request whose command ran twice appends twice in one transaction."""
     store = SQLAlchemyRecordStore.from_settings(Settings(database_url=postgres_url))
-    store.append(records(uuid4(), range(1, 2)))
-    with store.engine.connect() as connection:
-        held = connection.execute(
-            text("SELECT count(*) FROM pg_locks WHERE mode = 'ExclusiveLock' AND relation IS NOT NULL")
-        ).scalar()
-    assert held == 0
+    start, first, second = store.last_position(), uuid4(), uuid4()
+    with store.remembering(f"twice-{first}", "digest", 0.0):
+        store.append(records(first, range(1, 3)))
+        store.append(records(second, range(1, 3)))
+    feed = store.select_all(start, 10)
+    assert [(r.originator_id, r.originator_version) for r in feed] == [
+        (first, 1),
+        (first, 2),
+        (second, 1),
+        (second, 2),
+    ]
+    assert [(r.id or 0) % POSITIONS_PER_TRANSACTION for r in feed] == [0, 1, 2, 3]
+    store.close()
+
+
+def test_migrate_upgrades_a_table_numbered_by_its_sequence(
+    postgres: PostgresServer | ExistingPostgres,
+) -> None:
+    """A table made before positions came from transaction ids: migrate drops the sequence default
+    (an older writer then fails instead of writing below the feed's readers), old events keep their
+    positions and come first, new ones follow."""
+    url = postgres.create_database(f"upgrade_{uuid4().hex[:8]}")
+    store = SQLAlchemyRecordStore.from_settings(Settings(database_url=url))
+    store.create_schema()
+    old = uuid4()
+    with store.engine.begin() as connection:
+        connection.execute(text("CREATE SEQUENCE old_ids"))
+        connection.execute(
+            text("ALTER TABLE integer_sequenced_items ALTER COLUMN id SET DEFAULT nextval('old_ids')")
+        )
+        connection.execute(
+            text(
+                "INSERT INTO integer_sequenced_items (originator_id, originator_version, topic, state) "
+                "VALUES (:o, 1, 'tests:Event', '{}'), (:o, 2, 'tests:Event', '{}')"
+            ),
+            {"o": old},
+        )
+    store.create_schema()
+    with pytest.raises(DBAPIError, match="null value in column"), store.engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO integer_sequenced_items (originator_id, originator_version, topic, state) "
+                "VALUES (:o, 3, 'tests:Event', '{}')"
+            ),
+            {"o": old},
+        )
+    new = uuid4()
+    store.append(records(new, range(1, 2)))
+    assert [(r.originator_id, r.id) for r in store.select_all(0, 10)][:2] == [(old, 1), (old, 2)]
+    assert [r.originator_id for r in store.select_all(2, 10)] == [new]
     store.close()
 
 
@@ -134,10 +249,11 @@ def test_connections_say_whose_they_are_and_carry_the_session_guards(postgres_ur
     assert guards == ["250ms", "7s", "9s"]
 
 
-def test_a_stalled_transaction_holding_the_append_lock_is_cut_off_and_writers_go_on(
+def test_a_stalled_transaction_holding_the_events_table_is_cut_off_and_writers_go_on(
     postgres_url: str,
 ) -> None:
-    """A session takes the append lock and stalls (a hung request, a debugger): the server ends it
+    """A session locks the events table against inserts and stalls (a hung request, a debugger):
+    the server ends it
     after UWSGI_ES_IDLE_IN_TRANSACTION_TIMEOUT (1 s here), so a writer queued behind it stores its
     events well before the stall ends (8 s), within its own lock timeout (5 s)."""
     settings = Settings(database_url=postgres_url, idle_in_transaction_timeout=1.0, lock_timeout=5.0)
@@ -151,7 +267,8 @@ def test_a_stalled_transaction_holding_the_append_lock_is_cut_off_and_writers_go
 
     def stall() -> None:
         with stalled.engine.connect() as connection:
-            connection.execute(LOCK_FOR_APPEND)  # inside the transaction SQLAlchemy began
+            # inside the transaction SQLAlchemy began: a lock that blocks every insert
+            connection.execute(text("LOCK TABLE integer_sequenced_items IN EXCLUSIVE MODE"))
             locked.set()
             time.sleep(8)
             stall_over.set()

@@ -31,8 +31,10 @@ from uwsgi_es.readside.runner import feed_store, stopped_message
 from uwsgi_es.readside.tracking import read
 from uwsgi_es.stores.sqlalchemy.store import SQLAlchemyRecordStore
 
-# How often a waiting read looks at the tracking record again.
+# How often a waiting read looks at the tracking record again (and wakes the runners).
 WAIT_STEP_SECONDS = 0.005
+# A lag is counted event by event up to this many (a projection far behind reports this many).
+LAG_COUNTED_UP_TO = 100_000
 
 
 def projection_classes(app: Any) -> list[type[Projection]]:
@@ -79,11 +81,10 @@ def report(app: Any) -> dict[str, dict[str, Any]]:
     store = feed_store(app, "The read side")
     with store.engine.connect() as connection:
         tracked = read(connection, names)
-    last = store.last_position()
     return {
         name: {
             "position": t.position,
-            "lag": max(0, last - t.position),
+            "lag": store.count_after(t.position, LAG_COUNTED_UP_TO),
             "stopped_at": t.error_position,
             "stopped_topic": t.error_topic,
             "error": t.error,
@@ -118,15 +119,16 @@ def projected(app: Application, projection: type[Projection], at_least: int = 0)
     with store.engine.connect() as connection:
         while at_least > 0:
             position = read(connection, [projection.name])[projection.name].position
-            connection.rollback()  # end the read, so the next one sees newer commits
             if position >= at_least:
+                connection.rollback()  # end the read, so the view's reads see newer commits
                 break
             if time.monotonic() >= deadline:
                 raise ProjectionLagError(
-                    f"The projection {projection.name!r} is at position {position}, {at_least - position} "
-                    f"event(s) behind the position {at_least} asked for, after waiting "
-                    f"{app.settings.read_wait:g}s (UWSGI_ES_READ_WAIT). Retry shortly."
+                    f"The projection {projection.name!r} is at position {position}, before the "
+                    f"position {at_least} asked for, after waiting {app.settings.read_wait:g}s "
+                    "(UWSGI_ES_READ_WAIT). Retry shortly."
                 )
+            store.wake_projections(connection)  # and ends the read, so the next sees newer commits
             process.pause(WAIT_STEP_SECONDS)
         yield connection
 

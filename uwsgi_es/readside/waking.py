@@ -4,9 +4,11 @@ A wake-up is only a hint: the runner always reads the feed itself, and waits at 
 ``UWSGI_ES_READSIDE_POLL_INTERVAL`` for one, so a lost wake-up (a notification dropped with its
 connection) costs at most that interval, never an event.
 
-- PostgreSQL: every append issues ``NOTIFY uwsgi_es_events`` (delivered when it commits); the
-  runner ``LISTEN``s on a connection of its own (``application_name`` "uwsgi_es readside"). If that
-  connection dies, the runner polls until it is back.
+- PostgreSQL: the runner reads the feed every poll interval (0.1 s by default), and ``LISTEN``s on
+  a connection of its own (``application_name`` "uwsgi_es readside") for ``NOTIFY
+  uwsgi_es_events``, which a read waiting for its own write sends (``X-Min-Position``). Appends
+  do not notify: notifying transactions commit one at a time, and writers must never queue. If
+  the LISTEN connection dies, the runner polls until it is back.
 - SQLite has no notifications: the runner asks ``PRAGMA data_version`` every 10 ms, which changes
   when another connection commits (a read of shared memory, no disk access).
 

@@ -35,7 +35,7 @@ HEARTBEAT_TABLE = "uwsgi_es_heartbeat"
 TRACKING_TABLE = "uwsgi_es_tracking"  # the read side's positions (uwsgi_es.readside.tracking)
 SNAPSHOTS_TABLE = "uwsgi_es_snapshots"  # the latest snapshot of each aggregate (uwsgi_es.snapshots)
 IDEMPOTENCY_TABLE = "uwsgi_es_idempotency"  # answers of keyed requests (uwsgi_es.web.idempotency)
-FEED_CHANNEL = "uwsgi_es_events"  # PostgreSQL: NOTIFY'd by every append, LISTENed by projection runners
+FEED_CHANNEL = "uwsgi_es_events"  # PostgreSQL: NOTIFY'd by reads waiting for a projection; runners LISTEN
 
 
 def heartbeat_name() -> str:

@@ -1,7 +1,10 @@
 """The tables of the SQL store, and the statements built once from them.
 
 ``integer_sequenced_items`` holds the events: ``id`` is the position in the global order, and the
-unique (originator_id, originator_version) index is the optimistic-concurrency lock.
+unique (originator_id, originator_version) index is the optimistic-concurrency lock. On SQLite the
+position is an auto-incremented integer; on PostgreSQL it is the writing transaction's id times
+``POSITIONS_PER_TRANSACTION`` plus the event's place among that transaction's appends, and the feed
+reads only below the oldest transaction still in progress (see ``SELECT_AFTER_PG``).
 ``uwsgi_es_heartbeat`` holds one row per host that ``/ready`` rewrites, because only a real write
 shows that the store accepts writes (a read-only file, a full disk, a standby server all answer reads).
 ``uwsgi_es_snapshots`` holds the latest snapshot of each aggregate that has one (uwsgi_es.snapshots).
@@ -28,9 +31,11 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    literal_column,
     select,
     text,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from uwsgi_es.stores.base import (
     FEED_CHANNEL,
@@ -127,9 +132,60 @@ SELECT_AFTER = (
 SELECT_ANY = select(records_table.c.id).limit(1)
 INSERT = insert(records_table).returning(records_table.c.id, sort_by_parameter_order=True)
 SELECT_LAST_ID = select(func.max(records_table.c.id))
-# PostgreSQL: wakes the projection runners when the append commits (a wake-up only: they also poll).
+
+# PostgreSQL writers commit concurrently, so a position handed out at insert time may commit after
+# a later one: a reader that moved past it would never see it. Positions are therefore made of the
+# writing transaction's id (in the high bits) and the event's place in it, and the feed reads only
+# positions below the oldest transaction still in progress: every transaction under that horizon
+# has ended, so nothing can commit there any more, and what is read is a stable prefix of one
+# order. Readers wait only for transactions in flight; writers never wait for each other.
+# 2**20 events per transaction; with 2**32 transactions a position still fits JavaScript's 2**53.
+POSITIONS_PER_TRANSACTION = 1 << 20
+_THIS_TRANSACTION = literal_column(
+    f"pg_current_xact_id()::text::bigint * {POSITIONS_PER_TRANSACTION}", BigInteger()
+)
+_FEED_HORIZON = literal_column(
+    f"pg_snapshot_xmin(pg_current_snapshot())::text::bigint * {POSITIONS_PER_TRANSACTION}", BigInteger()
+)
+# One statement for any number of events (arrays, one per column): each takes the next place.
+INSERT_PG = text(
+    f"INSERT INTO {records_table.name} (id, originator_id, originator_version, topic, state) "  # noqa: S608
+    f"SELECT pg_current_xact_id()::text::bigint * {POSITIONS_PER_TRANSACTION} + :first + e.place - 1, "
+    "e.originator_id, e.originator_version, e.topic, e.state "
+    "FROM unnest(:originator_ids, :originator_versions, :topics, :states) "
+    "WITH ORDINALITY AS e (originator_id, originator_version, topic, state, place) "
+    "RETURNING id"
+).bindparams(
+    bindparam("first", type_=BigInteger()),
+    bindparam("originator_ids", type_=ARRAY(Uuid())),
+    bindparam("originator_versions", type_=ARRAY(BigInteger())),
+    bindparam("topics", type_=ARRAY(Text())),
+    bindparam("states", type_=ARRAY(Text())),
+)
+SELECT_AFTER_PG = SELECT_AFTER.where(records_table.c.id < _FEED_HORIZON)
+SELECT_LAST_ID_PG = SELECT_LAST_ID.where(records_table.c.id < _FEED_HORIZON)
+# How many events the feed shows after a position, counted up to a bound (positions have gaps).
+_after = records_table.c.id > bindparam("after_id")
+COUNT_AFTER = select(func.count()).select_from(
+    select(records_table.c.id).where(_after).limit(bindparam("cap")).subquery()
+)
+COUNT_AFTER_PG = select(func.count()).select_from(
+    select(records_table.c.id)
+    .where(_after, records_table.c.id < _FEED_HORIZON)
+    .limit(bindparam("cap"))
+    .subquery()
+)
+# Upgrades a table made before positions came from transaction ids (idempotent): the sequence no
+# longer numbers events, so a writer of an older uwsgi_es fails (id is NOT NULL) instead of
+# writing positions below the ones readers have passed.
+UPGRADE_PG = text(f"ALTER TABLE {records_table.name} ALTER COLUMN id DROP DEFAULT")
+# (the highest position stored, the lowest one a new transaction can write)
+POSITIONS_BEFORE_UPGRADE_PG = select(func.coalesce(func.max(records_table.c.id), 0), _THIS_TRANSACTION)
+# The table lock every INSERT takes: it never waits for another writer, only for a session that
+# holds the table in a mode that blocks inserts (SHARE for CREATE INDEX, EXCLUSIVE, ...).
+LOCK_AS_APPENDS_DO = text(f"LOCK TABLE {records_table.name} IN ROW EXCLUSIVE MODE")
+# PostgreSQL: what a read waiting for a projection sends to wake its runner (which also polls).
 NOTIFY = text(f"NOTIFY {FEED_CHANNEL}")
-LOCK_FOR_APPEND = text(f"LOCK TABLE {records_table.name} IN EXCLUSIVE MODE")
 # The same upsert on PostgreSQL and SQLite (3.24+): one row per host, rewritten.
 HEARTBEAT = text(
     f"INSERT INTO {HEARTBEAT_TABLE} (host, beats) VALUES (:host, 1) "  # noqa: S608 (a constant name)

@@ -10,12 +10,14 @@ Why it looks the way it does:
   outlives its request and the pool is back to zero.
 - The unique index on (originator_id, originator_version) is the optimistic-concurrency lock: a
   batch with an existing version violates it, the transaction rolls back, nothing is stored.
-- The global feed (``select_all``) must never skip an event. Ids are handed out at insert time but
-  become visible at commit, so with concurrent writers a reader could see id 7 before id 6
-  commits, move past 6 and never see it. We make insert order equal commit order instead of
-  making readers gap-aware: PostgreSQL writers take ``LOCK TABLE ... IN EXCLUSIVE MODE`` for
-  their (short) transaction, which queues writers but never blocks readers; SQLite's
-  ``BEGIN IMMEDIATE`` already admits one writer at a time. Simple readers stay correct.
+- The global feed (``select_all``) must never skip an event. Positions are handed out at insert
+  time but become visible at commit, so with concurrent writers a reader could see position 7
+  before 6 commits, move past 6 and never see it. SQLite's ``BEGIN IMMEDIATE`` admits one writer
+  at a time, so its commit order is its insert order. PostgreSQL writers commit concurrently (no
+  table lock: their fsyncs group); a position there starts with the writing transaction's id, and
+  the feed reads only below the oldest transaction still in progress (schema.SELECT_AFTER_PG), a
+  prefix of the order that can no longer change. Readers wait for transactions in flight, never
+  writers for each other.
 - A request sent with an ``Idempotency-Key`` runs in one write transaction (``remembering``): its
   appends join it through a savepoint (a version conflict rolls back the append only, and the
   command is re-run), and its answer is inserted under the key before the one commit. Events and
@@ -28,6 +30,7 @@ Why it looks the way it does:
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 import threading
@@ -36,7 +39,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import unquote
 from uuid import UUID
 
@@ -44,6 +47,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from uwsgi_es.errors import (
+    CommandRejectedError,
     DuplicateRequestError,
     SchemaMissingError,
     StoreReadOnlyError,
@@ -61,20 +65,28 @@ from uwsgi_es.stores.sqlalchemy.engine import (
     translate,
 )
 from uwsgi_es.stores.sqlalchemy.schema import (
+    COUNT_AFTER,
+    COUNT_AFTER_PG,
     DELETE_EXPIRED,
     DELETE_EXPIRED_KEY,
     HEARTBEAT,
     INSERT,
     INSERT_ANSWER,
-    LOCK_FOR_APPEND,
+    INSERT_PG,
+    LOCK_AS_APPENDS_DO,
     NOTIFY,
+    POSITIONS_BEFORE_UPGRADE_PG,
+    POSITIONS_PER_TRANSACTION,
     SELECT_AFTER,
+    SELECT_AFTER_PG,
     SELECT_ANSWER,
     SELECT_ANY,
     SELECT_LAST_ID,
+    SELECT_LAST_ID_PG,
     SELECT_ONE,
     SELECT_ONE_AFTER,
     SELECT_SNAPSHOT,
+    UPGRADE_PG,
     UPSERT_SNAPSHOT,
     metadata,
 )
@@ -87,6 +99,11 @@ log = logging.getLogger(__name__)
 # SQLite checkpoints its write-ahead log at 1000 pages (4 MiB): below that much free space, appends
 # start failing with "database or disk is full".
 MIN_FREE_BYTES = 4 * 1024 * 1024
+# Set when an operation's own transaction reached COMMIT: a failure from there on is not retried.
+_committing: ContextVar[bool] = ContextVar("uwsgi_es_committing", default=False)
+Operation = TypeVar("Operation", bound=Callable[..., Any])
+# Where a transaction's next append places its events (see ``_claim_places``).
+_PLACES = "uwsgi_es_positions_claimed"
 # Expired answers are swept at most this often per process, in a keyed request's transaction.
 SWEEP_INTERVAL = 60.0
 # The write transaction of the keyed request this context (thread, greenlet) is serving, and the
@@ -94,6 +111,36 @@ SWEEP_INTERVAL = 60.0
 _unit: ContextVar[tuple[SQLAlchemyRecordStore, Connection] | None] = ContextVar(
     "uwsgi_es_unit_of_work", default=None
 )
+
+
+def _once_more_if_the_server_went_away(operation: Operation) -> Operation:
+    """Run a store operation again, once, when its pooled connection turned out to be dead (the
+    server restarted, or ended the session) before anything was committed.
+
+    This replaces a ping before every checkout (one round trip per request) with nothing on the
+    hot path: a connection the server dropped fails its first statement, SQLAlchemy retires it and
+    every connection pooled before it, and the second attempt runs on a new one. Never retried: a
+    failure at COMMIT (it may have been stored), and work in a transaction someone else began (a
+    keyed request's, a view's session), which must fail whole."""
+
+    @functools.wraps(operation)
+    def attempt(store: SQLAlchemyRecordStore, *args: Any, **kwargs: Any) -> Any:
+        _committing.set(False)
+        try:
+            return operation(store, *args, **kwargs)
+        except StoreUnavailableError as exc:
+            cause = exc.__cause__
+            if (
+                not isinstance(cause, DBAPIError)
+                or not cause.connection_invalidated
+                or _committing.get()
+                or store._joined()
+            ):
+                raise
+            log.info("retrying once on a new connection: %s", store.scrub(cause.orig))
+            return operation(store, *args, **kwargs)
+
+    return cast(Operation, attempt)
 
 
 class SQLAlchemyRecordStore(RecordStore):
@@ -158,30 +205,40 @@ class SQLAlchemyRecordStore(RecordStore):
             self.path.touch(exist_ok=True)
         with self._errors():
             metadata.create_all(self.engine, checkfirst=True)
+            if self._is_postgres:
+                with self.engine.begin() as connection:
+                    _upgrade_positions(connection)
 
+    @_once_more_if_the_server_went_away
     def append(self, records: Sequence[StoredRecord]) -> int | None:
         if not records:
             return None
         self.check_process()
-        rows = [
-            {
-                "originator_id": r.originator_id,
-                "originator_version": r.originator_version,
-                "topic": r.topic,
-                "state": r.state,
-            }
-            for r in records
-        ]
         try:
             with self._errors(), self._transaction(write=True) as session:
-                if self._is_postgres:  # insert order = commit order: see the module docstring
-                    session.execute(LOCK_FOR_APPEND)
-                    session.execute(NOTIFY)  # delivered at commit, to projection runners
-                ids = session.execute(INSERT, rows).scalars().all()
+                if self._is_postgres:  # positions made of the transaction id: see the module docstring
+                    columns = {
+                        "first": _claim_places(session, len(records)),
+                        "originator_ids": [r.originator_id for r in records],
+                        "originator_versions": [r.originator_version for r in records],
+                        "topics": [r.topic for r in records],
+                        "states": [r.state for r in records],
+                    }
+                    return int(max(session.execute(INSERT_PG, columns).scalars()))
+                rows = [
+                    {
+                        "originator_id": r.originator_id,
+                        "originator_version": r.originator_version,
+                        "topic": r.topic,
+                        "state": r.state,
+                    }
+                    for r in records
+                ]
+                return int(session.execute(INSERT, rows).scalars().all()[-1])
         except IntegrityError as exc:
             raise version_conflict(records) from exc
-        return int(ids[-1])
 
+    @_once_more_if_the_server_went_away
     def select(
         self, originator_id: UUID, *, after_version: int = 0, limit: int | None = None
     ) -> list[StoredRecord]:
@@ -203,16 +260,40 @@ class SQLAlchemyRecordStore(RecordStore):
             for version, topic, state, row_id in rows
         ]
 
+    @_once_more_if_the_server_went_away
     def select_all(self, after_id: int, limit: int) -> list[StoredRecord]:
         self.check_process()
         with self._errors(), self._transaction(write=False) as session:
             return select_all_on(session, after_id, limit)
 
+    @_once_more_if_the_server_went_away
     def last_position(self) -> int:
-        """The feed position of the last stored record (0 when there is none)."""
+        """The feed position of the last record the feed shows (0 when there is none)."""
         self.check_process()
+        statement = SELECT_LAST_ID_PG if self._is_postgres else SELECT_LAST_ID
         with self._errors(), self._transaction(write=False) as session:
-            return int(session.execute(SELECT_LAST_ID).scalar() or 0)
+            return int(session.execute(statement).scalar() or 0)
+
+    @_once_more_if_the_server_went_away
+    def count_after(self, position: int, cap: int) -> int:
+        """How many events the feed shows after ``position``, counted up to ``cap``: a lag in
+        events (positions are not contiguous on PostgreSQL, so they cannot be subtracted)."""
+        self.check_process()
+        statement = COUNT_AFTER_PG if self._is_postgres else COUNT_AFTER
+        with self._errors(), self._transaction(write=False) as session:
+            return int(session.execute(statement, {"after_id": position, "cap": cap}).scalar_one())
+
+    def wake_projections(self, connection: Connection) -> None:
+        """Wake the projection runners now rather than at their next poll, and end ``connection``'s
+        transaction (PostgreSQL NOTIFY, sent by a read waiting for its own write: appends send
+        none: notifying transactions commit one at a time, and writers must not queue)."""
+        self.check_process()
+        with self._errors():
+            if self._is_postgres:
+                connection.execute(NOTIFY)
+                connection.commit()
+            else:
+                connection.rollback()
 
     @contextmanager
     def write_transaction(self) -> Iterator[Connection]:
@@ -223,6 +304,7 @@ class SQLAlchemyRecordStore(RecordStore):
         with self.engine.connect() as connection, self._in_transaction(connection, write=True):
             yield connection
 
+    @_once_more_if_the_server_went_away
     def save_snapshot(self, snapshot: StoredRecord) -> None:
         self.check_process()
         values = {
@@ -234,12 +316,14 @@ class SQLAlchemyRecordStore(RecordStore):
         with self._errors(), self._transaction(write=True) as session:
             session.execute(UPSERT_SNAPSHOT, values)
 
+    @_once_more_if_the_server_went_away
     def latest_snapshot(self, originator_id: UUID) -> StoredRecord | None:
         self.check_process()
         with self._errors(), self._transaction(write=False) as session:
             row = session.execute(SELECT_SNAPSHOT, {"originator_id": originator_id}).first()
         return None if row is None else StoredRecord(originator_id, int(row[0]), str(row[1]), str(row[2]))
 
+    @_once_more_if_the_server_went_away
     def recall(self, key: str, since: float) -> tuple[str, str] | None:
         self.check_process()
         with self._errors(), self._transaction(write=False) as session:
@@ -278,6 +362,7 @@ class SQLAlchemyRecordStore(RecordStore):
                         "one stored nothing."
                     ) from exc
 
+    @_once_more_if_the_server_went_away
     def ping(self) -> None:
         self.check_process()
         if self.path is not None and not self.path.exists():
@@ -292,10 +377,12 @@ class SQLAlchemyRecordStore(RecordStore):
             connection.execute(SELECT_ANY).all()
             self._check_same_file(connection)
 
+    @_once_more_if_the_server_went_away
     def check_ready(self) -> None:
-        """Ping, then take the lock an append takes and rewrite this host's heartbeat row: only a
-        committed write shows that the store accepts writes (a read-only file or database, a full
-        disk, a standby all answer reads), and the lock shows that appends are not held up.
+        """Ping, then take the table lock an append takes and rewrite this host's heartbeat row: only
+        a committed write shows that the store accepts writes (a read-only file or database, a full
+        disk, a standby all answer reads), and the lock shows that appends are not held up (by a
+        session holding the events table in a mode that blocks inserts).
 
         SQLite also needs room on its disk: on a nearly full one small writes still fit in the WAL
         file's free frames while appends fail, so a heartbeat alone would flap."""
@@ -309,7 +396,7 @@ class SQLAlchemyRecordStore(RecordStore):
                 )
         with self._errors(), self._transaction(write=True) as session:
             if self._is_postgres:
-                session.execute(LOCK_FOR_APPEND)
+                session.execute(LOCK_AS_APPENDS_DO)
             session.execute(HEARTBEAT, {"host": heartbeat_name()})
 
     def end_request(self) -> None:
@@ -366,12 +453,23 @@ class SQLAlchemyRecordStore(RecordStore):
                 with connection.begin():
                     self._check_same_file(connection)
                     yield
+                    _committing.set(True)
                 # Committed: acknowledge only if the path still names the file written to.
                 self._check_same_file(connection)
             return
         with connection.begin():
             yield
+            _committing.set(True)
         self._check_same_file(connection)
+
+    def _joined(self) -> bool:
+        """Whether this context's statements run in a transaction someone else began."""
+        unit = _unit.get()
+        if unit is not None and unit[0] is self:
+            return True
+        return (
+            self._sessions is not None and self._sessions.registry.has() and self._sessions().in_transaction()
+        )
 
     def _check_same_file(self, connection: Connection) -> None:
         """Refuse (503) when the SQLite file this connection uses was deleted or replaced."""
@@ -409,8 +507,40 @@ class SQLAlchemyRecordStore(RecordStore):
 
 def select_all_on(connection: Session | Connection, after_id: int, limit: int) -> list[StoredRecord]:
     """Records of every originator after ``after_id``, in feed order, on an open connection."""
-    rows = connection.execute(SELECT_AFTER, {"after_id": after_id, "limit": limit})
+    bind = connection if isinstance(connection, Connection) else connection.get_bind()
+    postgres = bind.dialect.name == "postgresql"
+    statement = SELECT_AFTER_PG if postgres else SELECT_AFTER
+    rows = connection.execute(statement, {"after_id": after_id, "limit": limit})
     return [StoredRecord(*row) for row in rows]
+
+
+def _claim_places(session: Session | Connection, count: int) -> int:
+    """The first of ``count`` places for events in this transaction's positions (PostgreSQL).
+
+    A transaction that appends more than once (a keyed request whose command is re-run, a view's
+    session) continues where its last append stopped, so its positions stay unique and in order."""
+    transaction = session.get_transaction()
+    claimed = session.info.get(_PLACES)
+    first = claimed[1] if claimed is not None and claimed[0] is transaction else 0
+    if first + count > POSITIONS_PER_TRANSACTION:
+        raise CommandRejectedError(
+            f"One transaction may append at most {POSITIONS_PER_TRANSACTION} events on PostgreSQL "
+            f"(this one asked for {first + count}): split the command's work into several commands."
+        )
+    session.info[_PLACES] = (transaction, first + count)
+    return first
+
+
+def _upgrade_positions(connection: Connection) -> None:
+    """Make an events table from before transaction-id positions take them (idempotent)."""
+    connection.execute(UPGRADE_PG)
+    highest, first_new = connection.execute(POSITIONS_BEFORE_UPGRADE_PG).one()
+    if int(highest) >= int(first_new):
+        raise StoreUnavailableError(
+            f"The events table's highest position ({highest}) is not below the first position this "
+            f"server's transactions will write ({first_new}); readers could skip new events. Copy "
+            "the events into a new table in feed order before upgrading."
+        )
 
 
 def _database_file(engine: Engine) -> Path | None:
