@@ -11,7 +11,13 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 
-from uwsgi_es.errors import SchemaMissingError, StoreBusyError, StoreReadOnlyError, StoreUnavailableError
+from uwsgi_es.errors import (
+    ConcurrencyError,
+    SchemaMissingError,
+    StoreBusyError,
+    StoreReadOnlyError,
+    StoreUnavailableError,
+)
 from uwsgi_es.settings import Settings
 from uwsgi_es.stores.sqlalchemy import SQLAlchemyRecordStore
 from uwsgi_es.stores.sqlalchemy.schema import POSITIONS_PER_TRANSACTION, SELECT_AFTER
@@ -125,6 +131,24 @@ def test_writers_commit_concurrently_and_the_feed_shows_only_what_can_no_longer_
         assert select_all_on(connection, positions[0], 10) == feed[1:]
     for store in (slow, fast, reader):
         store.close()
+
+
+def test_an_append_whose_answer_was_lost_is_stored_once(postgres_url: str) -> None:
+    """An append runs in autocommit; when its connection drops, it may have been stored or not.
+    What the store does then (``_append_unless_stored``): stored as sent, it answers the stored
+    position; not stored, it stores; another writer's events there, it is a conflict."""
+    store = SQLAlchemyRecordStore.from_settings(Settings(database_url=postgres_url))
+    originator = uuid4()
+    sent = records(originator, range(1, 3))
+    position = store.append(sent)  # stored, and (as far as the caller knows) the answer was lost
+    assert store._append_unless_stored(sent) == position
+    unsent = records(originator, range(3, 4))
+    assert store._append_unless_stored(unsent) > (position or 0)
+    assert [r.originator_version for r in store.select(originator)] == [1, 2, 3]
+    with pytest.raises(ConcurrencyError):
+        store._append_unless_stored(records(originator, range(3, 5), topic="tests:Other"))
+    assert [r.originator_version for r in store.select(originator)] == [1, 2, 3]
+    store.close()
 
 
 def test_one_transaction_appending_twice_keeps_its_positions_unique_and_in_order(

@@ -18,6 +18,11 @@ Why it looks the way it does:
   the feed reads only below the oldest transaction still in progress (schema.SELECT_AFTER_PG), a
   prefix of the order that can no longer change. Readers wait for transactions in flight, never
   writers for each other.
+- Round trips: on PostgreSQL every operation that is one statement (a read, an append) runs in
+  autocommit, without BEGIN and COMMIT. Nothing pings a pooled connection before use: a call whose
+  connection the server dropped (a restart) runs once more on a new one, unless it may have been
+  stored; an append in that state (its INSERT commits itself) looks at what is stored: its own
+  records as sent mean the answer was lost, none mean it stores them now.
 - A request sent with an ``Idempotency-Key`` runs in one write transaction (``remembering``): its
   appends join it through a savepoint (a version conflict rolls back the append only, and the
   command is re-run), and its answer is inserted under the key before the one commit. Events and
@@ -48,6 +53,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from uwsgi_es.errors import (
     CommandRejectedError,
+    ConcurrencyError,
     DuplicateRequestError,
     SchemaMissingError,
     StoreReadOnlyError,
@@ -129,18 +135,18 @@ def _once_more_if_the_server_went_away(operation: Operation) -> Operation:
         try:
             return operation(store, *args, **kwargs)
         except StoreUnavailableError as exc:
-            cause = exc.__cause__
-            if (
-                not isinstance(cause, DBAPIError)
-                or not cause.connection_invalidated
-                or _committing.get()
-                or store._joined()
-            ):
+            if not _dropped(exc) or _committing.get() or store._joined():
                 raise
-            log.info("retrying once on a new connection: %s", store.scrub(cause.orig))
+            log.info("retrying once on a new connection: %s", exc)
             return operation(store, *args, **kwargs)
 
     return cast(Operation, attempt)
+
+
+def _dropped(error: StoreUnavailableError) -> bool:
+    """Whether the error is the server dropping the connection (SQLAlchemy then retires it)."""
+    cause = error.__cause__
+    return isinstance(cause, DBAPIError) and cause.connection_invalidated
 
 
 class SQLAlchemyRecordStore(RecordStore):
@@ -214,6 +220,41 @@ class SQLAlchemyRecordStore(RecordStore):
         if not records:
             return None
         self.check_process()
+        try:
+            return self._append(records)
+        except StoreUnavailableError as exc:
+            # On PostgreSQL the INSERT commits itself: if its connection died with it, it may or
+            # may not be stored. The rows say which; a new connection stores them if not.
+            if not (self._is_postgres and _dropped(exc) and not self._joined()):
+                raise
+            log.info("an append's connection was dropped; checking what was stored: %s", exc)
+        return self._append_unless_stored(records)
+
+    def _append_unless_stored(self, records: Sequence[StoredRecord]) -> int:
+        """After an append whose connection dropped: its records if they are stored as sent (the
+        answer was lost), else store them now; a conflict if another writer's are there."""
+        stored = self._stored_copy(records)
+        if not stored:
+            try:
+                return self._append(records)
+            except ConcurrencyError:
+                stored = self._stored_copy(records)  # the first attempt was still running: ours?
+        mine = {(r.originator_id, r.originator_version): (r.topic, r.state) for r in records}
+        found = {(r.originator_id, r.originator_version): (r.topic, r.state) for r in stored}
+        if found != mine:
+            raise version_conflict(records)
+        return max(r.id or 0 for r in stored)
+
+    def _stored_copy(self, records: Sequence[StoredRecord]) -> list[StoredRecord]:
+        """The stored records at the originators and versions of ``records``."""
+        found: list[StoredRecord] = []
+        for originator in dict.fromkeys(r.originator_id for r in records):
+            versions = [r.originator_version for r in records if r.originator_id == originator]
+            after, limit = min(versions) - 1, max(versions) - min(versions) + 1
+            found += self.select(originator, after_version=after, limit=limit)
+        return found
+
+    def _append(self, records: Sequence[StoredRecord]) -> int:
         try:
             with self._errors(), self._transaction(write=True) as session:
                 if self._is_postgres:  # positions made of the transaction id: see the module docstring
@@ -394,7 +435,7 @@ class SQLAlchemyRecordStore(RecordStore):
                     f"{self.describe()} cannot take writes: its disk has {free} bytes free, under the "
                     f"{MIN_FREE_BYTES} a write-ahead log needs before a checkpoint. Free some space."
                 )
-        with self._errors(), self._transaction(write=True) as session:
+        with self._errors(), self._transaction(write=True, alone=False) as session:
             if self._is_postgres:
                 session.execute(LOCK_AS_APPENDS_DO)
             session.execute(HEARTBEAT, {"host": heartbeat_name()})
@@ -419,13 +460,15 @@ class SQLAlchemyRecordStore(RecordStore):
             self.engine.dispose()
 
     @contextmanager
-    def _transaction(self, *, write: bool) -> Iterator[Session | Connection]:
+    def _transaction(self, *, write: bool, alone: bool = True) -> Iterator[Session | Connection]:
         """Where the store's own statements run.
 
         If the request's session is already in a transaction (the view did its own work in it,
         e.g. a Flask-SQLAlchemy view), join it by a savepoint, so both commit or roll back
         together. Otherwise use a pooled Core connection for just this statement: half the cost of
         an ORM session on the hot path, and the connection is back in the pool when it returns.
+        On PostgreSQL a statement run ``alone`` (every operation but readiness) runs in autocommit:
+        one statement is its own transaction, so BEGIN and COMMIT would only add round trips.
         """
         unit = _unit.get()
         if unit is not None and unit[0] is self:
@@ -442,6 +485,13 @@ class SQLAlchemyRecordStore(RecordStore):
                 with session.begin_nested():
                     yield session
                 return
+        if alone and self._is_postgres:
+            with self.engine.connect() as connection:
+                connection.execution_options(isolation_level="AUTOCOMMIT")
+                if write:
+                    _committing.set(True)  # the statement commits itself: a failure may come after
+                yield connection
+            return
         with self.engine.connect() as connection, self._in_transaction(connection, write=write):
             yield connection
 
@@ -520,6 +570,8 @@ def _claim_places(session: Session | Connection, count: int) -> int:
     A transaction that appends more than once (a keyed request whose command is re-run, a view's
     session) continues where its last append stopped, so its positions stay unique and in order."""
     transaction = session.get_transaction()
+    if transaction is None:  # autocommit: the statement is its own transaction
+        return 0
     claimed = session.info.get(_PLACES)
     first = claimed[1] if claimed is not None and claimed[0] is transaction else 0
     if first + count > POSITIONS_PER_TRANSACTION:
