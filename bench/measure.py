@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bench.contenders import PROJECT, Contender, open_accounts, start
 from bench.targets import ratio_target
-from bench.wrk import deposit_script, script, wrk, wrk_run
+from bench.wrk import PinnedRun, deposit_script, pin_server, script, wrk, wrk_pinned, wrk_run
 from uwsgi_es.testing import UwsgiServer, lifecycle_events
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
@@ -35,6 +35,7 @@ class Row:
     anchor_rps: list[float]
     ratios: list[float]
     target: float
+    evidence: str = ""  # how the run shows what its bottleneck was (the pinned ceiling row)
 
     @property
     def ratio(self) -> float:
@@ -69,6 +70,46 @@ def compare(
         f"{statistics.median(anchor_rps):8.0f} req/s, ratio {row.ratio:.2f} (target >= {target})",
         flush=True,
     )
+    return row
+
+
+def compare_pinned(scenario: str, ours: Contender, anchor: Contender, paths: tuple[str, str]) -> Row:
+    """``compare`` for one fixed path per side, without a Lua script, each server alone on one core
+    and wrk on the other, recording how busy both cores were: a valid ceiling has the servers'
+    core near 1.0 and wrk's below it (the application, not the load generator, is the limit)."""
+    for contender in (ours, anchor):
+        pin_server(contender.server)
+    for contender, path in zip((ours, anchor), paths, strict=True):
+        wrk_pinned(contender.server, path, WARMUP)
+    runs: list[tuple[PinnedRun, PinnedRun]] = []
+    for _ in range(ROUNDS):
+        runs.append(
+            (wrk_pinned(ours.server, paths[0], SECONDS), wrk_pinned(anchor.server, paths[1], SECONDS))
+        )
+    target = ratio_target(scenario, anchor.name)
+    busy = {
+        name: (
+            statistics.median(r[i].server_busy for r in runs),
+            statistics.median(r[i].wrk_busy for r in runs),
+        )
+        for i, name in enumerate((ours.name, anchor.name))
+    }
+    evidence = "; ".join(
+        f"{name}: server core busy {server:.2f}, wrk core busy {load:.2f}"
+        for name, (server, load) in busy.items()
+    )
+    row = Row(
+        scenario,
+        "-",
+        ours.name,
+        anchor.name,
+        [a.rate for a, _ in runs],
+        [b.rate for _, b in runs],
+        [a.rate / b.rate for a, b in runs],
+        target,
+        evidence,
+    )
+    print(f"{scenario:<28} ratio {row.ratio:.2f} (target >= {target}); {evidence}", flush=True)
     return row
 
 
@@ -127,7 +168,7 @@ def memory_figures(env: dict[str, str], logs: Path) -> dict[str, float]:
 
 
 IMPORT_GROUPS = [
-    ("orjson", "import orjson"),
+    ("msgspec (events and responses)", "import msgspec, msgspec.json"),
     (
         "Werkzeug (its package imports its dev server and test client: ssl, http.server, email)",
         "import werkzeug.routing, werkzeug.wrappers",

@@ -14,7 +14,7 @@ import statistics
 import time
 from collections.abc import Callable
 
-import orjson
+import msgspec
 from sqlalchemy import Engine, delete, insert, update
 
 from bench.measure import ROUNDS, Row
@@ -60,7 +60,7 @@ def plain_loop(engine: Engine) -> int:
             with connection.begin():
                 rows = connection.execute(SELECT_AFTER, {"after_id": position, "limit": BATCH}).all()
                 for originator, version, topic, state, row_id in rows:
-                    data = orjson.loads(state)
+                    data = msgspec.json.decode(state)
                     if topic.endswith("Opened"):
                         connection.execute(
                             insert(balances_table).values(

@@ -4,13 +4,12 @@ and ``/worker`` host any application the registry can."""
 
 from __future__ import annotations
 
-from werkzeug.wrappers import Request, Response
-
 from examples.eventsourcing_bank.application import BankAccounts
 from uwsgi_es.errors import AggregateNotFoundError
 from uwsgi_es.example.api import account_id_of, amount_of, int_param, owner_of
 from uwsgi_es.web.api import JsonApi
 from uwsgi_es.web.bodies import BadRequestError
+from uwsgi_es.web.http import Request, Response
 from uwsgi_es.web.responses import json_response
 
 api = JsonApi(BankAccounts)

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import os
 
-from werkzeug.wrappers import Request, Response
-
 from examples.eventsourcing_bank.api import api, bank
 from examples.eventsourcing_bank.application import BankAccounts
 from examples.eventsourcing_bank.wsgi import application
 from uwsgi_es import init_application
+from uwsgi_es.web.http import Request, Response
 from uwsgi_es.web.responses import json_response
 
 __all__ = ["application"]

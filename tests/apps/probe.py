@@ -11,11 +11,11 @@ import os
 from uuid import UUID
 
 from sqlalchemy import func, insert, select, text
-from werkzeug.wrappers import Request, Response
 
 from uwsgi_es import init_application
 from uwsgi_es.example.domain import BankAccounts
 from uwsgi_es.stores.sqlalchemy import SQLAlchemyRecordStore, records_table
+from uwsgi_es.web.http import Request, Response
 from uwsgi_es.web.responses import json_response
 from uwsgi_es.wsgi import api, application
 

@@ -11,8 +11,7 @@ import unicodedata
 from typing import Any
 from uuid import UUID
 
-import orjson
-from werkzeug.wrappers import Request, Response
+import msgspec
 
 from uwsgi_es.domain import resolve_topic
 from uwsgi_es.errors import AggregateNotFoundError, TopicError, UnsupportedOperationError
@@ -22,6 +21,7 @@ from uwsgi_es.readside import projected
 from uwsgi_es.stores.base import StoredRecord
 from uwsgi_es.web.api import JsonApi
 from uwsgi_es.web.bodies import BadRequestError, expect_fields
+from uwsgi_es.web.http import Request, Response
 from uwsgi_es.web.responses import json_response
 from uwsgi_es.web.text import quoted
 
@@ -128,10 +128,10 @@ def event_entry(record: StoredRecord) -> dict[str, Any]:
     the operator learns its position (docs/RELIABILITY.md, "corrupt rows")."""
     entry: dict[str, Any] = {"version": record.originator_version, "topic": record.topic}
     try:
-        state = orjson.loads(record.state)
+        state = msgspec.json.decode(record.state)
         if not isinstance(state, dict):
             raise TypeError(f"the state is {type(state).__name__}, not an object")
-    except (orjson.JSONDecodeError, TypeError) as exc:
+    except (msgspec.DecodeError, TypeError) as exc:
         entry.update(timestamp=None, state=None, error=f"unreadable stored state: {exc}")
         return entry
     entry.update(timestamp=_offset_form(state.pop("timestamp", None)), state=state)

@@ -1,4 +1,4 @@
-"""``JsonApi``: a small JSON-over-WSGI layer on Werkzeug's router, with the operational routes
+"""``JsonApi``: a small JSON-over-WSGI layer (``uwsgi_es.web.http``), with the operational routes
 (``/health``, ``/ready``, ``/worker``) every uwsgi_es service has.
 
 Rules it keeps for every request:
@@ -18,19 +18,17 @@ Rules it keeps for every request:
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
-
-from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
-from werkzeug.routing import Map, Rule
-from werkzeug.wrappers import Request, Response
 
 from uwsgi_es.application import written_position
 from uwsgi_es.lifecycle import registry
 from uwsgi_es.settings import Settings
 from uwsgi_es.stores.base import RequestScope
 from uwsgi_es.web.bodies import BadRequestError, answered, read_json_object
+from uwsgi_es.web.http import Handler, MethodNotAllowed, NotFound, Request, Response, Router
 from uwsgi_es.web.idempotency import answer_idempotently, key_of
 from uwsgi_es.web.ops import failure_report, health_report, is_operator, ready_report, worker_report
 from uwsgi_es.web.responses import error_response, json_response
@@ -49,11 +47,9 @@ POSITION_HEADER = "X-Event-Position"
 MIN_POSITION_HEADER = "X-Min-Position"
 _LAST_RESORT = b'{"error":"internal error; the server log has the details"}'
 
-Handler = Callable[..., Response]
-
 
 class JsonApi:
-    """A WSGI callable dispatching Werkzeug rules to handlers that return JSON responses.
+    """A WSGI callable dispatching routes to handlers that return JSON responses.
 
     ``factory`` builds this process's application (in registry slot ``name``) on first use when no
     post-fork hook has (default: the ``UWSGI_ES_APPLICATION`` setting). The application may be of
@@ -65,7 +61,7 @@ class JsonApi:
     ) -> None:
         self.factory = factory
         self.name = name
-        self.url_map = Map(strict_slashes=False, merge_slashes=False)
+        self.router = Router()
         self.handlers: dict[str, Handler] = {}
         self.route("/health", "GET")(self.health)
         self.route("/ready", "GET")(self.ready)
@@ -74,7 +70,7 @@ class JsonApi:
     def route(self, path: str, *methods: str) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             endpoint = f"{handler.__name__}:{path}"
-            self.url_map.add(Rule(path, methods=list(methods), endpoint=endpoint))
+            self.router.add(path, methods, endpoint)
             self.handlers[endpoint] = handler
             return handler
 
@@ -88,7 +84,7 @@ class JsonApi:
 
     def settings(self) -> Settings:
         """The settings this worker's application was built with (defaults before any build)."""
-        return registry.settings_in_use(self.name) or Settings()
+        return registry.settings_in_use(self.name) or _defaults()
 
     def body(self, request: Request) -> dict[str, Any]:
         """The JSON object body, within ``UWSGI_ES_MAX_BODY_BYTES``."""
@@ -122,7 +118,7 @@ class JsonApi:
         finally:
             written_position.reset(token)
             app = environ.get(_APP_KEY)
-            if isinstance(app, RequestScope):
+            if app is not None and _is_request_scoped(type(app)):
                 app.end_request()
         try:
             return answered(environ, response(environ, start_response))
@@ -133,7 +129,7 @@ class JsonApi:
 
     def dispatch(self, request: Request) -> Response:
         try:
-            endpoint, arguments = self.url_map.bind_to_environ(request.environ).match()
+            endpoint, arguments = self.router.match(request.method, request.path)
             handler = self.handlers[endpoint]
             key = key_of(request)
             if key is None:
@@ -153,15 +149,13 @@ class JsonApi:
         except NotFound:
             return self.not_found(request)
         except MethodNotAllowed as exc:
-            allowed = ", ".join(sorted(exc.valid_methods or ()))
+            allowed = ", ".join(exc.valid_methods)
             method = quoted(request.method, 20)
             return error_response(
                 f"method {method} is not allowed on {quoted(request.path)}; use {allowed}",
                 405,
                 {"Allow": allowed},
             )
-        except HTTPException as exc:
-            return error_response(exc.description or exc.name, exc.code or 400)
         except Exception as exc:
             answer = answer_for(exc)
             if answer is None:
@@ -200,3 +194,20 @@ class JsonApi:
         if not self.is_operator(request):
             return self.not_found(request)
         return json_response(worker_report(self.application(request)))
+
+
+@functools.cache
+def _defaults() -> Settings:
+    """The settings before any build (read from the environment once)."""
+    return Settings()
+
+
+_request_scoped: dict[type, bool] = {}
+
+
+def _is_request_scoped(cls: type) -> bool:
+    """``isinstance(app, RequestScope)``, decided once per class (a protocol check costs ~10 µs)."""
+    known = _request_scoped.get(cls)
+    if known is None:
+        known = _request_scoped[cls] = issubclass(cls, RequestScope)
+    return known

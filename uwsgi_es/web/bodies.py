@@ -5,7 +5,7 @@
   411; a compressed one (``Content-Encoding: gzip``) 415, since parsing it as plain text would be
   wrong and inflating it is a decompression bomb.
 - The JSON is parsed with the standard library because it can refuse duplicate keys and
-  NaN/Infinity (orjson silently keeps the last duplicate).
+  NaN/Infinity (msgspec, like orjson, silently keeps the last duplicate).
 - Client text quoted back in an error goes through ``client_text``: always encodable, never long.
 
 An answer given without reading the body (a 413, a 404 on a POST) is followed by a lingering close
@@ -26,13 +26,10 @@ import json
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from werkzeug.exceptions import ClientDisconnected
-from werkzeug.wrappers import Request
-from werkzeug.wsgi import ClosingIterator
-
 from uwsgi_es.errors import UwsgiEsError
 from uwsgi_es.lifecycle import registry
 from uwsgi_es.settings import Settings
+from uwsgi_es.web.http import ClosingIterator, Request
 from uwsgi_es.web.responses import error_response
 from uwsgi_es.web.text import client_text, quoted
 
@@ -88,7 +85,7 @@ def read_body(environ: WSGIEnvironment, max_bytes: int) -> bytes:
     stream = environ["wsgi.input"]
     try:
         data: bytes = stream.read(length)
-    except (OSError, ClientDisconnected):  # uWSGI raises OSError when the client goes away
+    except OSError:  # uWSGI raises OSError when the client goes away
         raise BadRequestError("the client sent fewer bytes than its Content-Length", 400) from None
     if len(data) != length:
         raise BadRequestError("the client sent fewer bytes than its Content-Length", 400)
@@ -120,7 +117,7 @@ def answered(environ: WSGIEnvironment, app_iter: Iterable[bytes]) -> Iterable[by
     """``app_iter``, closed with a lingering close of any unread body (see the module docstring)."""
     if environ.get(_READ) or not str(environ.get("CONTENT_LENGTH", "")).strip("0 "):
         return app_iter
-    return ClosingIterator(app_iter, [lambda: discard_unread_body(environ)])
+    return ClosingIterator(app_iter, lambda: discard_unread_body(environ))
 
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -17,12 +17,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import orjson
-from werkzeug.wrappers import Request, Response
+import msgspec
 
 from uwsgi_es.errors import DuplicateRequestError
 from uwsgi_es.stores.base import IdempotentWrites
 from uwsgi_es.web.bodies import BadRequestError, read_body
+from uwsgi_es.web.http import Request, Response
 from uwsgi_es.web.text import quoted
 
 HEADER = "Idempotency-Key"
@@ -93,7 +93,7 @@ def _serialise(response: Response, position: int | None) -> str:
     if position is not None:
         headers.append(("X-Event-Position", str(position)))
     body = base64.b64encode(response.get_data()).decode()  # any bytes, not only UTF-8 JSON
-    return orjson.dumps({"status": response.status_code, "headers": headers, "body": body}).decode()
+    return msgspec.json.encode({"status": response.status_code, "headers": headers, "body": body}).decode()
 
 
 def _replay(key: str, digest: str, remembered_digest: str, answer: str) -> Response:
@@ -103,9 +103,7 @@ def _replay(key: str, digest: str, remembered_digest: str, answer: str) -> Respo
             "path or body); send a new key with a new request",
             422,
         )
-    first = orjson.loads(answer)
-    response = Response(base64.b64decode(first["body"]), status=first["status"])
-    for name, value in first["headers"]:
-        response.headers[name] = value
+    first = msgspec.json.decode(answer)
+    response = Response(base64.b64decode(first["body"]), first["status"], dict(first["headers"]))
     response.headers[REPLAYED_HEADER] = "true"
     return response

@@ -27,9 +27,24 @@ from uwsgi_es.settings import Networks
 
 
 def is_operator(environ: Mapping[str, Any], networks: Networks) -> bool:
-    """Whether the request comes from an operator's address."""
+    """Whether the request comes from an operator's address (remembered per address: parsing one
+    costs more than the rest of a ``/health``)."""
+    key = (str(environ.get("REMOTE_ADDR", "")), networks)
+    known = _operators.get(key)
+    if known is None:
+        if len(_operators) >= _REMEMBERED_ADDRESSES:
+            _operators.clear()
+        known = _operators[key] = _in_networks(key[0], networks)
+    return known
+
+
+_operators: dict[tuple[str, Networks], bool] = {}
+_REMEMBERED_ADDRESSES = 4096
+
+
+def _in_networks(remote_addr: str, networks: Networks) -> bool:
     try:
-        address = ipaddress.ip_address(str(environ.get("REMOTE_ADDR", "")).split("%", 1)[0])
+        address = ipaddress.ip_address(remote_addr.split("%", 1)[0])
     except ValueError:
         return False
     return any(address in network for network in networks)
