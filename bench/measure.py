@@ -63,7 +63,7 @@ def compare(
         ours_rps.append(a)
         anchor_rps.append(b)
         ratios.append(a / b)
-    target = ratio_target(scenario, anchor.name.split(", ")[0])
+    target = ratio_target(scenario, anchor.name.split(", ")[0], store)
     row = Row(scenario, store, ours.name, anchor.name, ours_rps, anchor_rps, ratios, target)
     print(
         f"{scenario:<28} {store:<11} {ours.name} vs {anchor.name}: {statistics.median(ours_rps):8.0f} / "

@@ -9,7 +9,7 @@ import statistics
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.contenders import COMMON, PROJECT
+from bench.contenders import CEILING, COMMON, PROJECT
 from bench.measure import ROUNDS, SECONDS, WARMUP, Row
 from bench.projection import BATCH, EVENTS
 from bench.targets import BOOT_TARGETS_MS, MEMORY_TARGET_MB
@@ -54,10 +54,12 @@ def write_report(
         )
     lines += [
         "",
-        "The ceiling row is measured differently: wrk requests one fixed path without a Lua script (a",
-        "script's per-request call would cap wrk near the rate of the bare hello, hiding every fixed",
-        "cost), pinned to core 0, with both servers pinned to core 1, and the CPU time of each side",
-        "recorded. The application is the bottleneck when its core is busy near 1.0 and wrk's is not:",
+        "The ceiling row is measured differently, so that the application, not the load generator, is",
+        "the bottleneck: wrk requests one fixed path without a Lua script (a script's per-request call",
+        "caps wrk near the bare hello's rate), pinned to core 0; both servers are pinned to core 1, with",
+        f"`{' '.join(CEILING)}` (keep-alive: a new connection per request costs wrk more than the",
+        "server, and wrk's core was the one at 1.0); the CPU time of each side is recorded. The",
+        "application is the bottleneck when its core is busy near 1.0 and wrk's is not:",
         *(f"{r.evidence}." for r in rows if r.evidence),
     ]
     lines += [

@@ -119,9 +119,12 @@ def cassandra_rows(env: dict[str, str], logs: Path) -> list[Row]:
 
 def ceiling_row(logs: Path, env: dict[str, str]) -> Row:
     ours = Contender(
-        "uwsgi_es /health", start("uwsgi_es.wsgi:application", env, logs / "ceiling-ours", wait_for="ready")
+        "uwsgi_es /health",
+        start("uwsgi_es.wsgi:application", env, logs / "ceiling-ours", wait_for="ready", ceiling=True),
     )
-    hello = Contender("bare WSGI hello", start("bench.apps.hello:application", {}, logs / "ceiling-hello"))
+    hello = Contender(
+        "bare WSGI hello", start("bench.apps.hello:application", {}, logs / "ceiling-hello", ceiling=True)
+    )
     try:
         return compare_pinned("ceiling: GET /health", ours, hello, ("/health", "/"))
     finally:

@@ -29,16 +29,16 @@ from uwsgi_es.settings import Networks
 def is_operator(environ: Mapping[str, Any], networks: Networks) -> bool:
     """Whether the request comes from an operator's address (remembered per address: parsing one
     costs more than the rest of a ``/health``)."""
-    key = (str(environ.get("REMOTE_ADDR", "")), networks)
-    known = _operators.get(key)
-    if known is None:
+    address = str(environ.get("REMOTE_ADDR", ""))
+    known = _operators.get(address)
+    if known is None or known[0] is not networks:
         if len(_operators) >= _REMEMBERED_ADDRESSES:
             _operators.clear()
-        known = _operators[key] = _in_networks(key[0], networks)
-    return known
+        known = _operators[address] = (networks, _in_networks(address, networks))
+    return known[1]
 
 
-_operators: dict[tuple[str, Networks], bool] = {}
+_operators: dict[str, tuple[Networks, bool]] = {}  # address -> (the networks asked about, answer)
 _REMEMBERED_ADDRESSES = 4096
 
 
