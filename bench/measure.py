@@ -169,10 +169,6 @@ def memory_figures(env: dict[str, str], logs: Path) -> dict[str, float]:
 
 IMPORT_GROUPS = [
     ("msgspec (events and responses)", "import msgspec, msgspec.json"),
-    (
-        "Werkzeug (its package imports its dev server and test client: ssl, http.server, email)",
-        "import werkzeug.routing, werkzeug.wrappers",
-    ),
     ("SQLAlchemy Core", "import sqlalchemy"),
     ("the SQLite driver and dialect", "import sqlalchemy.dialects.sqlite.pysqlite, sqlite3"),
     ("uwsgi_es and the example API", "import uwsgi_es.wsgi, uwsgi_es.stores.sqlalchemy"),
@@ -207,13 +203,13 @@ def import_costs() -> list[tuple[str, float]]:
 
 PROFILED = [
     ("whole request (JsonApi.__call__)", "web/api.py", "__call__"),
-    ("Werkzeug routing (bind_to_environ + match)", "routing/map.py", "bind_to_environ"),
+    ("routing (uwsgi_es.web.http.Router.match)", "web/http.py", "match"),
     ("request body: read and parse JSON", "web/bodies.py", "read_json_object"),
     ("read: store select (connection, SQL, rows)", "stores/sqlalchemy/store.py", "select"),
     ("read: decode events (JSON, datetime, dataclass)", "application.py", "from_record"),
     ("read: replay events onto the aggregate", "domain.py", "replay"),
     ("write: save (publish, encode, append)", "application.py", "save"),
-    ("write: store append (lock, connection, INSERT, COMMIT)", "stores/sqlalchemy/store.py", "append"),
+    ("write: store append (connection, INSERT)", "stores/sqlalchemy/store.py", "append"),
     ("end of request: release the session, if a view made one", "stores/sqlalchemy/store.py", "end_request"),
 ]
 

@@ -99,7 +99,7 @@ def write_report(
         f"a bare hello-world worker {memory['hello_mb']:.1f} MB. Of that, private to the worker (USS, the rest is "
         f"shared with the master copy-on-write): uwsgi_es {memory['ours_private_mb']:.1f} MB, hello "
         f"{memory['hello_private_mb']:.1f} MB. The difference in RSS is mostly the modules a worker needs "
-        "(SQLAlchemy Core and its driver, Werkzeug, msgspec, the event classes; not the ORM, which a worker imports only when a view asks for a session), imported once in the master "
+        "(SQLAlchemy Core and its driver, msgspec, the event classes; not the ORM, which a worker imports only when a view asks for a session), imported once in the master "
         "and shared: RSS counts them in every worker, the machine holds them once. The private part stays small "
         "because each worker calls `gc.freeze()` before it builds (UWSGI_ES_GC_FREEZE): the collector never "
         "writes to, and so never copies, the pages of objects inherited from the master.",

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from uwsgi_es.stores.sqlalchemy.schema import tracking_table
 
@@ -34,9 +33,15 @@ class Tracked:
 
 def _insert_if_missing(connection: Connection, projection: str) -> None:
     values = {"projection": projection, "position": 0}
+    # The dialect's own INSERT (for ON CONFLICT), imported here: a SQLite worker never loads
+    # PostgreSQL's dialect.
     if connection.dialect.name == "postgresql":
+        from sqlalchemy.dialects import postgresql
+
         connection.execute(postgresql.insert(_table).values(values).on_conflict_do_nothing())
     else:
+        from sqlalchemy.dialects import sqlite
+
         connection.execute(sqlite.insert(_table).values(values).on_conflict_do_nothing())
 
 

@@ -1,6 +1,7 @@
 """The web layer: JSON over WSGI for our own API, and what every framework's layer shares.
 
 - ``api``: ``JsonApi``, the router with the operational routes;
+- ``http``: the ``Request`` handlers get and the ``Response`` they return, and the router;
 - ``bodies``: request bodies refused on their declared size, strict JSON, ``BufferedBody``;
 - ``status``: the one error → HTTP status table, and the log line a 5xx leaves;
 - ``ops``: the bodies of ``/health``, ``/ready`` and ``/worker``, and who is an operator;
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from uwsgi_es.web.api import JsonApi
 from uwsgi_es.web.bodies import BadRequestError, BufferedBody, expect_fields, read_json_object
+from uwsgi_es.web.http import Request, Response
 from uwsgi_es.web.ops import health_report, is_operator, ready_report, worker_report
 from uwsgi_es.web.responses import error_response, json_response
 from uwsgi_es.web.status import answer_for
@@ -19,6 +21,8 @@ __all__ = [
     "BadRequestError",
     "BufferedBody",
     "JsonApi",
+    "Request",
+    "Response",
     "answer_for",
     "error_response",
     "expect_fields",

@@ -17,6 +17,7 @@ the same transaction as its read model (and, when it stopped at an event, why: u
 from __future__ import annotations
 
 from sqlalchemy import (
+    ARRAY,
     BigInteger,
     Column,
     Float,
@@ -35,7 +36,6 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
 
 from uwsgi_es.stores.base import (
     FEED_CHANNEL,
@@ -161,6 +161,12 @@ INSERT_PG = text(
     bindparam("originator_versions", type_=ARRAY(BigInteger())),
     bindparam("topics", type_=ARRAY(Text())),
     bindparam("states", type_=ARRAY(Text())),
+)
+# The common case, one event, without arrays to build (executed with one row of values only).
+INSERT_ONE_PG = (
+    insert(records_table)
+    .values(id=_THIS_TRANSACTION + bindparam("first", type_=BigInteger()))
+    .returning(records_table.c.id)
 )
 SELECT_AFTER_PG = SELECT_AFTER.where(records_table.c.id < _FEED_HORIZON)
 SELECT_LAST_ID_PG = SELECT_LAST_ID.where(records_table.c.id < _FEED_HORIZON)

@@ -78,6 +78,7 @@ from uwsgi_es.stores.sqlalchemy.schema import (
     HEARTBEAT,
     INSERT,
     INSERT_ANSWER,
+    INSERT_ONE_PG,
     INSERT_PG,
     LOCK_AS_APPENDS_DO,
     NOTIFY,
@@ -257,7 +258,17 @@ class SQLAlchemyRecordStore(RecordStore):
     def _append(self, records: Sequence[StoredRecord]) -> int:
         try:
             with self._errors(), self._transaction(write=True) as session:
-                if self._is_postgres:  # positions made of the transaction id: see the module docstring
+                if self._is_postgres and len(records) == 1:  # positions: see the module docstring
+                    record = records[0]
+                    values = {
+                        "first": _claim_places(session, 1),
+                        "originator_id": record.originator_id,
+                        "originator_version": record.originator_version,
+                        "topic": record.topic,
+                        "state": record.state,
+                    }
+                    return int(session.execute(INSERT_ONE_PG, values).scalar_one())
+                if self._is_postgres:
                     columns = {
                         "first": _claim_places(session, len(records)),
                         "originator_ids": [r.originator_id for r in records],
