@@ -31,6 +31,7 @@ from uwsgi_es.redaction import parse_url, redact_url, why_unreadable
 
 PREFIX = "UWSGI_ES_"
 StoreKind = Literal["sqlalchemy", "cassandra", "django"]
+LogFormat = Literal["text", "json"]
 Reactor = Literal["libev", "asyncio"]
 CONSISTENCY_LEVELS = ("ONE", "TWO", "THREE", "QUORUM", "ALL", "LOCAL_QUORUM", "EACH_QUORUM", "LOCAL_ONE")
 SERIAL_CONSISTENCY_LEVELS = ("SERIAL", "LOCAL_SERIAL")
@@ -285,6 +286,15 @@ class Settings:
         _networks,
         "clients shown process details (`/worker`, pids): comma-separated networks, or `none`",
         shown="127.0.0.0/8,::1",
+    )
+    log_format: LogFormat = setting(
+        "text",
+        _one_of(get_args(LogFormat), "log format"),
+        "`json`: every uwsgi_es log line is one JSON object (time, level, logger, pid, worker, "
+        "request_id, the event's fields or the message); `text`: key=value lines",
+    )
+    slow_request_ms: int = setting(
+        1000, _integer(0, 3_600_000), "a request slower than this is logged (event=slow_request); 0: never"
     )
     init_retry_seconds: float = setting(1.0, _number(0.01, 3600.0), "first back-off after a failed build")
     init_retry_max_seconds: float = setting(30.0, _number(0.01, 3600.0), "longest back-off between builds")

@@ -6,18 +6,30 @@ read and tests and the benchmark parse, instead of regular expressions over pros
         store="SQLAlchemy store at sqlite:////srv/var/app.sqlite3" ms=23.5
 
 Values are written logfmt-style: bare when they hold no space, quote or equals sign, else in double
-quotes with backslash escapes. ``parse`` and ``events_in`` read them back.
+quotes with backslash escapes. With ``UWSGI_ES_LOG_FORMAT=json`` every uwsgi_es log line is one
+JSON object instead (``JsonLines``): time, level, logger, pid, worker, the request id of the request
+being served, and the event's fields (or the message), for a log pipeline. ``parse`` and
+``events_in`` read both forms back.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
 from collections.abc import Iterator
+from contextvars import ContextVar
+from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
+
+from uwsgi_es.lifecycle import process
+
 log = logging.getLogger("uwsgi_es.lifecycle")
+# The id of the request this context (thread, greenlet) is serving, set by the web layer.
+request_id: ContextVar[str | None] = ContextVar("uwsgi_es_request_id", default=None)
 _BARE = re.compile(r"[^\s\"=\\]+")
 _FIELD = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
 
@@ -46,6 +58,14 @@ def emit(
 
 def parse(line: str) -> dict[str, str] | None:
     """The fields of a lifecycle event's log line; None for any other line."""
+    if line.startswith("{"):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            return None
+        if not isinstance(entry, dict) or "event" not in entry:
+            return None
+        return {k: f"{v:.1f}" if isinstance(v, float) else str(v) for k, v in entry.items() if v is not None}
     start = line.find("event=")
     if start < 0:
         return None
@@ -68,12 +88,42 @@ def events_in(text: str, event: str | None = None) -> Iterator[dict[str, str]]:
             yield fields
 
 
-def configure_logging() -> None:
-    """Send uwsgi_es's INFO logs to stderr (uWSGI's log) unless logging is already configured."""
+class JsonLines(logging.Formatter):
+    """One JSON object per log record (``UWSGI_ES_LOG_FORMAT=json``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "pid": record.process,
+            "worker": process.worker_id(),
+            "request_id": request_id.get(),
+        }
+        fields = getattr(record, "uwsgi_es", None)
+        if isinstance(fields, dict):
+            entry.update(fields)
+        else:
+            entry["message"] = record.getMessage()
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return msgspec.json.encode(entry, enc_hook=str).decode()
+
+
+def configure_logging(log_format: str | None = None) -> None:
+    """Send uwsgi_es's INFO logs to stderr (uWSGI's log) unless logging is already configured, as
+    key=value text or JSON lines (``log_format``; default: ``UWSGI_ES_LOG_FORMAT``)."""
     root = logging.getLogger("uwsgi_es")
     if root.handlers or logging.getLogger().handlers:
         return
+    if log_format is None:
+        from uwsgi_es.settings import resolve  # settings import the store layer: not at import time
+
+        log_format = resolve()[0].log_format
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("uwsgi_es [pid %(process)d] %(levelname)s %(message)s"))
+    if log_format == "json":
+        handler.setFormatter(JsonLines())
+    else:
+        handler.setFormatter(logging.Formatter("uwsgi_es [pid %(process)d] %(levelname)s %(message)s"))
     root.addHandler(handler)
     root.setLevel(logging.INFO)

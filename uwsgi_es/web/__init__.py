@@ -2,6 +2,7 @@
 
 - ``api``: ``JsonApi``, the router with the operational routes;
 - ``http``: the ``Request`` handlers get and the ``Response`` they return, and the router;
+- ``request_ids``: each request's id (``X-Request-ID``) and the log line of a slow request;
 - ``bodies``: request bodies refused on their declared size, strict JSON, ``BufferedBody``;
 - ``status``: the one error → HTTP status table, and the log line a 5xx leaves;
 - ``ops``: the bodies of ``/health``, ``/ready`` and ``/worker``, and who is an operator;

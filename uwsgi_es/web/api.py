@@ -20,17 +20,20 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from uwsgi_es.application import written_position
 from uwsgi_es.lifecycle import registry
+from uwsgi_es.lifecycle.events import request_id
 from uwsgi_es.settings import Settings
 from uwsgi_es.stores.base import RequestScope
 from uwsgi_es.web.bodies import BadRequestError, answered, read_json_object
 from uwsgi_es.web.http import Handler, MethodNotAllowed, NotFound, Request, Response, Router
 from uwsgi_es.web.idempotency import answer_idempotently, key_of
 from uwsgi_es.web.ops import failure_report, health_report, is_operator, ready_report, worker_report
+from uwsgi_es.web.request_ids import REQUEST_ID_HEADER, identify, log_if_slow
 from uwsgi_es.web.responses import error_response, json_response
 from uwsgi_es.web.status import answer_for, log_refusal
 from uwsgi_es.web.text import quoted
@@ -109,14 +112,19 @@ class JsonApi:
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         request = Request(environ)
-        token = written_position.set(None)
+        started = time.monotonic()
+        identity = identify(request)
+        token, named = written_position.set(None), request_id.set(identity)
         try:
             response = self.dispatch(request)
             position = written_position.get()
             if position is not None and response.status_code < 400:
                 response.headers[POSITION_HEADER] = str(position)
+            response.headers[REQUEST_ID_HEADER] = identity
+            log_if_slow(request, response.status_code, started, self.settings().slow_request_ms)
         finally:
             written_position.reset(token)
+            request_id.reset(named)
             app = environ.get(_APP_KEY)
             if app is not None and _is_request_scoped(type(app)):
                 app.end_request()
