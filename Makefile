@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 
-.PHONY: run test check lint format pytest migrate clean postgres-binaries java-and-maven redis cassandra-up cassandra-down reliability bench
+.PHONY: run test check lint format pytest migrate clean postgres-binaries java-and-maven redis nginx cassandra-up cassandra-down reliability bench
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,7 +32,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check uwsgi_es tests bench examples
 	$(BIN)/mypy --strict uwsgi_es
 
-pytest: $(STAMP) postgres-binaries java-and-maven redis
+pytest: $(STAMP) postgres-binaries java-and-maven redis nginx
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # The tests start their own throwaway PostgreSQL from Debian's server binaries; install them when
@@ -68,6 +68,18 @@ cassandra-up: $(STAMP) java-and-maven
 
 cassandra-down: $(STAMP)
 	@$(BIN)/python -m uwsgi_es.testing.cassandra down
+
+# The deploy tests run a real nginx in front of uWSGI (deploy/nginx-uwsgi-es.conf); install it
+# when missing (as root). Only the binary is used: the tests start their own, on a free port.
+nginx:
+	@if command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing nginx (apt-get install nginx-light)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null; \
+	else \
+	  echo "the deploy tests need nginx: sudo apt-get install nginx-light"; \
+	  exit 1; \
+	fi
 
 # The RQ and Celery tests run a throwaway redis-server; install it when missing (as root).
 redis:
