@@ -69,28 +69,25 @@ cassandra-up: $(STAMP) java-and-maven
 cassandra-down: $(STAMP)
 	@$(BIN)/python -m uwsgi_es.testing.cassandra down
 
-# The deploy tests run a real nginx in front of uWSGI (deploy/nginx-uwsgi-es.conf); install it
-# when missing (as root). Only the binary is used: the tests start their own, on a free port.
-nginx:
-	@if command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; then exit 0; fi; \
+# $(call apt-install,COMMAND,PACKAGE,WHO NEEDS IT): install PACKAGE when COMMAND is missing (as
+# root, from Debian's packages), else say what to install. Never skipped: no server, no green run.
+apt-install = if command -v $(1) >/dev/null || [ -x /usr/sbin/$(1) ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  echo "installing nginx (apt-get install nginx-light)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null; \
+	  echo "installing $(2) (apt-get install $(2))"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2) >/dev/null; \
 	else \
-	  echo "the deploy tests need nginx: sudo apt-get install nginx-light"; \
+	  echo "$(3) need $(1): sudo apt-get install $(2)"; \
 	  exit 1; \
 	fi
 
-# The RQ and Celery tests run a throwaway redis-server; install it when missing (as root).
+# The deploy tests run a real nginx in front of uWSGI (deploy/nginx-uwsgi-es.conf); only the binary
+# is used: the tests start their own, on a free port.
+nginx:
+	@$(call apt-install,nginx,nginx-light,the deploy tests)
+
+# The RQ and Celery tests run a throwaway redis-server.
 redis:
-	@if command -v redis-server >/dev/null; then exit 0; fi; \
-	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  echo "installing redis-server (apt-get install redis-server)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
-	else \
-	  echo "the worker tests need redis-server: sudo apt-get install redis-server"; \
-	  exit 1; \
-	fi
+	@$(call apt-install,redis-server,redis-server,the worker tests)
 
 # Cassandra runs on JDK 17 and is fetched with Maven; install them when missing (as root).
 java-and-maven:
