@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -203,3 +204,75 @@ def test_the_bank_api_through_nginx_over_the_uwsgi_socket(deployment: Deployment
     report = json.loads(raw)
     assert len(report["workers"]) == 4
     assert sum(worker["requests"] for worker in report["workers"]) >= 80
+
+
+def test_an_emperor_vassal_reloads_under_load_without_a_failed_request(
+    tmp_path: Path, app_env: dict[str, str]
+) -> None:
+    """A real `uwsgi --emperor` directory: the vassal (deploy/uwsgi-nginx.ini plus an HTTP socket
+    for this test) starts; touching it reloads it gracefully while requests keep coming, and every
+    one of them is answered; removing it stops it."""
+    vassals, runtime = tmp_path / "vassals", tmp_path / "run"
+    vassals.mkdir()
+    runtime.mkdir()
+    port = free_port()
+    vassal = vassals / "bank.ini"
+    vassal.write_text(f"[uwsgi]\nini = {DEPLOY / 'uwsgi-nginx.ini'}\nhttp-socket = 127.0.0.1:{port}\n")
+    log = tmp_path / "emperor.log"
+    with log.open("wb") as output:
+        emperor = subprocess.Popen(
+            [str(BIN / "uwsgi"), "--emperor", str(vassals), "--emperor-stats", f"127.0.0.1:{free_port()}"],
+            env={**os.environ, **app_env, "RUNTIME_DIRECTORY": str(runtime)},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 60
+            while get_status(f"{base}/ready") != 200:
+                assert emperor.poll() is None, log.read_text()[-3000:]
+                assert time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(0.2)
+            account = get(f"{base}/accounts", b'{"owner": "vassal"}', {"Content-Type": "application/json"})[2]
+            before = {get(f"{base}/worker")[2]["pid"] for _ in range(30)}
+            outcomes: list[int | str] = []
+            loading = True
+
+            def load() -> None:
+                while loading:
+                    try:
+                        outcomes.append(get(f"{base}/accounts/{account['id']}")[0])
+                    except OSError as exc:
+                        outcomes.append(f"{type(exc).__name__}: {exc}")
+
+            readers = [threading.Thread(target=load) for _ in range(4)]
+            for reader in readers:
+                reader.start()
+            time.sleep(1)
+            answered_before = len(outcomes)
+            os.utime(vassal)  # the Emperor reloads a vassal whose file changed
+            deadline = time.monotonic() + 30
+            while not ({get(f"{base}/worker")[2]["pid"] for _ in range(10)} - before):
+                assert time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(0.2)
+            time.sleep(1)
+            loading = False
+            for reader in readers:
+                reader.join(30)
+            assert set(outcomes) == {200}, [o for o in outcomes if o != 200][:5]
+            assert len(outcomes) > answered_before + 10, "the load stopped during the reload"
+
+            vassal.unlink()  # the Emperor stops a vassal whose file is gone
+            deadline = time.monotonic() + 30
+            while get_status(f"{base}/health") is not None:
+                assert time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(0.2)
+            assert emperor.poll() is None, "the Emperor itself stopped"
+        finally:
+            emperor.send_signal(signal.SIGINT)
+            try:
+                emperor.wait(20)
+            except subprocess.TimeoutExpired:
+                emperor.kill()
+                emperor.wait()
+    print(f"emperor: {len(outcomes)} reads during a graceful vassal reload, all answered 200")
