@@ -246,7 +246,8 @@ def test_fail_fast_with_an_unreachable_database_stops_uwsgi_without_a_respawn_st
     with pytest.raises(UwsgiStartError, match="exited with code 22"):
         server.start()
     took = time.monotonic() - started
-    failures = list(lifecycle_events(server.log(), "build_failed"))
+    # The workers' builds (the projection mule retries its own, and may fail first).
+    failures = [f for f in lifecycle_events(server.log(), "build_failed") if not f.get("mule")]
     attempts = len(failures)
     assert 1 <= attempts <= 4, f"{attempts} build attempts: a respawn storm"
     assert took < 10

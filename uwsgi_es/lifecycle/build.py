@@ -70,11 +70,7 @@ def build_in_this_process(
             **where(),
             name=name,
             error=f"{type(exc).__name__}: {exc}",
-            consequence=(
-                "UWSGI_ES_FAIL_FAST is on: stopping uWSGI"
-                if fail_fast
-                else "it answers 503 and /ready fails until a retry succeeds"
-            ),
+            consequence=_consequence(fail_fast),
         )
         if fail_fast and stop_instance is not None:
             stop_instance()
@@ -89,6 +85,15 @@ def build_in_this_process(
         ms=(time.perf_counter() - started) * 1000,
     )
     return Outcome(app, None, settings)
+
+
+def _consequence(fail_fast: bool) -> str:
+    """What the failed build means, for the one who reads the log line."""
+    if fail_fast:
+        return "UWSGI_ES_FAIL_FAST is on: stopping uWSGI"
+    if process.mule_id():
+        return "this mule's projection runner builds again until it can"
+    return "it answers 503 and /ready fails until a retry succeeds"
 
 
 def close_in_this_process() -> None:
