@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from typing import Any
 
 import pytest
@@ -42,7 +43,9 @@ def test_json_logs_carry_worker_pid_and_the_request_id(uwsgi_server: Any, app_en
     assert refused.status == 404
     assert refused.headers["x-request-id"] != "bad id with spaces"
 
-    log = server.log()
+    deadline = time.monotonic() + 15  # the projection mule builds in parallel with the requests
+    while '"mule":1' not in (log := server.log()) and time.monotonic() < deadline:
+        time.sleep(0.1)
     ours = [entry for entry in json_lines(log) if entry.get("source") != "uwsgi"]
     builds = [entry for entry in ours if entry.get("event") == "build"]
     assert sorted(entry["worker"] for entry in builds if not entry.get("mule")) == [1, 2]

@@ -37,7 +37,7 @@ def test_a_request_keeps_a_plausible_id_and_gets_a_new_one_otherwise() -> None:
         environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/"}
         if value is not None:
             environ["HTTP_X_REQUEST_ID"] = value
-        return request_ids.identify(Request(environ))
+        return request_ids.identify(Request(environ), json_logs=True)
 
     assert sent("trace-42") == "trace-42"
     made = {sent(None), sent(None), sent("has space"), sent("x" * 129), sent("é")}

@@ -30,8 +30,8 @@ BUILD_RETRY_SECONDS = 1.0
 
 def run() -> None:
     """The mule's life: find this mule's projection, build, run it until uWSGI stops the mule."""
-    configure_logging()
     settings, problem = resolve()
+    configure_logging(settings.log_format)
     if problem is not None:
         _idle(f"the settings are invalid ({problem}); the workers say so too")
     if settings.store != "sqlalchemy":

@@ -67,8 +67,8 @@ def install(
     _installed.add((os.getpid(), name))
     if factory is not None:
         registry.declare(factory, name)  # for builds that are given no factory (mules, retries)
-    configure_logging()
     resolved, problem = resolve(settings)  # parsing only, nothing connects
+    configure_logging(resolved.log_format)
     if problem is not None and resolved.fail_fast:
         raise problem  # a bad value stops uWSGI at start, naming the variable
     if resolved.fail_fast and (factory is not None or resolved.application):

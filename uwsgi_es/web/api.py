@@ -113,7 +113,8 @@ class JsonApi:
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         request = Request(environ)
         started = time.monotonic()
-        identity = identify(request)
+        settings = self.settings()
+        identity = identify(request, json_logs=settings.log_format == "json")
         token, named = written_position.set(None), request_id.set(identity)
         try:
             response = self.dispatch(request)
@@ -121,7 +122,7 @@ class JsonApi:
             if position is not None and response.status_code < 400:
                 response.headers[POSITION_HEADER] = str(position)
             response.headers[REQUEST_ID_HEADER] = identity
-            log_if_slow(request, response.status_code, started, self.settings().slow_request_ms)
+            log_if_slow(request, response.status_code, started, settings.slow_request_ms)
         finally:
             written_position.reset(token)
             request_id.reset(named)

@@ -25,13 +25,14 @@ MAX_LENGTH = 128
 _own: tuple[int, str, itertools.count[int]] | None = None  # (pid, prefix, counter)
 
 
-def identify(request: Request) -> str:
-    """The request's id: the client's if plausible, else a new one; given to uWSGI's log too,
-    with the request line escaped for a JSON log format."""
+def identify(request: Request, *, json_logs: bool) -> str:
+    """The request's id: the client's if plausible, else a new one. With ``json_logs`` it is given
+    to uWSGI's request log too, with the request line escaped for a JSON log format (work kept off
+    the request path of deployments that log text)."""
     sent = request.headers.get(REQUEST_ID_HEADER)
     identity = sent if sent is not None and _plausible(sent) else _new_id()
     uwsgi = process.uwsgi
-    if uwsgi is not None:
+    if uwsgi is not None and json_logs:
         uwsgi.set_logvar("request_id", identity)
         uwsgi.set_logvar("json_uri", json.dumps(str(request.environ.get("REQUEST_URI", "")))[1:-1])
         uwsgi.set_logvar("json_method", json.dumps(request.method)[1:-1])

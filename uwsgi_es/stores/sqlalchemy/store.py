@@ -259,14 +259,7 @@ class SQLAlchemyRecordStore(RecordStore):
         try:
             with self._errors(), self._transaction(write=True) as session:
                 if self._is_postgres and len(records) == 1:  # positions: see the module docstring
-                    record = records[0]
-                    values = {
-                        "first": _claim_places(session, 1),
-                        "originator_id": record.originator_id,
-                        "originator_version": record.originator_version,
-                        "topic": record.topic,
-                        "state": record.state,
-                    }
+                    values = {**_row(records[0]), "first": _claim_places(session, 1)}
                     return int(session.execute(INSERT_ONE_PG, values).scalar_one())
                 if self._is_postgres:
                     columns = {
@@ -277,16 +270,7 @@ class SQLAlchemyRecordStore(RecordStore):
                         "states": [r.state for r in records],
                     }
                     return int(max(session.execute(INSERT_PG, columns).scalars()))
-                rows = [
-                    {
-                        "originator_id": r.originator_id,
-                        "originator_version": r.originator_version,
-                        "topic": r.topic,
-                        "state": r.state,
-                    }
-                    for r in records
-                ]
-                return int(session.execute(INSERT, rows).scalars().all()[-1])
+                return int(session.execute(INSERT, [_row(r) for r in records]).scalars().all()[-1])
         except IntegrityError as exc:
             raise version_conflict(records) from exc
 
@@ -359,14 +343,8 @@ class SQLAlchemyRecordStore(RecordStore):
     @_once_more_if_the_server_went_away
     def save_snapshot(self, snapshot: StoredRecord) -> None:
         self.check_process()
-        values = {
-            "originator_id": snapshot.originator_id,
-            "originator_version": snapshot.originator_version,
-            "topic": snapshot.topic,
-            "state": snapshot.state,
-        }
         with self._errors(), self._transaction(write=True) as session:
-            session.execute(UPSERT_SNAPSHOT, values)
+            session.execute(UPSERT_SNAPSHOT, _row(snapshot))
 
     @_once_more_if_the_server_went_away
     def latest_snapshot(self, originator_id: UUID) -> StoredRecord | None:
@@ -573,6 +551,16 @@ def select_all_on(connection: Session | Connection, after_id: int, limit: int) -
     statement = SELECT_AFTER_PG if postgres else SELECT_AFTER
     rows = connection.execute(statement, {"after_id": after_id, "limit": limit})
     return [StoredRecord(*row) for row in rows]
+
+
+def _row(record: StoredRecord) -> dict[str, Any]:
+    """A record as the values of one row (without its position)."""
+    return {
+        "originator_id": record.originator_id,
+        "originator_version": record.originator_version,
+        "topic": record.topic,
+        "state": record.state,
+    }
 
 
 def _claim_places(session: Session | Connection, count: int) -> int:
