@@ -43,8 +43,13 @@ def test_json_logs_carry_worker_pid_and_the_request_id(uwsgi_server: Any, app_en
     assert refused.status == 404
     assert refused.headers["x-request-id"] != "bad id with spaces"
 
-    deadline = time.monotonic() + 15  # the projection mule builds in parallel with the requests
-    while '"mule":1' not in (log := server.log()) and time.monotonic() < deadline:
+    # The projection mule builds in parallel with the requests, and uWSGI writes a request's log
+    # line after its response has gone: wait for both rather than race them.
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        log = server.log()
+        if '"mule":1' in log and '"status":404' in log.replace(" ", ""):
+            break
         time.sleep(0.1)
     ours = [entry for entry in json_lines(log) if entry.get("source") != "uwsgi"]
     builds = [entry for entry in ours if entry.get("event") == "build"]
