@@ -34,6 +34,7 @@ from uwsgi_es.errors import (
     UnreadableEventError,
 )
 from uwsgi_es.lifecycle import process
+from uwsgi_es.metrics import recorder
 from uwsgi_es.settings import Settings
 from uwsgi_es.snapshots import Snapshots
 from uwsgi_es.stores import GlobalFeed, RecordStore, RequestScope, StoredRecord, create_record_store
@@ -220,6 +221,7 @@ class PersistencePolicy:
 
     def store_events(self, events: Sequence[DomainEvent]) -> None:
         position = self.event_store.put(events)
+        recorder.events_stored(len(events))
         if position is not None:
             written_position.set(position)
 
@@ -360,16 +362,25 @@ class Application:
         attempt = 0
         while True:
             try:
-                return run()
+                result = run()
             except ConcurrencyError:
                 self.conflicts += 1
+                recorder.conflict()
                 if attempt >= retries:
+                    recorder.command_run("conflict")
                     raise
                 attempt += 1
                 self.retries += 1
+                recorder.retried()
                 # Exponential back-off with full jitter: writers that collided spread out
                 # instead of colliding again in step (2 ms, 4 ms, ... capped at 100 ms).
                 process.pause(random.uniform(0, min(0.1, 0.001 * 2**attempt)))
+            except BaseException:
+                recorder.command_run("failed")
+                raise
+            else:
+                recorder.command_run("done")
+                return result
 
     def close(self) -> None:
         """Unsubscribe the persistence policy and release connections. Idempotent."""

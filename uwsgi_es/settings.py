@@ -296,6 +296,12 @@ class Settings:
     slow_request_ms: int = setting(
         1000, _integer(0, 3_600_000), "a request slower than this is logged (event=slow_request); 0: never"
     )
+    metrics_sharedarea: int = setting(
+        0,
+        _integer(0, 255),
+        "the uWSGI sharedarea (its id) where every worker and mule keeps its numbers for `/metrics`; "
+        "the ini needs `sharedarea = PAGES`, 16 pages (64 KiB) per worker and mule, plus 16",
+    )
     init_retry_seconds: float = setting(1.0, _number(0.01, 3600.0), "first back-off after a failed build")
     init_retry_max_seconds: float = setting(30.0, _number(0.01, 3600.0), "longest back-off between builds")
     fail_fast: bool = setting(

@@ -34,6 +34,7 @@ from uwsgi_es.errors import (
 )
 from uwsgi_es.lifecycle import events, kinds, process
 from uwsgi_es.lifecycle.hosting import Hosting
+from uwsgi_es.metrics import recorder
 from uwsgi_es.redaction import redact_url
 from uwsgi_es.settings import Settings
 
@@ -110,6 +111,12 @@ def get_application(name: str | None = None) -> Any:
     if hosted is not None and hosted.pid == os.getpid():
         return hosted.app
     _explain_missing(hosted, name)
+
+
+def built(name: str | None = None) -> Any | None:
+    """This process's application if it is built here; None otherwise (never builds, never raises)."""
+    hosted = _find(name)
+    return hosted.app if hosted is not None and hosted.pid == os.getpid() else None
 
 
 def _find(name: str | None) -> Hosted | None:
@@ -200,6 +207,7 @@ def record_failure(name: str, error: BaseException, settings: Settings | None) -
     """Remember a failed build (also one that failed before it reached the registry)."""
     with _lock:
         _failures[name] = _next_failure(name, error, settings)
+    recorder.built(ok=False)
 
 
 def _build(factory: ApplicationFactory | None, settings: Settings | None, name: str) -> Any:
@@ -207,6 +215,7 @@ def _build(factory: ApplicationFactory | None, settings: Settings | None, name: 
     try:
         if settings is None:
             settings = Settings.from_environ()
+        recorder.configure(settings.metrics_sharedarea)
         _check_deployment(settings)
         factory = factory or _declared.get(name)
         kind = kinds.kind_of(factory or kinds.load_factory(settings.application))
@@ -218,9 +227,11 @@ def _build(factory: ApplicationFactory | None, settings: Settings | None, name: 
             raise
     except Exception as exc:
         _failures[name] = _next_failure(name, exc, settings or getattr(exc, "fallback", None))
+        recorder.built(ok=False)
         raise
     _slots[name] = Hosted(name, app, hosting, os.getpid(), settings)
     _failures.pop(name, None)
+    recorder.built(ok=True)
     return app
 
 

@@ -30,6 +30,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlch
 from uwsgi_es.application import Application, EventStore
 from uwsgi_es.errors import ProjectionStoppedError, ReadSideUnavailableError, StoreUnavailableError
 from uwsgi_es.lifecycle import events, process
+from uwsgi_es.metrics import recorder
 from uwsgi_es.readside.projection import Projection
 from uwsgi_es.readside.tracking import advance, lock, read, record_stop
 from uwsgi_es.readside.waking import waker_for
@@ -94,6 +95,7 @@ class ProjectionRunner:
                         advance(connection, self.name, records[-1].id or position)
             except _Stopped as stopped:
                 return self._stopped(stopped)
+        recorder.projected(self.name, len(records))
         if records and (self.stopped_at is None or (records[-1].id or 0) >= self.stopped_at):
             if self.stopped_at is not None:
                 events.emit("projection_resumed", projection=self.name, position=records[-1].id)

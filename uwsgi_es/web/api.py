@@ -27,12 +27,20 @@ from typing import TYPE_CHECKING, Any
 from uwsgi_es.application import written_position
 from uwsgi_es.lifecycle import registry
 from uwsgi_es.lifecycle.events import request_id
+from uwsgi_es.metrics import exposition, recorder
 from uwsgi_es.settings import Settings
 from uwsgi_es.stores.base import RequestScope
 from uwsgi_es.web.bodies import BadRequestError, answered, read_json_object
 from uwsgi_es.web.http import Handler, MethodNotAllowed, NotFound, Request, Response, Router
 from uwsgi_es.web.idempotency import answer_idempotently, key_of
-from uwsgi_es.web.ops import failure_report, health_report, is_operator, ready_report, worker_report
+from uwsgi_es.web.ops import (
+    failure_report,
+    health_report,
+    is_operator,
+    projection_gauges,
+    ready_report,
+    worker_report,
+)
 from uwsgi_es.web.request_ids import REQUEST_ID_HEADER, identify, log_if_slow
 from uwsgi_es.web.responses import error_response, json_response
 from uwsgi_es.web.status import answer_for, log_refusal
@@ -66,15 +74,18 @@ class JsonApi:
         self.name = name
         self.router = Router()
         self.handlers: dict[str, Handler] = {}
+        self.routes: dict[str, str] = {}  # endpoint -> its path pattern
         self.route("/health", "GET")(self.health)
         self.route("/ready", "GET")(self.ready)
         self.route("/worker", "GET")(self.worker)
+        self.route("/metrics", "GET")(self.metrics)
 
     def route(self, path: str, *methods: str) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             endpoint = f"{handler.__name__}:{path}"
             self.router.add(path, methods, endpoint)
             self.handlers[endpoint] = handler
+            self.routes[endpoint] = path
             return handler
 
         return register
@@ -123,6 +134,9 @@ class JsonApi:
                 response.headers[POSITION_HEADER] = str(position)
             response.headers[REQUEST_ID_HEADER] = identity
             log_if_slow(request, response.status_code, started, settings.slow_request_ms)
+            recorder.request_served(
+                request.method, request.route, response.status_code, time.monotonic() - started
+            )
         finally:
             written_position.reset(token)
             request_id.reset(named)
@@ -140,6 +154,7 @@ class JsonApi:
         try:
             endpoint, arguments = self.router.match(request.method, request.path)
             handler = self.handlers[endpoint]
+            request.route = self.routes[endpoint]
             key = key_of(request)
             if key is None:
                 return handler(request, **arguments)
@@ -203,6 +218,18 @@ class JsonApi:
         if not self.is_operator(request):
             return self.not_found(request)
         return json_response(worker_report(self.application(request)))
+
+    def metrics(self, request: Request) -> Response:
+        """The whole instance's numbers in Prometheus' text format: for operators only (404 to
+        anyone else), like ``/worker``. Answers also while the application cannot be built."""
+        if not self.is_operator(request):
+            return self.not_found(request)
+        problem = recorder.problem()
+        if problem is not None:
+            return error_response(problem, 503)
+        gauges = projection_gauges(registry.built(self.name))
+        body, content_type = exposition.render(gauges, request.headers.get("Accept") or "")
+        return Response(body, 200, content_type=content_type)
 
 
 @functools.cache

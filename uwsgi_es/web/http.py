@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
 JSON = "application/json"
+UNMATCHED = "unmatched"  # the route of a request no pattern matched
 # The reason phrase of each status, as uWSGI sends it (Werkzeug's upper-case form, kept).
 _STATUS_LINES = {status.value: f"{status.value} {status.phrase.upper()}" for status in HTTPStatus}
 _SPECIAL_HEADERS = {"CONTENT_TYPE", "CONTENT_LENGTH"}
@@ -61,13 +62,14 @@ class RequestHeaders:
 class Request:
     """What a handler needs of a request; the environ is there for the rest."""
 
-    __slots__ = ("_args", "environ", "headers", "method", "path")
+    __slots__ = ("_args", "environ", "headers", "method", "path", "route")
 
     def __init__(self, environ: WSGIEnvironment) -> None:
         self.environ = environ
         self.method = str(environ.get("REQUEST_METHOD", "GET")).upper()
         self.path = "/" + _text(environ.get("PATH_INFO", "")).lstrip("/")
         self.headers = RequestHeaders(environ)
+        self.route = UNMATCHED  # the pattern that matched, once routed (a metrics label)
         self._args: dict[str, str] | None = None
 
     @property

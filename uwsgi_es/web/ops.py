@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gc
 import ipaddress
+import logging
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -24,6 +25,8 @@ from uwsgi_es.lifecycle.process import worker_id
 from uwsgi_es.lifecycle.registry import hosted_applications
 from uwsgi_es.readside import status as readside
 from uwsgi_es.settings import Networks
+
+log = logging.getLogger("uwsgi_es.web")
 
 
 def is_operator(environ: Mapping[str, Any], networks: Networks) -> bool:
@@ -96,6 +99,34 @@ def worker_report(app: Any) -> dict[str, Any]:
     if projections:
         report["projections"] = projections
     return report
+
+
+Gauges = dict[str, tuple[str, str, dict[tuple[str, ...], float]]]
+
+
+def projection_gauges(app: Any | None) -> Gauges:
+    """Each projection's position and lag, read now (for ``/metrics``); none without an
+    application, or while its database does not answer (the scrape still answers, and says so
+    in the log)."""
+    if app is None:
+        return {}
+    try:
+        reported = readside.report(app)
+    except Exception as exc:
+        log.warning("/metrics without the projections' lag: %s: %s", type(exc).__name__, exc)
+        return {}
+    return {
+        "uwsgi_es_projection_lag_events": (
+            "Events stored after a projection's position (counted up to a bound).",
+            "projection",
+            {(name,): float(state["lag"]) for name, state in reported.items()},
+        ),
+        "uwsgi_es_projection_position": (
+            "The feed position a projection has applied.",
+            "projection",
+            {(name,): float(state["position"]) for name, state in reported.items()},
+        ),
+    }
 
 
 def failure_report(error: BaseException) -> dict[str, Any]:

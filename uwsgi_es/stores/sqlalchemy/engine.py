@@ -37,6 +37,7 @@ from uwsgi_es.errors import (
     StoreUnavailableError,
 )
 from uwsgi_es.lifecycle import process
+from uwsgi_es.metrics import recorder
 from uwsgi_es.redaction import redact_url
 from uwsgi_es.settings import Settings
 
@@ -66,7 +67,18 @@ def create_engine_from_settings(settings: Settings) -> Engine:
     """An engine for this process. Call it after the fork, never in the uWSGI master."""
     url = make_url(settings.database_url)
     if url.get_backend_name() == "sqlite":
-        return _create_sqlite_engine(settings, url)
+        engine = _create_sqlite_engine(settings, url)
+    else:
+        engine = _create_postgres_engine(settings, url)
+    event.listen(engine, "checkout", _counted_checkout)
+    return engine
+
+
+def _counted_checkout(*_: Any) -> None:
+    recorder.pool_checkout()
+
+
+def _create_postgres_engine(settings: Settings, url: URL) -> Engine:
     connect_args: dict[str, Any] = {"connect_timeout": settings.connect_timeout}
     if "application_name" not in url.query:  # the operator's own name wins
         connect_args["application_name"] = connection_name()

@@ -1,0 +1,130 @@
+"""The shared table of numbers (one slot per process, summed) with real forked processes on a
+shared mmap, and /metrics in process: parsed by prometheus_client, for operators only."""
+
+from __future__ import annotations
+
+import mmap
+import os
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from werkzeug.test import Client
+
+from uwsgi_es.metrics import recorder
+from uwsgi_es.metrics.table import ENTRY_BYTES, KEY_BYTES, SLOT_BYTES, SlotTable
+from uwsgi_es.wsgi import application
+
+from .conftest import from_address
+
+
+def shared_area(slots: int) -> memoryview:
+    return memoryview(mmap.mmap(-1, slots * SLOT_BYTES))  # anonymous and shared: survives fork
+
+
+def in_child(work: Any) -> None:
+    """Run ``work`` in a forked process that exits hard (like a SIGKILLed worker: no clean-up)."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            work()
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_each_process_counts_in_its_slot_and_the_sum_is_everyone_s() -> None:
+    area = shared_area(4)
+    for slot in (1, 2, 3):
+
+        def count(slot: int = slot) -> None:
+            table = SlotTable(area, slot, 4)
+            for _ in range(slot * 10):
+                table.add("requests\x1fGET")
+            table.add("events", 0.5)
+
+        in_child(count)
+    totals = SlotTable(area, 0, 4).totals()
+    assert totals == {"requests\x1fGET": 60.0, "events": 1.5}
+
+
+def test_a_respawned_process_goes_on_from_its_predecessor_s_numbers() -> None:
+    area = shared_area(3)
+    in_child(lambda: [SlotTable(area, 2, 3).add(key) for key in ("a", "b", "a")])
+    respawned = SlotTable(area, 2, 3)
+    assert respawned.index.keys() == {"a", "b"}
+    respawned.add("a")
+    respawned.add("c", 2)
+    assert SlotTable(area, 0, 3).totals() == {"a": 3.0, "b": 1.0, "c": 2.0}
+    assert len(respawned.index) == 3  # no key entered twice
+
+
+def test_a_full_slot_drops_new_keys_and_says_how_much() -> None:
+    area = shared_area(1)
+    table = SlotTable(area, 0, 1, slot_bytes=4 * ENTRY_BYTES)  # room for 3 keys
+    for key in ("a", "b", "c", "d", "e"):
+        table.add(key, 2)
+    table.add("a")
+    assert table.totals() == {"a": 3.0, "b": 2.0, "c": 2.0}
+    assert table.dropped() == 4.0
+
+
+def test_keys_longer_than_an_entry_are_cut_not_spilled() -> None:
+    table = SlotTable(shared_area(1), 0, 1)
+    table.add("x" * 500)
+    table.add("y")
+    assert sorted(table.totals().items()) == [("x" * KEY_BYTES, 1.0), ("y", 1.0)]
+
+
+def test_a_slot_outside_the_area_is_refused() -> None:
+    with pytest.raises(ValueError, match="does not fit"):
+        SlotTable(shared_area(2), 2, 3)
+
+
+def samples(body: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(body)
+        for sample in family.samples
+    }
+
+
+def test_metrics_in_process_count_routes_not_paths_and_few_methods(client: Client) -> None:
+    """Outside uWSGI a process counts alone; routes are patterns, unknown paths and methods are
+    one label each (a client cannot grow the series)."""
+    before = samples(client.get("/metrics").get_data(as_text=True))
+    opened = client.post("/accounts", json={"owner": "ann"}).json
+    assert opened is not None
+    client.post(f"/accounts/{opened['id']}/deposits", json={"amount": 5})
+    for path in ("/no/such", "/other"):
+        client.get(path)
+    client.open("/health", method="BREW")
+    after = samples(client.get("/metrics").get_data(as_text=True))
+
+    def grew(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert grew("uwsgi_es_requests_total", method="POST", route="/accounts/<account_id>/deposits", status="200") == 1
+    assert grew("uwsgi_es_requests_total", method="GET", route="unmatched", status="404") == 2
+    assert grew("uwsgi_es_requests_total", method="other", route="unmatched", status="405") == 1
+    assert grew("uwsgi_es_requests_total", method="GET", route="/metrics", status="200") == 1
+    assert grew("uwsgi_es_request_duration_seconds_count", method="POST", route="/accounts") == 1
+    assert grew("uwsgi_es_events_stored_total") == 2
+    assert grew("uwsgi_es_commands_total", outcome="done") == 1
+    assert after[("uwsgi_es_projection_lag_events", (("projection", "balances"),))] >= 0
+    assert recorder.problem() is None
+
+
+def test_metrics_are_for_operators_only(client: Client) -> None:
+    stranger = Client(from_address(application, "203.0.113.9"))
+    answer = stranger.get("/metrics")
+    assert answer.status_code == 404
+    assert answer.json == {"error": "no route for '/metrics'"}
+
+
+def test_openmetrics_when_the_scraper_asks_for_it(client: Client) -> None:
+    answer = client.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    assert answer.headers["Content-Type"].startswith("application/openmetrics-text")
+    assert answer.get_data(as_text=True).endswith("# EOF\n")

@@ -1,0 +1,228 @@
+"""What uwsgi_es counts, and where this process keeps it.
+
+Under uWSGI every worker and mule counts into its own slot of a uWSGI sharedarea (created by the
+master from the ini's ``sharedarea = PAGES``, so it exists in every mode, lazy-apps included):
+worker ``w`` in slot ``w``, mule ``m`` in slot ``processes + m``. ``/metrics``, served by any
+worker, sums the slots: numbers for the whole instance, kept across a worker's death and respawn.
+Anywhere else (the master, a spooler, gunicorn, a test) a process counts into a private table:
+``/metrics`` then reports that process alone (``scope()`` says which).
+
+Recording never raises and never touches a database; a request costs three additions under one
+process-local lock (about 1 µs).
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from dataclasses import dataclass, field
+
+from uwsgi_es.lifecycle import process
+from uwsgi_es.metrics.table import SLOT_BYTES, SlotTable
+
+SEPARATOR = "\x1f"  # between a key's family and its label values (never in a label we write)
+
+# Families: the key's first part -> (Prometheus name, kind, label names, help).
+REQUESTS = "requests"
+DURATION = "duration"
+DURATION_SUM = "duration_sum"
+COMMANDS = "commands"
+CONFLICTS = "conflicts"
+RETRIES = "retries"
+EVENTS_STORED = "events_stored"
+BUILDS = "builds"
+POOL_CHECKOUTS = "pool_checkouts"
+PROJECTED = "projected"
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    kind: str  # counter | histogram
+    labels: tuple[str, ...]
+    help: str
+
+
+FAMILIES = {
+    REQUESTS: Family(
+        "uwsgi_es_requests",
+        "counter",
+        ("method", "route", "status"),
+        "Requests answered, by route and status.",
+    ),
+    DURATION: Family(
+        "uwsgi_es_request_duration_seconds",
+        "histogram",
+        ("method", "route"),
+        "Time from a request's arrival in the application to its complete response.",
+    ),
+    COMMANDS: Family("uwsgi_es_commands", "counter", ("outcome",), "Commands run, by outcome."),
+    CONFLICTS: Family(
+        "uwsgi_es_conflicts", "counter", (), "Appends refused because another writer got there first."
+    ),
+    RETRIES: Family("uwsgi_es_conflict_retries", "counter", (), "Commands run again after a conflict."),
+    EVENTS_STORED: Family("uwsgi_es_events_stored", "counter", (), "Events stored."),
+    BUILDS: Family(
+        "uwsgi_es_builds", "counter", ("outcome",), "Post-fork application builds, by outcome (ok, failed)."
+    ),
+    POOL_CHECKOUTS: Family(
+        "uwsgi_es_pool_checkouts", "counter", (), "Database connections checked out of a pool."
+    ),
+    PROJECTED: Family(
+        "uwsgi_es_projected_events", "counter", ("projection",), "Events applied by a projection runner."
+    ),
+}
+# Upper bounds of the latency buckets, in seconds (+Inf after the last).
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Methods named in labels; any other is "other" (a client chooses the method: labels stay few).
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class MetricsUnavailableError(Exception):
+    """Under uWSGI without the shared area: the numbers of one worker would pass for everyone's."""
+
+
+@dataclass
+class _Attached:
+    pid: int
+    table: SlotTable
+    problem: str | None  # why the numbers are this process's only, under uWSGI
+    # (method, route, status) -> where its counter, its latency buckets and its sum are.
+    requests: dict[tuple[str, str, int], tuple[int, tuple[int, ...], int]] = field(default_factory=dict)
+
+
+_attached: _Attached | None = None
+_sharedarea = 0
+
+
+def configure(sharedarea: int) -> None:
+    """Use sharedarea ``sharedarea`` (``UWSGI_ES_METRICS_SHAREDAREA``); called by each build."""
+    global _sharedarea, _attached
+    if sharedarea != _sharedarea:
+        _sharedarea, _attached = sharedarea, None
+
+
+def table() -> SlotTable:
+    """This process's table, attached on first use in each process (a fork gets its own)."""
+    return _here().table
+
+
+def _here() -> _Attached:
+    attached = _attached
+    if attached is None or attached.pid != os.getpid():
+        attached = _attach()
+    return attached
+
+
+def problem() -> str | None:
+    """Why ``/metrics`` cannot speak for the whole instance here; None when it can."""
+    table()
+    return _attached.problem if _attached is not None else None
+
+
+def _attach() -> _Attached:
+    global _attached
+    _attached = _Attached(os.getpid(), *_shared_table())
+    return _attached
+
+
+def _shared_table() -> tuple[SlotTable, str | None]:
+    uwsgi = process.uwsgi
+    if uwsgi is None:
+        return _private(), None
+    workers, mule = process.process_count(), process.mule_id()
+    slot = process.worker_id() or (workers + mule if mule else 0)
+    share = getattr(uwsgi, "sharedarea_memoryview", None)
+    try:
+        area = share(_sharedarea) if share is not None else None
+    except (ValueError, TypeError, OSError):
+        area = None
+    pages = (workers + len(process.options("mule")) + 1) * SLOT_BYTES // 4096
+    if area is None:
+        return _private(), (
+            f"/metrics needs uWSGI's sharedarea {_sharedarea} to add up every worker and mule: add "
+            f"`sharedarea = {pages}` to the [uwsgi] section (16 pages per worker and mule, plus 16), "
+            "or set UWSGI_ES_METRICS_SHAREDAREA to the id of one that is free"
+        )
+    slots = len(area) // SLOT_BYTES
+    if slot == 0 or slot >= slots:
+        # The master and other processes never count into the shared area; a slot past its end
+        # means the area is too small for this many workers and mules.
+        too_small = (
+            None
+            if slot == 0
+            else (
+                f"uWSGI's sharedarea {_sharedarea} has room for {slots - 1} workers and mules; "
+                f"this is {process.role()}: set `sharedarea = {pages}` or more"
+            )
+        )
+        return _private(), too_small
+    return SlotTable(area, slot, slots), None
+
+
+def _private() -> SlotTable:
+    return SlotTable(memoryview(bytearray(SLOT_BYTES)), 0, 1)
+
+
+def key(family: str, *labels: object) -> str:
+    return SEPARATOR.join([family, *map(str, labels)])
+
+
+def request_served(method: str, route: str, status: int, seconds: float) -> None:
+    """One answered request: its counter, its latency bucket and the latency sum."""
+    here = _here()
+    where = here.requests.get((method, route, status))
+    if where is None:
+        where = _request_numbers(here, method, route, status)
+    counter, buckets, total = where
+    values = here.table.values
+    with here.table.lock:
+        values[counter] += 1.0
+        values[buckets[bisect.bisect_left(BUCKETS, seconds)]] += 1.0
+        values[total] += seconds
+
+
+def _request_numbers(
+    here: _Attached, method: str, route: str, status: int
+) -> tuple[int, tuple[int, ...], int]:
+    if len(here.requests) > 10_000:  # bounded even if a caller lets clients choose routes
+        here.requests.clear()
+    shown = method if method in METHODS else "other"
+    table = here.table
+    buckets = tuple(table.where(key(DURATION, shown, route, index)) for index in range(len(BUCKETS) + 1))
+    where = (
+        table.where(key(REQUESTS, shown, route, status)),
+        buckets,
+        table.where(key(DURATION_SUM, shown, route)),
+    )
+    here.requests[(method, route, status)] = where
+    return where
+
+
+def command_run(outcome: str) -> None:
+    """``done``, ``conflict`` (still conflicting after the retries) or ``failed``."""
+    table().add(key(COMMANDS, outcome))
+
+
+def conflict() -> None:
+    table().add(CONFLICTS)
+
+
+def retried() -> None:
+    table().add(RETRIES)
+
+
+def events_stored(count: int) -> None:
+    table().add(EVENTS_STORED, count)
+
+
+def built(ok: bool) -> None:
+    table().add(key(BUILDS, "ok" if ok else "failed"))
+
+
+def pool_checkout() -> None:
+    table().add(POOL_CHECKOUTS)
+
+
+def projected(projection: str, count: int) -> None:
+    table().add(key(PROJECTED, projection), count)
