@@ -9,6 +9,9 @@
   container of its own.
 - ``uwsgi-es check`` validates the ``UWSGI_ES_*`` settings and pings the store, so a deployment
   script can stop before uWSGI starts with a bad configuration.
+- ``uwsgi-es doctor INI`` boots the ini under uWSGI as production would, with a probe, and
+  reports connections, threads and applications made before the fork, risky options, and the
+  pools against PostgreSQL's ``max_connections``, each with its fix (``uwsgi_es.doctor``).
 - ``uwsgi-es settings --markdown | --ini`` prints the settings table of the README, or the
   declarations a ``strict = true`` ini includes (``deploy/uwsgi-es-settings.ini``).
 
@@ -115,6 +118,23 @@ def _one_line(error: BaseException, secrets: tuple[str, ...]) -> str:
     return " ".join(scrub(str(error), secrets).split())
 
 
+def doctor(ini: str, timeout: float) -> int:
+    """0: clean; 1: problems found; 2: the instance did not boot (or the doctor could not run)."""
+    from uwsgi_es.doctor.examination import examine  # the doctor's modules only when asked for
+
+    raw_url = os.environ.get("UWSGI_ES_DATABASE_URL")
+    try:
+        examination = examine(ini, timeout=timeout)
+    except UwsgiEsError as exc:
+        print(
+            f"uwsgi-es doctor: error: {_one_line(exc, secrets_of(raw_url) if raw_url else ())}",
+            file=sys.stderr,
+        )
+        return 2
+    print(scrub(examination.report(), secrets_of(raw_url) if raw_url else ()))
+    return examination.status
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="uwsgi-es",
@@ -129,10 +149,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     form = settings_command.add_mutually_exclusive_group(required=True)
     form.add_argument("--markdown", action="store_true", help="the README's table")
     form.add_argument("--ini", action="store_true", help="deploy/uwsgi-es-settings.ini")
+    doctor_command = commands.add_parser(
+        "doctor", help="boot an ini under uWSGI and report what breaks under forking, with fixes"
+    )
+    doctor_command.add_argument("ini", help="the uWSGI ini production runs")
+    doctor_command.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the workers")
     arguments = parser.parse_args(argv)
     if arguments.command == "settings":
         sys.stdout.write(render_markdown() if arguments.markdown else render_ini())
         return 0
+    if arguments.command == "doctor":
+        return doctor(arguments.ini, arguments.timeout)
     raw_url = os.environ.get("UWSGI_ES_DATABASE_URL")
     secrets = secrets_of(raw_url) if raw_url else ()
     try:

@@ -4,6 +4,7 @@ SIGKILLed and respawned."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import signal
@@ -118,7 +119,14 @@ def test_metrics_add_up_every_worker_and_mule_across_a_killed_worker(
         victim = next(w for w in server.stats()["workers"] if w["id"] == 2)["pid"]
         with ThreadPoolExecutor(max_workers=12) as pool:
             waits = [
-                pool.submit(tally.send, server, "GET", "/balances", "/balances", headers={"X-Min-Position": str(10**15)})
+                pool.submit(
+                    tally.send,
+                    server,
+                    "GET",
+                    "/balances",
+                    "/balances",
+                    headers={"X-Min-Position": str(10**15)},
+                )
                 for _ in range(12)
             ]
             time.sleep(1.0)
@@ -136,7 +144,7 @@ def test_metrics_add_up_every_worker_and_mule_across_a_killed_worker(
         watcher.join()
 
     assert len(scrapes) >= 3
-    for earlier, later in zip(scrapes, scrapes[1:], strict=False):
+    for earlier, later in itertools.pairwise(scrapes):
         for labels, count in earlier.get("uwsgi_es_requests_total", {}).items():
             assert later["uwsgi_es_requests_total"].get(labels, 0.0) >= count, labels
 
@@ -146,14 +154,20 @@ def test_metrics_add_up_every_worker_and_mule_across_a_killed_worker(
         assert counted == answered, f"{method} {route} {status}: counted {counted}, answered {answered}"
         latencies = value(final, "uwsgi_es_request_duration_seconds_count", method=method, route=route)
         assert latencies >= answered
-    assert value(final, "uwsgi_es_requests_total", method="GET", route="/metrics", status="200") >= len(scrapes)
+    assert value(final, "uwsgi_es_requests_total", method="GET", route="/metrics", status="200") >= len(
+        scrapes
+    )
 
     # The application's own numbers, as the answers imply.
-    changed = sum(n for (m, route, status), n in tally.answered.items() if status in (200, 201) and m == "POST")
+    changed = sum(
+        n for (m, route, status), n in tally.answered.items() if status in (200, 201) and m == "POST"
+    )
     assert value(final, "uwsgi_es_events_stored_total") == changed
     commands_done = changed - tally.answered[("POST", "/accounts", 201)]
     assert value(final, "uwsgi_es_commands_total", outcome="done") == commands_done
-    refused = sum(n for (m, route, status), n in tally.answered.items() if route == WITHDRAWALS and status >= 400)
+    refused = sum(
+        n for (m, route, status), n in tally.answered.items() if route == WITHDRAWALS and status >= 400
+    )
     assert refused > 0
     assert value(final, "uwsgi_es_commands_total", outcome="failed") == refused
     assert value(final, "uwsgi_es_conflicts_total") >= value(final, "uwsgi_es_conflict_retries_total")
@@ -164,7 +178,9 @@ def test_metrics_add_up_every_worker_and_mule_across_a_killed_worker(
     # The mule's numbers are in the sum: it projects every stored event, and its lag is read.
     deadline = time.monotonic() + 20
     while value(final, "uwsgi_es_projected_events_total", projection="balances") < changed:
-        assert time.monotonic() < deadline, value(final, "uwsgi_es_projected_events_total", projection="balances")
+        assert time.monotonic() < deadline, value(
+            final, "uwsgi_es_projected_events_total", projection="balances"
+        )
         time.sleep(0.2)
         final = scrape(server)
     assert value(final, "uwsgi_es_projected_events_total", projection="balances") == changed
@@ -180,6 +196,5 @@ def test_metrics_without_the_shared_area_say_what_to_add(uwsgi_server: Any, app_
     assert server.post("/accounts", {"owner": "unshared"}).status == 201
     answer = server.get("/metrics")
     assert answer.status == 503
-    assert "sharedarea = 64" in answer.json()["error"], answer.body  # (2 workers + 1 mule + 1) × 16
+    assert "sharedarea = 64" in answer.json()["error"], answer.body  # (2 workers + 1 mule + 1) x 16
     assert "UWSGI_ES_METRICS_SHAREDAREA" in answer.json()["error"]
-

@@ -106,7 +106,10 @@ def test_metrics_in_process_count_routes_not_paths_and_few_methods(client: Clien
         key = (name, tuple(sorted(labels.items())))
         return after.get(key, 0.0) - before.get(key, 0.0)
 
-    assert grew("uwsgi_es_requests_total", method="POST", route="/accounts/<account_id>/deposits", status="200") == 1
+    assert (
+        grew("uwsgi_es_requests_total", method="POST", route="/accounts/<account_id>/deposits", status="200")
+        == 1
+    )
     assert grew("uwsgi_es_requests_total", method="GET", route="unmatched", status="404") == 2
     assert grew("uwsgi_es_requests_total", method="other", route="unmatched", status="405") == 1
     assert grew("uwsgi_es_requests_total", method="GET", route="/metrics", status="200") == 1

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -232,6 +233,7 @@ def _build(factory: ApplicationFactory | None, settings: Settings | None, name: 
     _slots[name] = Hosted(name, app, hosting, os.getpid(), settings)
     _failures.pop(name, None)
     recorder.built(ok=True)
+    sys.audit("uwsgi_es.build", type(app).__qualname__)  # uwsgi-es doctor listens (PEP 578)
     return app
 
 

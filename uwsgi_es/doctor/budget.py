@@ -1,0 +1,118 @@
+"""Whether the instance's database pools fit the PostgreSQL server: at most processes x (pool size
++ overflow) connections, against ``max_connections`` less the superusers' reserve and what other
+clients hold now. Checked from the doctor's own process, after the instance has stopped."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.pool import NullPool
+
+from uwsgi_es.doctor.findings import Finding, Observed
+from uwsgi_es.errors import ConfigurationError
+from uwsgi_es.lifecycle.process import PROJECTION_MULE
+from uwsgi_es.redaction import redact_url
+from uwsgi_es.settings import Settings
+
+# A projection runner holds one connection, and a second while a reader wakes it.
+CONNECTIONS_PER_MULE = 2
+
+
+@dataclass(frozen=True)
+class Pool:
+    url: URL
+    size: int
+    overflow: int
+    owner: str  # whose settings these are, for the message
+
+
+def pool_of(seen: Observed) -> Pool | None:
+    """The PostgreSQL pool each process opens, from the instance's environment; None without one."""
+    env = seen.environment
+    if env.get("PERSISTENCE_MODULE", "").endswith("postgres"):  # an eventsourcing library application
+        url = URL.create(
+            "postgresql+psycopg",
+            username=env.get("POSTGRES_USER"),
+            password=env.get("POSTGRES_PASSWORD"),
+            host=env.get("POSTGRES_HOST", "localhost"),
+            port=int(env.get("POSTGRES_PORT", "5432")),
+            database=env.get("POSTGRES_DBNAME"),
+        )
+        size, overflow = int(env.get("POSTGRES_POOL_SIZE", "5")), int(env.get("POSTGRES_MAX_OVERFLOW", "10"))
+        return Pool(url, size, overflow, "POSTGRES_POOL_SIZE + POSTGRES_MAX_OVERFLOW")
+    settings = Settings.from_environ(env)
+    url = make_url(settings.database_url)
+    if url.get_backend_name() != "postgresql":
+        return None
+    return Pool(url, settings.pool_size, settings.max_overflow, "UWSGI_ES_POOL_SIZE + UWSGI_ES_MAX_OVERFLOW")
+
+
+def concurrency(seen: Observed) -> int:
+    """Requests one worker serves at once: its threads, or its async cores (gevent = 64)."""
+    cores = [seen.first(name) for name in ("threads", "gevent", "async")]
+    return max([int(c) for c in cores if c is not None and c.isdigit()] + [1])
+
+
+def connection_budget(seen: Observed) -> Iterator[Finding]:
+    try:
+        pool = pool_of(seen)
+    except ConfigurationError as exc:
+        yield Finding(True, "the UWSGI_ES_* settings are invalid", str(exc), "fix the variable named")
+        return
+    if pool is None:
+        return
+    per_worker = min(pool.size + pool.overflow, concurrency(seen))
+    mules = sum(1 for mule in seen.options.get("mule", []) if str(mule) == PROJECTION_MULE)
+    demand = seen.processes * per_worker + mules * min(pool.size + pool.overflow, CONNECTIONS_PER_MULE)
+    where = redact_url(pool.url)
+    try:
+        maximum, reserved, in_use = _server_limits(pool.url)
+    except Exception as exc:
+        yield Finding(
+            True,
+            "PostgreSQL did not answer the doctor",
+            f"{where}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+            "check the URL and that the server is up: the workers could not connect either",
+        )
+        return
+    available = maximum - reserved - in_use
+    sum_text = (
+        f"{seen.processes} workers x {per_worker} (min of {pool.owner} = {pool.size + pool.overflow} and "
+        f"{concurrency(seen)} requests at once)"
+        + (
+            f" + {mules} projection mule(s) x {min(pool.size + pool.overflow, CONNECTIONS_PER_MULE)}"
+            if mules
+            else ""
+        )
+        + f" = {demand}, against {available} free at {where} (max_connections {maximum}, "
+        f"{reserved} reserved for superusers, {in_use} held by other clients now)"
+    )
+    if demand > available:
+        yield Finding(
+            True,
+            f"the pools can open {demand} PostgreSQL connections, the server has {available} free",
+            sum_text + ": under load the last workers get 'too many clients' errors",
+            f"lower {pool.owner} or processes, raise max_connections, or put PgBouncer in front",
+        )
+    else:
+        yield Finding(False, f"PostgreSQL connections fit: {demand} of {available}", sum_text)
+
+
+def _server_limits(url: URL) -> tuple[int, int, int]:
+    engine = create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": 5})
+    try:
+        with engine.connect() as connection:
+            maximum = int(connection.execute(text("SHOW max_connections")).scalar_one())
+            reserved = int(connection.execute(text("SHOW superuser_reserved_connections")).scalar_one())
+            in_use = connection.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+                )
+            ).scalar_one()
+        return maximum, reserved, int(in_use)
+    finally:
+        engine.dispose()
