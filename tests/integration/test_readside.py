@@ -298,6 +298,20 @@ def test_every_read_sees_its_own_write_across_workers(
     )
 
 
+def test_under_lazy_apps_the_runner_mule_runs_too(uwsgi_server: StartServer, sqlite_url: str) -> None:
+    """uwsgi.ini switched to lazy-apps, as its comment suggests for chain reloads: the mule (the
+    runner's script: a module:function mule segfaults there, unbit/uwsgi#1746) builds and projects,
+    and a read asking for its write's position sees it."""
+    server = uwsgi_server(INI, env=env_for(sqlite_url), options=["--processes", "2", "--lazy-apps"])
+    account = server.post("/accounts", {"owner": "lazy"}).json()["id"]
+    written = server.post(f"/accounts/{account}/deposits", {"amount": 7})
+    read = server.get(f"/balances/{account}", headers={"X-Min-Position": written.headers["x-event-position"]})
+    assert (read.status, read.json()["balance"]) == (200, 7), read.body
+    log = server.log()
+    assert "Segmentation Fault" not in log
+    assert [e["mule"] for e in lifecycle_events(log, "build") if e.get("mule")] == ["1"]
+
+
 def test_on_cassandra_the_runner_mule_idles_and_says_why(
     uwsgi_server: StartServer, cassandra_env: dict[str, str]
 ) -> None:

@@ -13,7 +13,7 @@ from sqlalchemy.pool import NullPool
 
 from uwsgi_es.doctor.findings import Finding, Observed
 from uwsgi_es.errors import ConfigurationError
-from uwsgi_es.lifecycle.process import PROJECTION_MULE
+from uwsgi_es.lifecycle.process import runs_projections
 from uwsgi_es.redaction import redact_url
 from uwsgi_es.settings import Settings
 
@@ -65,7 +65,7 @@ def connection_budget(seen: Observed) -> Iterator[Finding]:
     if pool is None:
         return
     per_worker = min(pool.size + pool.overflow, concurrency(seen))
-    mules = sum(1 for mule in seen.options.get("mule", []) if str(mule) == PROJECTION_MULE)
+    mules = sum(1 for mule in seen.options.get("mule", []) if runs_projections(str(mule)))
     demand = seen.processes * per_worker + mules * min(pool.size + pool.overflow, CONNECTIONS_PER_MULE)
     where = redact_url(pool.url)
     try:

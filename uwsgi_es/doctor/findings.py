@@ -99,6 +99,16 @@ def risky_options(seen: Observed) -> Iterator[Finding]:
             "looks alive to a supervisor",
             "need-app = true",
         )
+    callables = [str(m) for m in seen.options.get("mule", []) if _is_callable_mule(str(m))]
+    if seen.enabled("lazy-apps", "lazy") and callables:
+        yield Finding(
+            True,
+            "a module:function mule under lazy-apps",
+            f"uWSGI cannot start `mule = {callables[0]}` under lazy-apps: the mule segfaults before "
+            "any Python runs, at every respawn (unbit/uwsgi#1746)",
+            "give the mule a script instead; for uwsgi_es's projection runner: "
+            "mule = /path/to/uwsgi_es/readside/mule_script.py",
+        )
     hooked = [w["worker"] for w in seen.workers if w.get("postfork_hooks") or w.get("post_fork_hook")]
     if seen.enabled("lazy-apps", "lazy") and hooked:
         yield Finding(
@@ -192,7 +202,10 @@ def workers_accepting(seen: Observed) -> Iterator[Finding]:
 # Each rule, and what a clean result says.
 RULES: tuple[tuple[Callable[[Observed], Iterator[Finding]], str], ...] = (
     (workers_accepting, "every worker accepts requests"),
-    (risky_options, "options: master, die-on-term, need-app; no wsgi-file; no post-fork hook left unrun"),
+    (
+        risky_options,
+        "options: master, die-on-term, need-app; no wsgi-file; nothing lazy-apps cannot run",
+    ),
     (shared_connections, "no worker shares a connection with its master"),
     (connections_in_the_master, "no connection, SQLite database or application made in the master"),
     (threads_in_the_master, "no thread running in the master"),
@@ -205,6 +218,11 @@ def diagnose(seen: Observed) -> list[Finding]:
         found = list(rule(seen))
         findings += found or [Finding(False, clean, "")]
     return findings
+
+
+def _is_callable_mule(value: str) -> bool:
+    """``package.module:function`` (not a script path, not a bare ``mule`` flag)."""
+    return ":" in value and not value.endswith(".py") and "/" not in value
 
 
 def _ids(numbers: Iterable[int]) -> str:

@@ -30,15 +30,22 @@ def mule_id() -> int:
     return int(getattr(uwsgi, "mule_id", lambda: 0)()) if uwsgi is not None else 0
 
 
-# The `mule = ...` entry of uwsgi_es's projection runners (uwsgi_es.readside.mule).
+# The `mule = ...` entries of uwsgi_es's projection runners (uwsgi_es.readside.mule): the
+# function, which uWSGI cannot start under lazy-apps, or the script (any path to it), which it can.
 PROJECTION_MULE = "uwsgi_es.readside.mule:run"
+PROJECTION_MULE_SCRIPT = "uwsgi_es/readside/mule_script.py"
+
+
+def runs_projections(mule: str) -> bool:
+    """Whether a `mule = ...` value starts one of uwsgi_es's projection runners."""
+    return mule == PROJECTION_MULE or mule.endswith(PROJECTION_MULE_SCRIPT)
 
 
 def is_projection_mule() -> bool:
     """True in a mule that runs a projection: it builds its application itself, and only when it
     has a projection to run."""
     mules, mine = options("mule"), mule_id() - 1
-    return 0 <= mine < len(mules) and mules[mine] == PROJECTION_MULE
+    return 0 <= mine < len(mules) and runs_projections(mules[mine])
 
 
 def master_pid() -> int:

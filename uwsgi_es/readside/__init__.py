@@ -1,5 +1,5 @@
 """The read side: projections that turn the feed of events into read models, exactly once, run by
-uWSGI mules (``mule = uwsgi_es.readside.mule:run``) or by ``uwsgi-es project NAME``.
+uWSGI mules (``mule = %duwsgi_es/readside/mule_script.py``) or by ``uwsgi-es project NAME``.
 
 - ``Projection`` (``projection``): what a projection is and what "exactly once" covers;
 - ``tracking``: the position each projection has applied, in the store's own database;

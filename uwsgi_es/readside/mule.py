@@ -1,5 +1,6 @@
-"""Projection runners in uWSGI mules: ``mule = uwsgi_es.readside.mule:run`` in the ini, once per
-projection.
+"""Projection runners in uWSGI mules: ``mule = %duwsgi_es/readside/mule_script.py`` (the script
+runs ``run()``; ``mule = uwsgi_es.readside.mule:run`` starts it too, in prefork mode only) in the
+ini, once per projection.
 
 A mule is a process the uWSGI master forks and respawns (a killed mule is back in about a second)
 and that serves no HTTP. The N-th mule that runs this function runs the N-th of the application's
@@ -79,7 +80,7 @@ def _check_has_projection(cls: type, index: int) -> None:
 def _runner_index() -> int:
     """Which of the ini's runner mules this is (0 for the first ``mule = ...:run`` line)."""
     mules, mine = process.options("mule"), process.mule_id() - 1
-    return sum(1 for mule in mules[:mine] if mule == process.PROJECTION_MULE)
+    return sum(1 for mule in mules[:mine] if process.runs_projections(mule))
 
 
 def _application() -> Any:
