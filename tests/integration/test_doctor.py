@@ -1,5 +1,5 @@
 """``uwsgi-es doctor INI`` run as users run it, against real uWSGI: small apps broken on purpose
-(tests/integration/doctor_apps) are each flagged with the fix and a non-zero exit; the project's
+(tests/apps/doctor) are each flagged with the fix and a non-zero exit; the project's
 own inis pass clean."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from .test_eventsourcing import postgres_env
 
 pytestmark = pytest.mark.integration
 
-APPS = Path(__file__).parent / "doctor_apps"
+APPS = PROJECT / "tests" / "apps" / "doctor"
 UWSGI_ES = str(Path(sys.executable).parent / "uwsgi-es")
 
 
@@ -79,6 +79,14 @@ def test_wsgi_file_without_die_on_term_or_need_app() -> None:
         "fix: need-app = true",
     ):
         assert fix in output
+
+
+def test_a_function_mule_under_lazy_apps() -> None:
+    status, output = doctor(APPS / "lazy_callable_mule.ini", {})
+    assert status == 1, output
+    assert problems(output) == ["a module:function mule under lazy-apps"], output
+    assert "unbit/uwsgi#1746" in output
+    assert "fix: give the mule a script instead" in output
 
 
 def test_pools_that_cannot_fit_the_server(
