@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 
-.PHONY: run test check lint format pytest migrate clean postgres-binaries java-and-maven redis nginx cassandra-up cassandra-down reliability bench
+.PHONY: run test check lint format pytest migrate clean postgres-binaries java-and-maven redis nginx cassandra-up cassandra-down cassandra-cluster-up cassandra-cluster-down reliability bench
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -68,6 +68,13 @@ cassandra-up: $(STAMP) java-and-maven
 
 cassandra-down: $(STAMP)
 	@$(BIN)/python -m uwsgi_es.testing.cassandra down
+
+## cassandra-cluster-up: three Cassandra nodes on 127.0.0.1-3, one data centre (prints the settings)
+cassandra-cluster-up: $(STAMP) java-and-maven
+	@$(BIN)/python -m uwsgi_es.testing.cassandra_cluster up
+
+cassandra-cluster-down: $(STAMP)
+	@$(BIN)/python -m uwsgi_es.testing.cassandra_cluster down
 
 # $(call apt-install,COMMAND,PACKAGE,WHO NEEDS IT): install PACKAGE when COMMAND is missing (as
 # root, from Debian's packages), else say what to install. Never skipped: no server, no green run.

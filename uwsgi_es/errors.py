@@ -86,6 +86,24 @@ class StoreUnavailableError(UwsgiEsError):
     public_reason = "the event store is unavailable"
 
 
+class QuorumLostError(StoreUnavailableError):
+    """Too few replicas are alive for the consistency asked for (Cassandra's ``Unavailable``):
+    nothing was written; it answers again by itself once enough replicas are back."""
+
+    public_reason = "the event store cannot reach a quorum of its replicas; nothing was stored"
+
+
+class OutcomeUnknownError(StoreUnavailableError):
+    """A write was sent and no one can say whether it was stored (the coordinator went silent
+    and the read that would settle it failed too). Unlike every other 5xx of ours, this one may
+    have stored: 504, and a retry must carry the same ``Idempotency-Key``."""
+
+    public_reason = (
+        "the event store did not confirm the write: it may have been stored; retry with the same "
+        "Idempotency-Key"
+    )
+
+
 class SchemaMissingError(StoreUnavailableError):
     """The store answers but its tables do not exist: run ``uwsgi-es migrate``."""
 

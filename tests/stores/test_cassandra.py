@@ -8,11 +8,12 @@ from uuid import uuid4
 
 import pytest
 from cassandra import WriteTimeout, WriteType
+from cassandra.protocol import ErrorMessage
 
 from uwsgi_es.errors import ConcurrencyError, SchemaMissingError, StoreUnavailableError
 from uwsgi_es.settings import Settings
 from uwsgi_es.stores.base import RecordStore, StoredRecord
-from uwsgi_es.stores.cassandra import CassandraRecordStore
+from uwsgi_es.stores.cassandra import CAS_WRITE_UNKNOWN, CassandraRecordStore, maybe_applied
 from uwsgi_es.testing.cassandra import CassandraNode
 
 from .contract import RecordStoreContract, records
@@ -74,6 +75,28 @@ def test_missing_keyspace_says_to_migrate(cassandra_settings: Settings) -> None:
     )
     with pytest.raises(SchemaMissingError, match="uwsgi-es migrate"):
         store.ping()
+    store.close()
+
+
+def test_a_cas_result_unknown_is_settled_at_serial_and_a_lost_round_is_a_conflict(
+    cassandra_settings: Settings,
+) -> None:
+    """Cassandra 5's "CAS operation result is unknown" (code 0x1700, which the driver passes on as
+    a bare ErrorMessage, not a DriverException: it escaped as a 500 before): ours at SERIAL is
+    success; nothing there means the round was lost to a concurrent writer, a conflict the
+    command retries. Seen on the three-node cluster under contention."""
+    store = CassandraRecordStore.from_settings(cassandra_settings)
+    unknown = ErrorMessage(
+        CAS_WRITE_UNKNOWN, "CAS operation result is unknown - proposal accepted by 1", None
+    )
+    assert maybe_applied(unknown)
+    assert not maybe_applied(ErrorMessage(0, "server error", None))
+    originator = uuid4()
+    ours = records(originator, range(1, 2))
+    store.append(ours)
+    assert store._resolve_timeout(originator, ours, unknown) is True
+    with pytest.raises(ConcurrencyError, match="lost a Paxos round"):
+        store._resolve_timeout(originator, records(originator, range(2, 3)), unknown)
     store.close()
 
 

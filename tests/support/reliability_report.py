@@ -21,6 +21,11 @@ ORDER = [
     "LISTEN connection terminated under load",
     "read your writes (1,000 pairs, 8 at a time)",
     "database outage (5 s)",
+    "two hosts, three nodes: concurrent deposits and withdrawals",
+    "one of three nodes SIGKILLed under load (two hosts)",
+    "two of three nodes down (two hosts)",
+    "one of three nodes paused (SIGSTOP) for 8 s under load (two hosts)",
+    "two instances on one PostgreSQL, each tailing /events",
     "initialiser failure (database unreachable at start)",
     "initialiser failure, fail-fast (invalid setting)",
     "initialiser failure, fail-fast (unreachable database, prefork)",
@@ -79,6 +84,15 @@ test_hostile_clients.py, test_sick_storage.py):
   "the event store is unavailable" (the log names the store; never a 500, never a hang) and
   `/ready` fails; the workers serve again within 5 s of the database answering, without
   restarting uWSGI.
+- **Beyond one machine** (tests/integration/test_cluster.py, docs/SCALING.md): three real
+  Cassandra nodes on 127.0.0.1-3, a keyspace replicated 3 times, LOCAL_QUORUM / LOCAL_SERIAL,
+  two uWSGI instances ("hosts") writing to shared accounts. One node SIGKILLed under load: only
+  requests in flight fail, nothing acknowledged is lost or doubled, balances match; restarted, it
+  rejoins and, after a repair, each replica read alone holds the same rows. Two nodes down:
+  writes answer 503 naming the lost quorum (never a 200; nothing refused is stored) and succeed
+  again by themselves once one node is back. One node paused (SIGSTOP) 8 s: nothing lost, every
+  answer within the request timeout. Two instances on one PostgreSQL, each tailing `/events`:
+  the same events, each once, in the same order.
 - **Initialiser failure**: without fail-fast, workers answer 503 and retry with back-off until the
   database appears; with `UWSGI_ES_FAIL_FAST=true` uWSGI exits with code 22 within seconds, in
   the default prefork mode as with lazy-apps, naming the problem, without a respawn storm.

@@ -33,13 +33,24 @@ from itertools import groupby
 from typing import Any
 from uuid import UUID, uuid4
 
-from cassandra import ConsistencyLevel, DriverException, InvalidRequest, WriteTimeout
+from cassandra import (
+    ConsistencyLevel,
+    DriverException,
+    InvalidRequest,
+    OperationTimedOut,
+    Unavailable,
+    WriteFailure,
+    WriteTimeout,
+)
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, Session
 from cassandra.policies import DCAwareRoundRobinPolicy, ExponentialReconnectionPolicy, TokenAwarePolicy
+from cassandra.protocol import ErrorMessage
 from cassandra.query import BatchStatement, PreparedStatement
 
 from uwsgi_es.errors import (
     ConcurrencyError,
+    OutcomeUnknownError,
+    QuorumLostError,
     SchemaMissingError,
     StoreUnavailableError,
 )
@@ -55,6 +66,10 @@ from uwsgi_es.stores.base import (
 
 log = logging.getLogger(__name__)
 
+# What the driver raises: its own exceptions, and the server's error messages it has no class
+# for (ErrorMessage is not a DriverException), which would otherwise escape as a 500.
+DRIVER_ERRORS = (NoHostAvailable, DriverException, ErrorMessage)
+CAS_WRITE_UNKNOWN = 0x1700  # protocol v5: "CAS operation result is unknown"
 TABLE = "integer_sequenced_items"
 
 
@@ -114,7 +129,7 @@ class CassandraRecordStore(RecordStore):
         )
         try:
             session = cluster.connect()
-        except (NoHostAvailable, DriverException, OSError) as exc:
+        except (*DRIVER_ERRORS, OSError) as exc:
             cluster.shutdown()
             raise StoreUnavailableError(f"{settings.describe_store()} is unavailable: {exc}") from exc
         log.info(
@@ -187,7 +202,7 @@ class CassandraRecordStore(RecordStore):
                 f"The table {table} does not exist in {self.describe()} ({exc}). "
                 "Create it once per deployment with: UWSGI_ES_STORE=cassandra uwsgi-es migrate"
             ) from exc
-        except (NoHostAvailable, DriverException) as exc:
+        except DRIVER_ERRORS as exc:
             raise self.unavailable(exc) from exc
 
     def save_snapshot(self, snapshot: StoredRecord) -> None:
@@ -250,24 +265,27 @@ class CassandraRecordStore(RecordStore):
                 statement.add(statements.insert, row)
         try:
             applied = self.session.execute(statement).was_applied
-        except WriteTimeout as exc:
+        except DRIVER_ERRORS as exc:
+            if not maybe_applied(exc):
+                raise self.unavailable(exc) from exc  # refused, or never sent: nothing stored
+            # The coordinator timed out, or went silent past the driver's timeout: its Paxos round
+            # may have been accepted, and may even complete later. A SERIAL read completes any
+            # accepted round and pre-empts the rest, so what it shows is final.
             applied = self._resolve_timeout(originator_id, records, exc)
-        except (NoHostAvailable, DriverException) as exc:
-            raise self.unavailable(exc) from exc
         if not applied:
             raise version_conflict(records)
 
-    def _resolve_timeout(self, originator_id: UUID, records: list[StoredRecord], exc: WriteTimeout) -> bool:
-        """A timed-out conditional write may or may not have been applied: look, at SERIAL."""
+    def _resolve_timeout(self, originator_id: UUID, records: list[StoredRecord], exc: Exception) -> bool:
+        """A conditional write that may or may not have been applied: look, at SERIAL."""
         try:
             stored = {
                 row.originator_version: (row.topic, row.state)
                 for row in self._read(originator_id, serial=True)
             }
         except StoreUnavailableError as read_error:
-            raise StoreUnavailableError(
-                f"{self.describe()}: a conditional write timed out ({exc}) and re-reading at SERIAL "
-                f"failed too ({read_error}); whether it was stored is unknown."
+            raise OutcomeUnknownError(
+                f"{self.describe()}: a conditional write got no answer ({type(exc).__name__}: {exc}) "
+                f"and re-reading at SERIAL failed too ({read_error}); whether it was stored is unknown."
             ) from exc
         ours = [stored.get(r.originator_version) == (r.topic, r.state) for r in records]
         if all(ours):
@@ -277,6 +295,13 @@ class CassandraRecordStore(RecordStore):
             return True
         if any(r.originator_version in stored for r in records):
             return False  # someone else's events hold these versions: a conflict
+        if _contended(exc):
+            # Concurrent writers pre-empted each other's Paxos rounds and ours lost: nothing is
+            # stored, so the command may run again at once, as after any conflict.
+            raise ConcurrencyError(
+                f"The write to {originator_id} lost a Paxos round to a concurrent writer (settled at "
+                "SERIAL: not applied); nothing was stored."
+            ) from exc
         raise StoreUnavailableError(
             f"{self.describe()}: a conditional write timed out and was not applied (checked at SERIAL); "
             "nothing was stored, try again."
@@ -297,7 +322,7 @@ class CassandraRecordStore(RecordStore):
     def _execute(self, statement: PreparedStatement, values: tuple[Any, ...]) -> list[Any]:
         try:
             return list(self.session.execute(statement, values))
-        except (NoHostAvailable, DriverException) as exc:
+        except DRIVER_ERRORS as exc:
             raise self.unavailable(exc) from exc
 
     def _read(self, originator_id: UUID, *, serial: bool) -> list[Any]:
@@ -314,5 +339,41 @@ class CassandraRecordStore(RecordStore):
         self.ping()
         self._execute(self.statements().heartbeat, (heartbeat_name(),))
 
+    def unavailable(self, error: object) -> StoreUnavailableError:
+        """``QuorumLostError`` when the coordinator said too few replicas are alive (the driver
+        gives its ``Unavailable`` itself, or inside ``NoHostAvailable``); else the base's."""
+        lost = next((e for e in _causes(error) if isinstance(e, Unavailable)), None)
+        if lost is None:
+            return super().unavailable(error)
+        level = ConsistencyLevel.value_to_name.get(lost.consistency, lost.consistency)
+        return QuorumLostError(
+            f"{self.describe()}: {level} needs {lost.required_replicas} replicas alive and "
+            f"{lost.alive_replicas} are; nothing was stored. It answers again once enough replicas are up."
+        )
+
     def _release(self) -> None:
         self.cluster.shutdown()  # (in a forked child the base only forgets: the driver is the parent's)
+
+
+def _causes(error: object) -> list[object]:
+    """The error, and the per-host errors NoHostAvailable carries."""
+    causes = getattr(error, "errors", None)
+    return [error, *(causes.values() if isinstance(causes, dict) else [])]
+
+
+def _contended(error: BaseException) -> bool:
+    """Cassandra 5's "CAS operation result is unknown": a proposal accepted by fewer than a quorum."""
+    return any(
+        isinstance(e, ErrorMessage) and getattr(e, "code", None) == CAS_WRITE_UNKNOWN for e in _causes(error)
+    )
+
+
+def maybe_applied(error: BaseException) -> bool:
+    """Whether a failed write may have been applied: a timeout (the server's WriteTimeout, or the
+    driver's OperationTimedOut after sending), a write failure, or Cassandra 5's "CAS operation
+    result is unknown" (a Paxos proposal accepted by fewer than a quorum, which the driver passes
+    on as a bare error message), alone or among NoHostAvailable's causes. A refusal (Unavailable:
+    too few replicas), or a host the driver could not send to, stored nothing."""
+    return _contended(error) or any(
+        isinstance(e, WriteTimeout | OperationTimedOut | WriteFailure) for e in _causes(error)
+    )

@@ -51,20 +51,22 @@ POM = """<?xml version="1.0" encoding="UTF-8"?>
 </project>
 """
 
-# 5.0 key names. One node, one token, fast start; durability settings are the defaults'.
-CONFIG = """cluster_name: uwsgi_es_test
+# 5.0 key names. One token per node, fast start; durability settings are the defaults'. The
+# SimpleSnitch puts every node in data centre "datacenter1" (NetworkTopologyStrategy's name for it).
+CONFIG = """cluster_name: {cluster_name}
 num_tokens: 1
-initial_token: 0
+initial_token: {initial_token}
 partitioner: org.apache.cassandra.dht.Murmur3Partitioner
 endpoint_snitch: SimpleSnitch
 seed_provider:
   - class_name: org.apache.cassandra.locator.SimpleSeedProvider
-    parameters: [{{seeds: "127.0.0.1:{storage_port}"}}]
-listen_address: 127.0.0.1
-rpc_address: 127.0.0.1
+    parameters: [{{seeds: "{seeds}"}}]
+listen_address: {host}
+rpc_address: {host}
 storage_port: {storage_port}
 native_transport_port: {native_port}
 start_native_transport: true
+auto_bootstrap: false
 commitlog_sync: periodic
 commitlog_sync_period: 10000ms
 auto_snapshot: false
@@ -128,21 +130,43 @@ class CassandraNode(StartStop):
     """One Cassandra node on 127.0.0.1 and free ports, its data in a temporary folder."""
 
     def __init__(
-        self, cache: Path = DEFAULT_CACHE, *, version: str = CASSANDRA_VERSION, heap: str = "1G"
+        self,
+        cache: Path = DEFAULT_CACHE,
+        *,
+        version: str = CASSANDRA_VERSION,
+        heap: str = "1G",
+        host: str = "127.0.0.1",
+        native_port: int = 0,
+        storage_port: int = 0,
+        seeds: str | None = None,
+        initial_token: str = "0",  # noqa: S107 (a ring position, not a password)
+        jmx_port: int = 0,
+        cluster_name: str = "uwsgi_es_test",
+        unsafe_system: bool = True,
     ) -> None:
+        """One node, alone by default; a member of a cluster when given its ``host`` (a loopback
+        address), the cluster's ports and ``seeds``, and a token of its own. ``jmx_port``: JMX on
+        127.0.0.1 for nodetool (off when 0). ``unsafe_system``: the system tables are not synced
+        (a faster start); a node that will be SIGKILLed and restarted needs them synced."""
         self.cache = cache
         self.version = version
         self.heap = heap
         self.lib = cache / f"cassandra-{version}" / "lib"
-        self.native_port = 0
-        self.storage_port = 0
+        self.host = host
+        self.native_port = native_port
+        self.storage_port = storage_port
+        self.seeds = seeds
+        self.initial_token = initial_token
+        self.jmx_port = jmx_port
+        self.cluster_name = cluster_name
+        self.unsafe_system = unsafe_system
         self.folder: Path | None = None
         self.process: subprocess.Popen[bytes] | None = None
         self.startup_seconds = 0.0
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.native_port}"
+        return f"{self.host}:{self.native_port}"
 
     @property
     def log_path(self) -> Path:
@@ -204,8 +228,9 @@ class CassandraNode(StartStop):
             "-Dcassandra-foreground=yes",
             "-Dcassandra.skip_wait_for_gossip_to_settle=0",
             "-Dcassandra.ring_delay_ms=1000",
-            "-Dcassandra.unsafesystem=true",
+            *(["-Dcassandra.unsafesystem=true"] if self.unsafe_system else []),
             "-Dcassandra.superuser_setup_delay_ms=0",
+            *([f"-Dcassandra.jmx.local.port={self.jmx_port}"] if self.jmx_port else []),
             "-cp",
             f"{self.lib}/*",
             "org.apache.cassandra.service.CassandraDaemon",
@@ -213,11 +238,18 @@ class CassandraNode(StartStop):
 
     def start(self) -> Self:
         self.fetch()
-        self.native_port, self.storage_port = free_port(), free_port()
+        self.native_port = self.native_port or free_port()
+        self.storage_port = self.storage_port or free_port()
         self.folder = Path(tempfile.mkdtemp(prefix="uwsgi_es-cassandra-"))
-        (self.folder / "cassandra.yaml").write_text(
-            CONFIG.format(storage_port=self.storage_port, native_port=self.native_port)
+        config = CONFIG.format(
+            cluster_name=self.cluster_name,
+            initial_token=self.initial_token,
+            seeds=self.seeds or f"{self.host}:{self.storage_port}",
+            host=self.host,
+            storage_port=self.storage_port,
+            native_port=self.native_port,
         )
+        (self.folder / "cassandra.yaml").write_text(config)
         (self.folder / "logback.xml").write_text(LOGBACK.format(log=self.log_path))
         try:
             self.start_process()
@@ -244,7 +276,8 @@ class CassandraNode(StartStop):
 
     def wait_until_answering(self, timeout: float = STARTUP_TIMEOUT) -> None:
         """Until a CQL query answers (an open port is not enough)."""
-        from cassandra.cluster import Cluster  # the driver is needed only to check readiness
+        from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile  # readiness only
+        from cassandra.policies import WhiteListRoundRobinPolicy
 
         deadline = time.monotonic() + timeout
         problem = "not started"
@@ -253,7 +286,14 @@ class CassandraNode(StartStop):
                 raise CassandraUnavailableError(
                     f"Cassandra exited with code {self.process.returncode}\n--- log ---\n{self.log()[-6000:]}"
                 )
-            cluster = Cluster(["127.0.0.1"], port=self.native_port, protocol_version=5, connect_timeout=2)
+            this_node = ExecutionProfile(load_balancing_policy=WhiteListRoundRobinPolicy([self.host]))
+            cluster = Cluster(
+                [self.host],
+                port=self.native_port,
+                protocol_version=5,
+                connect_timeout=2,
+                execution_profiles={EXEC_PROFILE_DEFAULT: this_node},  # this node, no other
+            )
             try:
                 session = cluster.connect()
                 session.execute("SELECT release_version FROM system.local")
@@ -266,6 +306,15 @@ class CassandraNode(StartStop):
         raise CassandraUnavailableError(
             f"Cassandra did not answer CQL within {timeout}s ({problem})\n--- log ---\n{self.log()[-6000:]}"
         )
+
+    def send_signal(self, number: signal.Signals) -> None:
+        """Send a signal to the node's process group: SIGKILL (a crash), SIGSTOP / SIGCONT (a
+        node that hangs, then goes on)."""
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, number)
+        if number == signal.SIGKILL and self.process is not None:
+            self.process.wait()
 
     def stop_process(self) -> None:
         """Stop the node (SIGTERM, then SIGKILL) and keep its data."""
@@ -289,6 +338,22 @@ class CassandraNode(StartStop):
             self.folder = None
 
 
+def stop_recorded(nodes: list[dict[str, object]]) -> None:
+    """Stop nodes an earlier ``up`` left running (their ``pid`` and data ``folder``): SIGTERM, up
+    to 30 s, then SIGKILL; their data removed."""
+    pids = [int(str(node["pid"])) for node in nodes]
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in pids):
+        time.sleep(0.2)
+    for node, pid in zip(nodes, pids, strict=True):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        shutil.rmtree(str(node["folder"]), ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``up``: start a node that outlives this command (state in the cache); ``down``: stop it."""
     parser = argparse.ArgumentParser(prog="python -m uwsgi_es.testing.cassandra")
@@ -306,14 +371,7 @@ def main(argv: list[str] | None = None) -> int:
             print("no Cassandra node is running (nothing to stop)")
             return 0
         saved = json.loads(state.read_text())
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(saved["pid"], signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and Path(f"/proc/{saved['pid']}").exists():
-            time.sleep(0.2)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(saved["pid"], signal.SIGKILL)
-        shutil.rmtree(saved["folder"], ignore_errors=True)
+        stop_recorded([saved])
         state.unlink()
         print(f"stopped the Cassandra node at {saved['address']}")
         return 0

@@ -23,6 +23,7 @@ from uwsgi_es.errors import (
     ConfigurationError,
     ForkedApplicationError,
     InitialisationFailedError,
+    OutcomeUnknownError,
     ProjectionLagError,
     ProjectionStoppedError,
     StoreUnavailableError,
@@ -41,6 +42,7 @@ STATUS_OF: tuple[tuple[type[UwsgiEsError], int], ...] = (
     (UnsupportedOperationError, 404),  # not a server fault: this deployment has no such resource
     (CommandRejectedError, 409),
     (ConcurrencyError, 409),
+    (OutcomeUnknownError, 504),  # the one 5xx after which the write may be stored
     (StoreUnavailableError, 503),
     (UnreadableEventError, 503),
     (TranscodingError, 503),

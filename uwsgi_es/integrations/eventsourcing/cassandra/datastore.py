@@ -25,13 +25,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from cassandra import ConsistencyLevel, DriverException, InvalidRequest, WriteTimeout
-from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, Session
+from cassandra import ConsistencyLevel, InvalidRequest
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, Session
 from cassandra.concurrent import execute_concurrent_with_args
 from cassandra.policies import DCAwareRoundRobinPolicy, ExponentialReconnectionPolicy, TokenAwarePolicy
 from cassandra.query import PreparedStatement
 from eventsourcing.persistence import OperationalError, PersistenceError, ProgrammingError
 from eventsourcing.utils import Environment
+
+from uwsgi_es.stores.cassandra import DRIVER_ERRORS, maybe_applied
 
 _IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,47}")
 
@@ -154,7 +156,7 @@ class CassandraDatastore:
         )
         try:
             session = cluster.connect()
-        except (NoHostAvailable, DriverException, OSError) as exc:
+        except (*DRIVER_ERRORS, OSError) as exc:
             cluster.shutdown()
             raise OperationalError(f"{config.describe()} is unavailable: {exc}") from exc
         self._cluster = cluster
@@ -178,8 +180,9 @@ class CassandraDatastore:
             return list(self.session().execute(statement, params))
 
     def execute_raw(self, statement: Any) -> Any:
-        """A statement or batch the caller built; WriteTimeout passes through for it to resolve."""
-        with self.errors(passing=(WriteTimeout,)):
+        """A statement or batch the caller built; an error after which the write may have been
+        applied (a timeout, "CAS operation result is unknown") passes through for it to resolve."""
+        with self.errors(resolvable=True):
             return self.session().execute(statement)
 
     def execute_many(self, cql: str, rows: Sequence[Sequence[Any]]) -> None:
@@ -194,16 +197,18 @@ class CassandraDatastore:
             raise OperationalError(f"{self.config.describe()}: {len(failures)} writes failed: {failures[0]}")
 
     @contextmanager
-    def errors(self, passing: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+    def errors(self, *, resolvable: bool = False) -> Iterator[None]:
+        """The driver's errors as the library's; with ``resolvable``, the ones after which a
+        conditional write may have been applied pass through unchanged (``maybe_applied``)."""
         try:
             yield
-        except passing:
-            raise
         except InvalidRequest as exc:
             raise ProgrammingError(f"{self.config.describe()}: {exc}") from exc
         except PersistenceError:
             raise
-        except (NoHostAvailable, DriverException, OSError) as exc:
+        except (*DRIVER_ERRORS, OSError) as exc:
+            if resolvable and maybe_applied(exc):
+                raise
             raise OperationalError(f"{self.config.describe()} is unavailable: {exc}") from exc
 
     def create_keyspace(self) -> None:

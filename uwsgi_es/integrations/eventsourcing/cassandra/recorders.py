@@ -43,7 +43,6 @@ from threading import Event, Thread
 from typing import Any, Literal
 from uuid import UUID, uuid4
 
-from cassandra import WriteTimeout
 from cassandra.query import BatchStatement
 from eventsourcing.persistence import (
     AggregateRecorder,
@@ -61,6 +60,7 @@ from eventsourcing.persistence import (
 )
 
 from uwsgi_es.integrations.eventsourcing.cassandra.datastore import CassandraDatastore
+from uwsgi_es.stores.cassandra import DRIVER_ERRORS
 
 BUCKET = 1000  # notification ids per partition of the notifications table
 MAX_CLAIMS = 200  # attempts to claim the head before giving up (with jittered back-off)
@@ -134,7 +134,7 @@ class CassandraAggregateRecorder(CassandraRecorder, AggregateRecorder):
                 statement.add(insert, row)
         try:
             applied = self.datastore.execute_raw(statement).was_applied
-        except WriteTimeout as exc:
+        except DRIVER_ERRORS as exc:  # only those after which it may have been applied
             applied = self._resolve_timeout(stored_events, exc)
         if not applied:
             raise IntegrityError(
@@ -143,7 +143,7 @@ class CassandraAggregateRecorder(CassandraRecorder, AggregateRecorder):
             )
         return None
 
-    def _resolve_timeout(self, stored_events: Sequence[StoredEvent], exc: WriteTimeout) -> bool:
+    def _resolve_timeout(self, stored_events: Sequence[StoredEvent], exc: Exception) -> bool:
         """A conditional write that timed out may have been applied: look, at SERIAL."""
         stored = {
             row.originator_version: (row.topic, row.state)
@@ -303,7 +303,7 @@ class CassandraApplicationRecorder(CassandraAggregateRecorder, ApplicationRecord
             params = (HEAD_KEY, count, batch_id, pending)
         try:
             return bool(self.datastore.execute_raw(self.datastore.prepare(cql).bind(params)).was_applied)
-        except WriteTimeout:
+        except DRIVER_ERRORS:  # only those after which it may have been applied
             return None
 
     def _claimed(self, last: int, batch_id: UUID) -> bool:
