@@ -61,9 +61,17 @@ class Hosts:
         return "\n".join(server.log() for server in self.servers)
 
 
+@pytest.fixture(scope="module")
+def cassandra_cluster() -> Iterator[CassandraCluster]:
+    """Three nodes for this module only (not the plugin's session-wide one): three idle JVMs left
+    running would slow every later test on this 2-core machine."""
+    with CassandraCluster() as started:
+        yield started
+
+
 @pytest.fixture
 def cluster(cassandra_cluster: CassandraCluster) -> Iterator[CassandraCluster]:
-    """The session's cluster, whole again after each test (a node killed or paused is brought back)."""
+    """This module's cluster, whole again after each test (a node killed or paused is brought back)."""
     yield cassandra_cluster
     for index, node in enumerate(cassandra_cluster.nodes):
         if node.process is not None and node.process.poll() is None:
