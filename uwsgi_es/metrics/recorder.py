@@ -116,8 +116,7 @@ def _here() -> _Attached:
 
 def problem() -> str | None:
     """Why ``/metrics`` cannot speak for the whole instance here; None when it can."""
-    table()
-    return _attached.problem if _attached is not None else None
+    return _here().problem
 
 
 def _attach() -> _Attached:

@@ -50,13 +50,6 @@ class SlotTable:
                 at = self._append(key)
             self.values[at] += amount
 
-    def set(self, key: str, value: float) -> None:
-        with self.lock:
-            at = self.index.get(key)
-            if at is None:
-                at = self._append(key)
-            self.values[at] = value
-
     def where(self, key: str) -> int:
         """The index of ``key``'s value in ``values`` (entered on first use), for callers that add
         to the same numbers on every request: ``with table.lock: table.values[at] += 1``."""
