@@ -94,13 +94,14 @@ class QuorumLostError(StoreUnavailableError):
 
 
 class OutcomeUnknownError(StoreUnavailableError):
-    """A write was sent and no one can say whether it was stored (the coordinator went silent
-    and the read that would settle it failed too). Unlike every other 5xx of ours, this one may
-    have stored: 504, and a retry must carry the same ``Idempotency-Key``."""
+    """A write was sent and no one can say whether it was stored (it got no answer, and neither
+    did the repeats that would settle it). Unlike every other 5xx of ours, this one may
+    have stored: 504. Only Cassandra raises it, and Cassandra cannot keep an ``Idempotency-Key``
+    with its events, so the client must look before it sends the write again."""
 
     public_reason = (
-        "the event store did not confirm the write: it may have been stored; retry with the same "
-        "Idempotency-Key"
+        "the event store did not confirm the write: it may have been stored; read it back before "
+        "sending it again"
     )
 
 

@@ -354,6 +354,12 @@ class Settings:
     )
     cassandra_protocol_version: int = setting(5, _integer(3, 5), "explicit, so the driver never downgrades")
     cassandra_request_timeout: float = setting(10.0, _number(0.1, 600.0), "seconds per request")
+    cassandra_speculative_delay: float = setting(
+        0.5,
+        _number(0.0, 600.0),
+        "seconds before a read, or the repeat of a write that got no answer, is also sent to "
+        "another replica (0: never)",
+    )
     cassandra_reactor: Reactor = setting("libev", _one_of(get_args(Reactor), "reactor"), "or `asyncio`")
 
     @classmethod

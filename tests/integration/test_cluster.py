@@ -262,12 +262,45 @@ def test_two_nodes_down_writes_answer_503_naming_the_quorum_then_recover(
     )
 
 
+class Reader:
+    """A client reading accounts through both hosts until stopped: (status, sent, answered)."""
+
+    def __init__(self, hosts: Hosts, accounts: list[str]) -> None:
+        self.hosts, self.accounts = hosts, accounts
+        self.answers: list[tuple[int, float, float]] = []
+        self._running = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+
+    def __enter__(self) -> Reader:
+        self._running.set()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._running.clear()
+        self._thread.join(30)
+
+    def _read(self) -> None:
+        for account in itertools.cycle(self.accounts):
+            if not self._running.is_set():
+                return
+            started = time.monotonic()
+            result = self.hosts.get(f"/accounts/{account}", timeout=20)
+            self.answers.append((result.status, started, time.monotonic()))
+
+
 def test_a_paused_node_loses_nothing_and_latency_stays_bounded(
     hosts: Hosts, cluster: CassandraCluster, cluster_env: dict[str, str], report: Any
 ) -> None:
-    load, paused_at, resumed_at = fault_under_load(
-        hosts, lambda: cluster.pause(1), seconds=8, recover=lambda: cluster.resume(1), then=3
-    )
+    """SIGSTOP: the node's connections stay open and silent. Writes it coordinates wait for the
+    request timeout (5 s here) and are settled by sending them again; reads it would answer are
+    sent to another replica after the speculative delay (0.5 s), so no read fails. (A worker waiting
+    on Cassandra holds the other requests it accepted: they wait with it.)"""
+    accounts = [hosts.post("/accounts", {"owner": f"read {i}"}).json()["id"] for i in range(6)]
+    with Reader(hosts, accounts) as reader:
+        load, paused_at, resumed_at = fault_under_load(
+            hosts, lambda: cluster.pause(1), seconds=8, recover=lambda: cluster.resume(1), then=3
+        )
     audit = load.audit()
     audit.check()
     balances_match(load)
@@ -275,11 +308,18 @@ def test_a_paused_node_loses_nothing_and_latency_stays_bounded(
     assert [o for o in during if o.status == 200], "nothing succeeded while the node was paused"
     slowest = max(o.elapsed for o in load.outcomes)
     assert slowest < 12, f"a request took {slowest:.1f}s"
+    # A read that overlapped the pause; it may have waited in uWSGI's queue behind stalled writes.
+    reads_during = [(s, t - b) for s, b, t in reader.answers if b <= resumed_at and t >= paused_at]
+    assert reads_during, "no read was in flight while the node was paused"
+    assert {s for s, _, _ in reader.answers} == {200}, Counter(s for s, _, _ in reader.answers)
+    read_times = sorted(e for _, e in reads_during)
     report(
         "one of three nodes paused (SIGSTOP) for 8 s under load (two hosts)",
         cluster_env,
         f"{audit.line()}; while paused: {sum(o.status == 200 for o in during)} acknowledged, latency "
-        f"{latencies(during)}; overall {latencies(load.outcomes)}",
+        f"{latencies(during)}; overall {latencies(load.outcomes)}; a reader alongside: "
+        f"{len(reader.answers)} reads all 200, {len(read_times)} during the pause (median "
+        f"{statistics.median(read_times) * 1000:.0f} ms, max {read_times[-1] * 1000:.0f} ms)",
     )
 
 

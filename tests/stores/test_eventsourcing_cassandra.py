@@ -8,15 +8,18 @@ library's modules are imported, not their classes, so pytest collects only the s
 from __future__ import annotations
 
 import os
+import unittest
 from typing import Any
 from uuid import uuid4
 
 import pytest
+from cassandra import WriteTimeout, WriteType
 from eventsourcing.persistence import (
     AggregateRecorder,
     ApplicationRecorder,
     InfrastructureFactory,
     ProcessRecorder,
+    StoredEvent,
     TrackingRecorder,
 )
 from eventsourcing.tests import application as library_application
@@ -154,3 +157,23 @@ class TestExampleApplication(CassandraTestCase, library_application.ExampleAppli
             else:
                 os.environ[key] = value
         super().tearDown()
+
+
+class TestAWriteWithoutAnAnswerIsSettled(CassandraTestCase, unittest.TestCase):
+    """The recorder's "maybe applied" path, against what the node really holds: sent again, the
+    write is applied if the first never was; not applied, its versions hold ours or someone else's."""
+
+    def test_settled_by_sending_it_again(self) -> None:
+        recorder = self.factory("Bank").aggregate_recorder()
+        assert isinstance(recorder, CassandraAggregateRecorder)
+        timeout = WriteTimeout("a CAS write timed out", write_type=WriteType.CAS)
+        originator = uuid4()
+        ours = [StoredEvent(originator, v, "topic", f"state {v}".encode()) for v in (1, 2)]
+        recorder.insert_events(ours)
+        assert recorder._resolve_timeout(recorder._conditional_write(ours), ours, timeout) is True
+        theirs = [StoredEvent(originator, e.originator_version, "topic", b"someone else") for e in ours]
+        assert recorder._resolve_timeout(recorder._conditional_write(theirs), theirs, timeout) is False
+        never_arrived = [StoredEvent(originator, 3, "topic", b"state 3")]
+        write = recorder._conditional_write(never_arrived)
+        assert recorder._resolve_timeout(write, never_arrived, timeout) is True
+        assert recorder.select_events(originator) == ours + never_arrived

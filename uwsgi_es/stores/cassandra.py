@@ -7,11 +7,17 @@ Why it looks the way it does:
   are one partition scan, in version order) and a conditional batch may cover them.
 - Optimistic concurrency: every insert is ``IF NOT EXISTS`` (a lightweight transaction, Paxos).
   A batch holds one aggregate's events only, so it stays inside one partition and is all or
-  nothing; ``[applied]`` false means another writer got there first and nothing was stored.
-  Plain writes are never mixed with LWT writes on these partitions.
-- A write timeout on a conditional write means "maybe applied". It is resolved by re-reading the
-  versions at SERIAL consistency (which completes any Paxos round in flight) and answering
-  success, conflict, or "nothing stored" from what is actually there.
+  nothing. Plain writes are never mixed with LWT writes on these partitions.
+- Each append marks its rows with a new ``write_id``. ``[applied]`` false comes with the rows
+  that hold the versions: another write's id means a conflict (nothing stored); this write's own
+  id means it was stored by an earlier sending of the same statement (the driver sends a write
+  again on another host when a connection breaks), which is success, never a conflict that would
+  make the command run, and store, a second time.
+- A timeout on a conditional write means "maybe applied". It is settled by sending the same
+  write again (``settle``): its result says stored or conflict, as above. Only when no repeat gets
+  an answer is the outcome unknown (504).
+- Reads are marked idempotent, so a read its coordinator leaves unanswered for
+  ``UWSGI_ES_CASSANDRA_SPECULATIVE_DELAY`` also goes to another replica. Writes never do.
 - The ``Cluster``/``Session`` is created by ``from_settings`` in the process that uses it, after
   the fork (a session inherited across fork times out); statements are prepared once per
   process; reactor, protocol version and a DC-aware, token-aware load-balancing policy are set
@@ -27,7 +33,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import groupby
 from typing import Any
@@ -43,7 +49,13 @@ from cassandra import (
     WriteTimeout,
 )
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, Session
-from cassandra.policies import DCAwareRoundRobinPolicy, ExponentialReconnectionPolicy, TokenAwarePolicy
+from cassandra.connection import ConnectionException
+from cassandra.policies import (
+    ConstantSpeculativeExecutionPolicy,
+    DCAwareRoundRobinPolicy,
+    ExponentialReconnectionPolicy,
+    TokenAwarePolicy,
+)
 from cassandra.protocol import ErrorMessage
 from cassandra.query import BatchStatement, PreparedStatement
 
@@ -66,10 +78,12 @@ from uwsgi_es.stores.base import (
 
 log = logging.getLogger(__name__)
 
-# What the driver raises: its own exceptions, and the server's error messages it has no class
-# for (ErrorMessage is not a DriverException), which would otherwise escape as a 500.
-DRIVER_ERRORS = (NoHostAvailable, DriverException, ErrorMessage)
+# What the driver raises: its own exceptions, the server's error messages it has no class for and
+# its connection errors (neither ErrorMessage nor ConnectionException is a DriverException), which
+# would otherwise escape as a 500.
+DRIVER_ERRORS = (NoHostAvailable, DriverException, ErrorMessage, ConnectionException)
 CAS_WRITE_UNKNOWN = 0x1700  # protocol v5: "CAS operation result is unknown"
+SETTLE_ATTEMPTS = 3  # times a write that got no answer is sent again before answering 504
 TABLE = "integer_sequenced_items"
 
 
@@ -87,7 +101,6 @@ def _connection_class(reactor: str) -> Any:
 class _Statements:
     insert: PreparedStatement
     select: PreparedStatement
-    select_serial: PreparedStatement
     select_after: PreparedStatement
     heartbeat: PreparedStatement
 
@@ -115,6 +128,14 @@ class CassandraRecordStore(RecordStore):
             consistency_level=ConsistencyLevel.name_to_value[settings.cassandra_consistency],
             serial_consistency_level=ConsistencyLevel.name_to_value[settings.cassandra_serial_consistency],
             request_timeout=settings.cassandra_request_timeout,
+            # A coordinator that stalls (a GC pause, a stopped process) would hold a read for the
+            # whole request timeout: after the delay, the driver asks another replica as well.
+            # It applies to statements marked idempotent only (our reads, never a write).
+            speculative_execution_policy=ConstantSpeculativeExecutionPolicy(
+                settings.cassandra_speculative_delay, max_attempts=1
+            )
+            if settings.cassandra_speculative_delay
+            else None,
         )
         cluster = Cluster(
             settings.cassandra_host_list,
@@ -153,10 +174,16 @@ class CassandraRecordStore(RecordStore):
             )
             self.session.execute(
                 f"CREATE TABLE IF NOT EXISTS {self.keyspace}.{TABLE} ("
-                "originator_id uuid, originator_version bigint, topic text, state text, "
+                "originator_id uuid, originator_version bigint, topic text, state text, write_id uuid, "
                 "PRIMARY KEY ((originator_id), originator_version)"
                 ") WITH CLUSTERING ORDER BY (originator_version ASC)"
             )
+            columns = self.session.execute(
+                "SELECT column_name FROM system_schema.columns WHERE keyspace_name = %s AND table_name = %s",
+                (self.keyspace, TABLE),
+            )
+            if "write_id" not in {row.column_name for row in columns}:  # a table made before it existed
+                self.session.execute(f"ALTER TABLE {self.keyspace}.{TABLE} ADD write_id uuid")
             self.session.execute(
                 f"CREATE TABLE IF NOT EXISTS {self.keyspace}.{SNAPSHOTS_TABLE} ("
                 "originator_id uuid PRIMARY KEY, originator_version bigint, topic text, state text)"
@@ -177,19 +204,17 @@ class CassandraRecordStore(RecordStore):
                 # The keyspace name was validated as an identifier by Settings; values are bound.
                 table = f"{self.keyspace}.{TABLE}"
                 insert = (
-                    f"INSERT INTO {table} (originator_id, originator_version, topic, state) "  # noqa: S608
-                    "VALUES (?, ?, ?, ?) IF NOT EXISTS"
+                    f"INSERT INTO {table} (originator_id, originator_version, topic, state, write_id) "  # noqa: S608
+                    "VALUES (?, ?, ?, ?, ?) IF NOT EXISTS"
                 )
                 select = f"SELECT originator_version, topic, state FROM {table} WHERE originator_id = ?"  # noqa: S608
                 heartbeat = f"UPDATE {self.keyspace}.{HEARTBEAT_TABLE} SET beats = beats + 1 WHERE host = ?"  # noqa: S608
                 after = f"{select} AND originator_version > ? LIMIT ?"
-                prepared = self._prepare(table, insert, select, select, after, heartbeat)
+                prepared = self._prepare(table, insert, select, after, heartbeat)
+                for read in prepared[1:3]:
+                    read.is_idempotent = True  # may be sent to a second replica (speculative execution)
                 self._statements = _Statements(
-                    insert=prepared[0],
-                    select=prepared[1],
-                    select_serial=self._serial(prepared[2]),
-                    select_after=prepared[3],
-                    heartbeat=prepared[4],
+                    insert=prepared[0], select=prepared[1], select_after=prepared[2], heartbeat=prepared[3]
                 )
         return self._statements
 
@@ -199,8 +224,8 @@ class CassandraRecordStore(RecordStore):
             return [self.session.prepare(statement) for statement in statements]
         except InvalidRequest as exc:
             raise SchemaMissingError(
-                f"The table {table} does not exist in {self.describe()} ({exc}). "
-                "Create it once per deployment with: UWSGI_ES_STORE=cassandra uwsgi-es migrate"
+                f"The table {table} is missing or older than this version in {self.describe()} ({exc}). "
+                "Create or upgrade it once per deployment with: UWSGI_ES_STORE=cassandra uwsgi-es migrate"
             ) from exc
         except DRIVER_ERRORS as exc:
             raise self.unavailable(exc) from exc
@@ -231,14 +256,9 @@ class CassandraRecordStore(RecordStore):
                 f"INSERT INTO {table} (originator_id, originator_version, topic, state) VALUES (?, ?, ?, ?)",  # noqa: S608
                 f"SELECT originator_version, topic, state FROM {table} WHERE originator_id = ?",  # noqa: S608
             )
+            latest.is_idempotent = True
             self._snapshots = (save, latest)
         return self._snapshots
-
-    def _serial(self, statement: PreparedStatement) -> PreparedStatement:
-        statement.consistency_level = ConsistencyLevel.name_to_value[
-            self.settings.cassandra_serial_consistency
-        ]
-        return statement
 
     def append(self, records: Sequence[StoredRecord]) -> None:  # no global feed: no position
         """Per aggregate, one conditional write (a batch for several events): all or nothing.
@@ -251,61 +271,46 @@ class CassandraRecordStore(RecordStore):
             self._append_one_partition(originator_id, list(group))
 
     def _append_one_partition(self, originator_id: UUID, records: list[StoredRecord]) -> None:
-        statements = self.statements()
-        rows = [(r.originator_id, r.originator_version, r.topic, r.state) for r in records]
-        if len({row[1] for row in rows}) != len(rows):
-            # Conditions of one batch all see the state before it: duplicates would both "apply".
-            raise ConcurrencyError(f"The batch for {originator_id} repeats a version; nothing was stored.")
-        statement: Any
-        if len(rows) == 1:
-            statement = statements.insert.bind(rows[0])
-        else:
-            statement = BatchStatement()
-            for row in rows:
-                statement.add(statements.insert, row)
+        statement, write_id = self._conditional_write(records)
         try:
-            applied = self.session.execute(statement).was_applied
+            stored = _ours(self.session.execute(statement), write_id)
         except DRIVER_ERRORS as exc:
             if not maybe_applied(exc):
                 raise self.unavailable(exc) from exc  # refused, or never sent: nothing stored
-            # The coordinator timed out, or went silent past the driver's timeout: its Paxos round
-            # may have been accepted, and may even complete later. A SERIAL read completes any
-            # accepted round and pre-empts the rest, so what it shows is final.
-            applied = self._resolve_timeout(originator_id, records, exc)
-        if not applied:
+            stored = self._settle(statement, write_id, originator_id, exc)
+        if not stored:
             raise version_conflict(records)
 
-    def _resolve_timeout(self, originator_id: UUID, records: list[StoredRecord], exc: Exception) -> bool:
-        """A conditional write that may or may not have been applied: look, at SERIAL."""
-        try:
-            stored = {
-                row.originator_version: (row.topic, row.state)
-                for row in self._read(originator_id, serial=True)
-            }
-        except StoreUnavailableError as read_error:
+    def _conditional_write(self, records: list[StoredRecord]) -> tuple[Any, UUID]:
+        """One partition's rows, each ``IF NOT EXISTS`` and marked with a new write id: one
+        statement, or a batch of them. The id tells this write's rows from anyone else's."""
+        insert, write_id = self.statements().insert, uuid4()
+        rows = [(r.originator_id, r.originator_version, r.topic, r.state, write_id) for r in records]
+        if len({row[1] for row in rows}) != len(rows):
+            # Conditions of one batch all see the state before it: duplicates would both "apply".
+            raise ConcurrencyError(f"The batch for {rows[0][0]} repeats a version; nothing was stored.")
+        if len(rows) == 1:
+            return insert.bind(rows[0]), write_id
+        batch = BatchStatement()
+        for row in rows:
+            batch.add(insert, row)
+        return batch, write_id
+
+    def _settle(self, statement: Any, write_id: UUID, originator_id: UUID, exc: Exception) -> bool:
+        """A conditional write that got no answer: ``settle`` it, or 504's error."""
+        outcome = settle(statement, lambda again: _ours(self.session.execute(again), write_id))
+        if outcome is None:
             raise OutcomeUnknownError(
-                f"{self.describe()}: a conditional write got no answer ({type(exc).__name__}: {exc}) "
-                f"and re-reading at SERIAL failed too ({read_error}); whether it was stored is unknown."
+                f"{self.describe()}: a conditional write to {originator_id} got no answer "
+                f"({type(exc).__name__}: {exc}), and sending it again {SETTLE_ATTEMPTS} times did not "
+                "settle it either; whether it was stored is unknown."
             ) from exc
-        ours = [stored.get(r.originator_version) == (r.topic, r.state) for r in records]
-        if all(ours):
-            log.warning(
-                "a conditional write to %s timed out but was applied (checked at SERIAL)", originator_id
-            )
-            return True
-        if any(r.originator_version in stored for r in records):
-            return False  # someone else's events hold these versions: a conflict
-        if _contended(exc):
-            # Concurrent writers pre-empted each other's Paxos rounds and ours lost: nothing is
-            # stored, so the command may run again at once, as after any conflict.
-            raise ConcurrencyError(
-                f"The write to {originator_id} lost a Paxos round to a concurrent writer (settled at "
-                "SERIAL: not applied); nothing was stored."
-            ) from exc
-        raise StoreUnavailableError(
-            f"{self.describe()}: a conditional write timed out and was not applied (checked at SERIAL); "
-            "nothing was stored, try again."
-        ) from exc
+        log.warning(
+            "a conditional write to %s got no answer; sent again, it is %s",
+            originator_id,
+            "stored" if outcome else "refused: another write holds its version",
+        )
+        return outcome
 
     def select(
         self, originator_id: UUID, *, after_version: int = 0, limit: int | None = None
@@ -316,7 +321,7 @@ class CassandraRecordStore(RecordStore):
                 self.statements().select_after, (originator_id, after_version, limit or 2**31 - 1)
             )
         else:
-            rows = self._read(originator_id, serial=False)
+            rows = self._read(originator_id)
         return [StoredRecord(originator_id, row.originator_version, row.topic, row.state) for row in rows]
 
     def _execute(self, statement: PreparedStatement, values: tuple[Any, ...]) -> list[Any]:
@@ -325,13 +330,12 @@ class CassandraRecordStore(RecordStore):
         except DRIVER_ERRORS as exc:
             raise self.unavailable(exc) from exc
 
-    def _read(self, originator_id: UUID, *, serial: bool) -> list[Any]:
-        statements = self.statements()
-        return self._execute(statements.select_serial if serial else statements.select, (originator_id,))
+    def _read(self, originator_id: UUID) -> list[Any]:
+        return self._execute(self.statements().select, (originator_id,))
 
     def ping(self) -> None:
         self.check_process()
-        self._read(uuid4(), serial=False)  # prepares the statements, then queries the table
+        self._read(uuid4())  # prepares the statements, then queries the table
 
     def check_ready(self) -> None:
         """Ping, then write this host's heartbeat at the configured consistency: a cluster that
@@ -370,10 +374,38 @@ def _contended(error: BaseException) -> bool:
 
 def maybe_applied(error: BaseException) -> bool:
     """Whether a failed write may have been applied: a timeout (the server's WriteTimeout, or the
-    driver's OperationTimedOut after sending), a write failure, or Cassandra 5's "CAS operation
-    result is unknown" (a Paxos proposal accepted by fewer than a quorum, which the driver passes
-    on as a bare error message), alone or among NoHostAvailable's causes. A refusal (Unavailable:
-    too few replicas), or a host the driver could not send to, stored nothing."""
+    driver's OperationTimedOut after sending), a write failure, a connection that broke (perhaps
+    after sending), or Cassandra 5's "CAS operation result is unknown" (a Paxos proposal accepted
+    by fewer than a quorum, which the driver passes on as a bare error message), alone or among
+    NoHostAvailable's causes. A refusal (Unavailable: too few replicas) stored nothing."""
     return _contended(error) or any(
-        isinstance(e, WriteTimeout | OperationTimedOut | WriteFailure) for e in _causes(error)
+        isinstance(e, WriteTimeout | OperationTimedOut | WriteFailure | ConnectionException)
+        for e in _causes(error)
     )
+
+
+def _ours(result: Any, write_id: UUID) -> bool:
+    """Whether a conditional write's result means its rows are stored: applied now, or not applied
+    because its versions already hold rows of this very write (sent before: by the driver, which
+    sends a write again on another host when a connection breaks, or by ``settle``)."""
+    return bool(result.was_applied) or any(getattr(row, "write_id", None) == write_id for row in result)
+
+
+def settle(statement: Any, send: Callable[[Any], bool]) -> bool | None:
+    """Whether a conditional write that got no answer is stored: True (its rows hold its versions),
+    False (another write's do: a conflict), None (unknown: no repeat got an answer).
+
+    The same write is sent again, up to ``SETTLE_ATTEMPTS`` times, and ``send`` reads its result.
+    Looking instead (a SERIAL read) would not settle it: a proposal our first round left accepted on
+    one replica (a coordinator stopped mid-round) can be completed by a later round after a read saw
+    nothing; once the versions hold rows, such a proposal has nothing left to change. The repeat is
+    marked idempotent (it is: whatever happens, ``send`` tells) so that a stalled coordinator gets
+    a speculative second one.
+    """
+    statement.is_idempotent = True
+    for _ in range(SETTLE_ATTEMPTS):
+        try:
+            return send(statement)
+        except DRIVER_ERRORS:
+            continue
+    return None

@@ -2,9 +2,10 @@
 
 ``CassandraAggregateRecorder`` (snapshots, and events of applications without a log): one partition
 per aggregate (``originator_id`` partition key, ``originator_version`` clustering key); a batch is
-one conditional (``IF NOT EXISTS``) batch in that partition, all or nothing; a write timeout is
-resolved by re-reading at SERIAL. A batch over several aggregates is refused: Cassandra cannot
-make writes to several partitions atomic, and half a batch stored would be worse than none.
+one conditional (``IF NOT EXISTS``) batch in that partition, all or nothing; a write that got no
+answer is settled by sending it again (``uwsgi_es.stores.cassandra.settle``). A batch over several
+aggregates is refused: Cassandra cannot make writes to several partitions atomic, and half a
+batch stored would be worse than none.
 
 ``CassandraApplicationRecorder``: the application sequence (notification log) the library's
 applications need, with gap-free, contiguous ids, across processes and hosts. Cassandra keeps no
@@ -60,7 +61,7 @@ from eventsourcing.persistence import (
 )
 
 from uwsgi_es.integrations.eventsourcing.cassandra.datastore import CassandraDatastore
-from uwsgi_es.stores.cassandra import DRIVER_ERRORS
+from uwsgi_es.stores.cassandra import DRIVER_ERRORS, settle
 
 BUCKET = 1000  # notification ids per partition of the notifications table
 MAX_CLAIMS = 200  # attempts to claim the head before giving up (with jittered back-off)
@@ -121,21 +122,11 @@ class CassandraAggregateRecorder(CassandraRecorder, AggregateRecorder):
                 "Cassandra cannot store events of several aggregates atomically in an aggregate "
                 "recorder; save them one aggregate at a time, or use the application recorder."
             )
-        insert = self.datastore.prepare(
-            f"INSERT INTO {self.events_table} (originator_id, originator_version, topic, state) "  # noqa: S608
-            "VALUES (?, ?, ?, ?) IF NOT EXISTS"
-        )
-        rows = [(self.key(e.originator_id), e.originator_version, e.topic, e.state) for e in stored_events]
-        if len(rows) == 1:
-            statement: Any = insert.bind(rows[0])
-        else:
-            statement = BatchStatement()
-            for row in rows:
-                statement.add(insert, row)
+        statement = self._conditional_write(stored_events)
         try:
             applied = self.datastore.execute_raw(statement).was_applied
         except DRIVER_ERRORS as exc:  # only those after which it may have been applied
-            applied = self._resolve_timeout(stored_events, exc)
+            applied = self._resolve_timeout(statement, stored_events, exc)
         if not applied:
             raise IntegrityError(
                 f"Version {stored_events[0].originator_version} of {stored_events[0].originator_id} "
@@ -143,23 +134,40 @@ class CassandraAggregateRecorder(CassandraRecorder, AggregateRecorder):
             )
         return None
 
-    def _resolve_timeout(self, stored_events: Sequence[StoredEvent], exc: Exception) -> bool:
-        """A conditional write that timed out may have been applied: look, at SERIAL."""
-        stored = {
-            row.originator_version: (row.topic, row.state)
-            for row in self.datastore.execute(
-                f"SELECT originator_version, topic, state FROM {self.events_table} WHERE originator_id = ?",  # noqa: S608
-                (self.key(stored_events[0].originator_id),),
-                serial=True,
-            )
-        }
-        if all(stored.get(e.originator_version) == (e.topic, e.state) for e in stored_events):
-            return True
-        if any(e.originator_version in stored for e in stored_events):
-            return False
-        raise OperationalError(
-            f"A conditional write timed out and was not applied ({exc}): nothing was stored."
+    def _conditional_write(self, stored_events: Sequence[StoredEvent]) -> Any:
+        """One aggregate's events, each ``IF NOT EXISTS``: one statement, or a batch of them."""
+        insert = self.datastore.prepare(
+            f"INSERT INTO {self.events_table} (originator_id, originator_version, topic, state) "  # noqa: S608
+            "VALUES (?, ?, ?, ?) IF NOT EXISTS"
         )
+        rows = [(self.key(e.originator_id), e.originator_version, e.topic, e.state) for e in stored_events]
+        if len(rows) == 1:
+            return insert.bind(rows[0])
+        batch = BatchStatement()
+        for row in rows:
+            batch.add(insert, row)
+        return batch
+
+    def _resolve_timeout(self, statement: Any, stored_events: Sequence[StoredEvent], exc: Exception) -> bool:
+        """A conditional write that got no answer may have been applied: ``settle`` it. Not applied,
+        the result holds the rows in the way: ours if they hold these very events (the library's
+        events carry their timestamp, so no other write stores the same bytes)."""
+        ours = {(e.originator_version, e.topic, e.state) for e in stored_events}
+        session = self.datastore.session()
+
+        def send(again: Any) -> bool:
+            result = session.execute(again)
+            return bool(result.was_applied) or any(
+                (row.originator_version, row.topic, bytes(row.state)) in ours for row in result
+            )
+
+        outcome = settle(statement, send)
+        if outcome is None:
+            raise OperationalError(
+                f"A conditional write got no answer ({exc}) and sending it again did not settle it: "
+                "whether it was stored is unknown."
+            )
+        return outcome
 
     def select_events(
         self,
