@@ -15,6 +15,7 @@ The same runner runs outside uWSGI with ``uwsgi-es project NAME`` (systemd, a co
 from __future__ import annotations
 
 import importlib
+import os
 import threading
 import time
 from typing import Any, NoReturn
@@ -24,6 +25,7 @@ from uwsgi_es.lifecycle import build, events, kinds, process, registry
 from uwsgi_es.lifecycle.events import configure_logging
 from uwsgi_es.readside.runner import ProjectionRunner
 from uwsgi_es.readside.status import projection_classes
+from uwsgi_es.servers import uwsgi as uwsgi_server
 from uwsgi_es.settings import Settings, resolve
 
 BUILD_RETRY_SECONDS = 1.0
@@ -90,6 +92,7 @@ def _application() -> Any:
         outcome = build.build_in_this_process()
         if outcome.app is not None:
             return outcome.app
+        _stop_if_the_instance_failed()
         time.sleep(BUILD_RETRY_SECONDS)
 
 
@@ -98,4 +101,13 @@ def _idle(reason: str) -> NoReturn:
     it, again and again)."""
     events.emit("projection_runner_idle", role=process.role(), reason=reason)
     while True:
-        time.sleep(3600)
+        _stop_if_the_instance_failed()
+        time.sleep(BUILD_RETRY_SECONDS)
+
+
+def _stop_if_the_instance_failed() -> None:
+    """Exit when a worker has stopped the instance (UWSGI_ES_FAIL_FAST): uWSGI spawns its mules
+    after it starts handling signals, so a mule forked while the master was already stopping is
+    never signalled, and the master would wait for it forever."""
+    if uwsgi_server.instance_failed():
+        os._exit(0)

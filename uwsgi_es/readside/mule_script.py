@@ -8,6 +8,11 @@ or a script. Under ``lazy-apps`` the first segfaults before any Python runs, at 
 ``run()`` in both modes. uWSGI executes it in the mule; never import it.
 """
 
-from uwsgi_es.readside.mule import run
+import os
 
-run()
+try:
+    from uwsgi_es.readside.mule import run
+
+    run()
+except KeyboardInterrupt:  # uWSGI stops the instance (SIGINT) while this mule starts or runs
+    os._exit(0)

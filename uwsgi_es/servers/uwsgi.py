@@ -15,9 +15,14 @@ With ``UWSGI_ES_FAIL_FAST=true`` the instance stops instead. The settings are va
 stops uWSGI at start with a message naming the variable. A worker that cannot build exits with
 uWSGI's "failed app" code 22: with ``lazy-apps`` and ``need-app`` uWSGI then stops with that
 code. In prefork mode uWSGI only respawns such a worker, so the worker raises a flag in memory it
-shares with the master and asks the master to stop; the master's exit hook
+shares with the master and asks the master to stop (SIGINT); the master's exit hook
 (``hook-as-user-atexit = rpc:uwsgi_es_exit_code``, in uwsgi.ini) sees the flag and exits with 22 too.
-Workers still building when the master stops them exit at once.
+uWSGI installs the master's own signal handlers only as its master loop starts, after forking
+the workers: a SIGINT from a worker that fails before then reaches Python's handler, which would
+keep it as a KeyboardInterrupt for the next Python code the master runs, the exit hook. The master
+therefore answers such an early SIGINT with a handler that does nothing (the next failing worker,
+or its respawn, asks again), and each worker puts Python's own back after the fork. Workers still
+building when the master stops them exit at once.
 
 A worker closes its applications when it stops through ``uwsgi.atexit``, which uWSGI calls in every
 loop engine (Python's own ``atexit`` handlers are skipped in async mode, e.g. under gevent).
@@ -45,6 +50,7 @@ _installed: set[tuple[int, str]] = set()  # (pid, name): one hook per applicatio
 _closing_registered_in: int | None = None
 # One byte shared by the master and every worker it forks: 1 once a worker failed with fail-fast on.
 _fail_flag: mmap.mmap | None = None
+_early_sigint_in: int | None = None  # the pid of the process that last got SIGINT in _early_sigint
 
 
 def install(
@@ -94,20 +100,30 @@ def install(
 
 def _build_here(factory: registry.ApplicationFactory | None, settings: Settings | None, name: str) -> None:
     global _closing_registered_in
-    if process.is_projection_mule():
-        return  # it builds when it has a projection to run (uwsgi_es.readside.mule)
     try:
+        _take_back_sigint()
+        if process.is_projection_mule():
+            return  # it builds when it has a projection to run (uwsgi_es.readside.mule)
         outcome = build.build_in_this_process(
             factory, settings=settings, name=name, stop_instance=_stop_instance
         )
     except KeyboardInterrupt:
-        # The master is stopping the instance (SIGINT) while this worker builds: stop now, instead
+        # The master is stopping the instance (SIGINT) while this worker starts: stop now, instead
         # of serving on until the master's patience runs out.
         sys.stderr.flush()
         os._exit(0)
     if outcome.app is not None and _closing_registered_in != os.getpid():
         _closing_registered_in = os.getpid()
         _on_uwsgi_exit(build.close_in_this_process)
+
+
+def _take_back_sigint() -> None:
+    """After the fork: Python's SIGINT handler again instead of the master's early one, and the
+    KeyboardInterrupt of a SIGINT this process got in between (the master stopping already)."""
+    if signal.getsignal(signal.SIGINT) is _early_sigint:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if _early_sigint_in == os.getpid():
+            raise KeyboardInterrupt
 
 
 def _preload(settings: Settings) -> None:
@@ -128,14 +144,20 @@ def _preload(settings: Settings) -> None:
 def _stop_instance() -> None:
     """Exit with uWSGI's failed-app code; in prefork mode also make the master stop with it."""
     if process.in_uwsgi() and not process.is_lazy():
-        if _fail_flag is not None:
-            _fail_flag[0] = 1
         # The master answers with SIGINT to every worker, this one too: it must not interrupt
         # the exit below (a KeyboardInterrupt there would leave this worker serving).
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGQUIT})
+        if _fail_flag is not None:
+            _fail_flag[0] = 1
         os.kill(process.master_pid(), signal.SIGINT)
     sys.stderr.flush()
     os._exit(FAILED_APP_EXIT_CODE)
+
+
+def instance_failed() -> bool:
+    """Whether a worker failed with UWSGI_ES_FAIL_FAST and asked the master to stop (prefork). A
+    mule forked after the master began stopping is never told to stop: it asks this instead."""
+    return _fail_flag is not None and bool(_fail_flag[0])
 
 
 def _share_the_fail_flag() -> None:
@@ -156,6 +178,16 @@ def _share_the_fail_flag() -> None:
         return b""
 
     uwsgi.register_rpc(EXIT_CODE_RPC, exit_code)
+    # Until uWSGI's master loop installs its own handler (see the module docstring).
+    signal.signal(signal.SIGINT, _early_sigint)
+
+
+def _early_sigint(signum: int, frame: object) -> None:
+    """The master's SIGINT handler until uWSGI's replaces it: an early stop request is dropped
+    rather than kept as a KeyboardInterrupt that would break the exit hook. A worker, which
+    inherits it until ``_take_back_sigint``, notes that it got one."""
+    global _early_sigint_in
+    _early_sigint_in = os.getpid()
 
 
 def _on_uwsgi_exit(function: Callable[[], None]) -> None:
