@@ -17,7 +17,8 @@ Why it looks the way it does:
   write again (``settle``): its result says stored or conflict, as above. Only when no repeat gets
   an answer is the outcome unknown (504).
 - Reads are marked idempotent, so a read its coordinator leaves unanswered for
-  ``UWSGI_ES_CASSANDRA_SPECULATIVE_DELAY`` also goes to another replica. Writes never do.
+  ``UWSGI_ES_CASSANDRA_SPECULATIVE_DELAY`` also goes to another replica. A first write never does
+  (only ``settle``'s repeats, whose outcome is read either way).
 - The ``Cluster``/``Session`` is created by ``from_settings`` in the process that uses it, after
   the fork (a session inherited across fork times out); statements are prepared once per
   process; reactor, protocol version and a DC-aware, token-aware load-balancing policy are set
@@ -130,7 +131,7 @@ class CassandraRecordStore(RecordStore):
             request_timeout=settings.cassandra_request_timeout,
             # A coordinator that stalls (a GC pause, a stopped process) would hold a read for the
             # whole request timeout: after the delay, the driver asks another replica as well.
-            # It applies to statements marked idempotent only (our reads, never a write).
+            # It applies to statements marked idempotent only (our reads, and settle's repeats).
             speculative_execution_policy=ConstantSpeculativeExecutionPolicy(
                 settings.cassandra_speculative_delay, max_attempts=1
             )
