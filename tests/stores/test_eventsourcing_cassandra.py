@@ -170,10 +170,10 @@ class TestAWriteWithoutAnAnswerIsSettled(CassandraTestCase, unittest.TestCase):
         originator = uuid4()
         ours = [StoredEvent(originator, v, "topic", f"state {v}".encode()) for v in (1, 2)]
         recorder.insert_events(ours)
-        assert recorder._resolve_timeout(recorder._conditional_write(ours), ours, timeout) is True
+        assert recorder._settle_write(recorder._conditional_write(ours), ours, timeout) is True
         theirs = [StoredEvent(originator, e.originator_version, "topic", b"someone else") for e in ours]
-        assert recorder._resolve_timeout(recorder._conditional_write(theirs), theirs, timeout) is False
+        assert recorder._settle_write(recorder._conditional_write(theirs), theirs, timeout) is False
         never_arrived = [StoredEvent(originator, 3, "topic", b"state 3")]
         write = recorder._conditional_write(never_arrived)
-        assert recorder._resolve_timeout(write, never_arrived, timeout) is True
+        assert recorder._settle_write(write, never_arrived, timeout) is True
         assert recorder.select_events(originator) == ours + never_arrived

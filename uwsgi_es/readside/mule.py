@@ -29,6 +29,7 @@ from uwsgi_es.servers import uwsgi as uwsgi_server
 from uwsgi_es.settings import Settings, resolve
 
 BUILD_RETRY_SECONDS = 1.0
+IDLE_CHECK_SECONDS = 1.0  # how often an idle mule looks whether fail-fast stopped the instance
 
 
 def run() -> None:
@@ -102,7 +103,7 @@ def _idle(reason: str) -> NoReturn:
     events.emit("projection_runner_idle", role=process.role(), reason=reason)
     while True:
         _stop_if_the_instance_failed()
-        time.sleep(BUILD_RETRY_SECONDS)
+        time.sleep(IDLE_CHECK_SECONDS)
 
 
 def _stop_if_the_instance_failed() -> None:

@@ -290,12 +290,7 @@ class CassandraRecordStore(RecordStore):
         if len({row[1] for row in rows}) != len(rows):
             # Conditions of one batch all see the state before it: duplicates would both "apply".
             raise ConcurrencyError(f"The batch for {rows[0][0]} repeats a version; nothing was stored.")
-        if len(rows) == 1:
-            return insert.bind(rows[0]), write_id
-        batch = BatchStatement()
-        for row in rows:
-            batch.add(insert, row)
-        return batch, write_id
+        return one_partition(insert, rows), write_id
 
     def _settle(self, statement: Any, write_id: UUID, originator_id: UUID, exc: Exception) -> bool:
         """A conditional write that got no answer: ``settle`` it, or 504's error."""
@@ -383,6 +378,17 @@ def maybe_applied(error: BaseException) -> bool:
         isinstance(e, WriteTimeout | OperationTimedOut | WriteFailure | ConnectionException)
         for e in _causes(error)
     )
+
+
+def one_partition(insert: PreparedStatement, rows: Sequence[Sequence[Any]]) -> Any:
+    """``insert`` bound to one row, or a batch of it for several: one partition's conditional
+    write (all or nothing, as a batch inside one partition is)."""
+    if len(rows) == 1:
+        return insert.bind(rows[0])
+    batch = BatchStatement()
+    for row in rows:
+        batch.add(insert, row)
+    return batch
 
 
 def _ours(result: Any, write_id: UUID) -> bool:

@@ -44,7 +44,6 @@ from threading import Event, Thread
 from typing import Any, Literal
 from uuid import UUID, uuid4
 
-from cassandra.query import BatchStatement
 from eventsourcing.persistence import (
     AggregateRecorder,
     ApplicationRecorder,
@@ -61,7 +60,7 @@ from eventsourcing.persistence import (
 )
 
 from uwsgi_es.integrations.eventsourcing.cassandra.datastore import CassandraDatastore
-from uwsgi_es.stores.cassandra import DRIVER_ERRORS, settle
+from uwsgi_es.stores.cassandra import DRIVER_ERRORS, one_partition, settle
 
 BUCKET = 1000  # notification ids per partition of the notifications table
 MAX_CLAIMS = 200  # attempts to claim the head before giving up (with jittered back-off)
@@ -126,7 +125,7 @@ class CassandraAggregateRecorder(CassandraRecorder, AggregateRecorder):
         try:
             applied = self.datastore.execute_raw(statement).was_applied
         except DRIVER_ERRORS as exc:  # only those after which it may have been applied
-            applied = self._resolve_timeout(statement, stored_events, exc)
+            applied = self._settle_write(statement, stored_events, exc)
         if not applied:
             raise IntegrityError(
                 f"Version {stored_events[0].originator_version} of {stored_events[0].originator_id} "
@@ -140,15 +139,12 @@ class CassandraAggregateRecorder(CassandraRecorder, AggregateRecorder):
             f"INSERT INTO {self.events_table} (originator_id, originator_version, topic, state) "  # noqa: S608
             "VALUES (?, ?, ?, ?) IF NOT EXISTS"
         )
-        rows = [(self.key(e.originator_id), e.originator_version, e.topic, e.state) for e in stored_events]
-        if len(rows) == 1:
-            return insert.bind(rows[0])
-        batch = BatchStatement()
-        for row in rows:
-            batch.add(insert, row)
-        return batch
+        return one_partition(
+            insert,
+            [(self.key(e.originator_id), e.originator_version, e.topic, e.state) for e in stored_events],
+        )
 
-    def _resolve_timeout(self, statement: Any, stored_events: Sequence[StoredEvent], exc: Exception) -> bool:
+    def _settle_write(self, statement: Any, stored_events: Sequence[StoredEvent], exc: Exception) -> bool:
         """A conditional write that got no answer may have been applied: ``settle`` it. Not applied,
         the result holds the rows in the way: ours if they hold these very events (the library's
         events carry their timestamp, so no other write stores the same bytes)."""
