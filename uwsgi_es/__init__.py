@@ -9,6 +9,8 @@ nothing and works outside uWSGI.
 
 from __future__ import annotations
 
+import importlib.metadata
+
 from uwsgi_es.application import Application, EventStore, PersistencePolicy, PubSub, Repository, pubsub
 from uwsgi_es.domain import Aggregate, DomainEvent, register_topic
 from uwsgi_es.errors import (
@@ -40,6 +42,18 @@ from uwsgi_es.lifecycle.registry import (
 from uwsgi_es.settings import Settings
 from uwsgi_es.transcoding import register_type
 
+
+def _installed_version() -> str:
+    """The installed distribution's version; from a source tree never installed (no metadata), a
+    PEP 440 version that sorts before every release and says it is unknown."""
+    try:
+        return importlib.metadata.version("uwsgi_es")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+__version__ = _installed_version()
+
 __all__ = [
     "Aggregate",
     "AggregateNotFoundError",
@@ -67,6 +81,7 @@ __all__ = [
     "TranscodingError",
     "UnreadableEventError",
     "UwsgiEsError",
+    "__version__",
     "close_application",
     "get_application",
     "get_application_lazily",

@@ -33,6 +33,10 @@ class EventSequenceError(UwsgiEsError):
     """An event does not follow the aggregate's current version: the stream is corrupt."""
 
 
+class CreationEventError(UwsgiEsError, TypeError):
+    """``Aggregate.create_from`` was given something other than a creation event class."""
+
+
 def topic_of(cls: type) -> str:
     """The path of a class, ``module:Qual.Name``: how stored events name their class."""
     return f"{cls.__module__}:{cls.__qualname__}"
@@ -162,8 +166,31 @@ class Aggregate(_Registered):
             return created
 
     @classmethod
-    def _create(cls: type[A], event_class: type[Aggregate.Created], **event_fields: Any) -> A:
-        """Construct a new aggregate by triggering its creation event."""
+    def create_from(cls: type[A], event_class: type[Aggregate.Created], /, **event_fields: Any) -> A:
+        """A new aggregate of this class, made by its first event.
+
+        ``event_class`` is the creation event: a subclass of ``Aggregate.Created`` (usually one
+        nested in this class), and ``event_fields`` its own fields (the headers, a new id, version 1,
+        the time and this class's topic, are filled in). The event is applied, so the aggregate
+        returned is at version 1, and kept pending: nothing is stored until the application saves
+        the aggregate. A command method of your own usually wraps it, e.g.::
+
+            @classmethod
+            def open(cls, owner: str) -> BankAccount:
+                return cls.create_from(cls.Opened, owner=owner)
+
+        Its name leaves ``create`` free for a classmethod of your own (the eventsourcing library
+        keeps ``_create`` private for the same reason). ``_create`` is the same method, under the
+        name it had before it was public.
+        """
+        if not (isinstance(event_class, type) and issubclass(event_class, Aggregate.Created)):
+            raise CreationEventError(
+                f"{cls.__qualname__}.create_from needs the class of the aggregate's first event, a subclass "
+                f"of Aggregate.Created; it got {_described(event_class)}. Declare one inside the "
+                "aggregate (e.g. `@dataclass(frozen=True) class Opened(Aggregate.Created): owner: str`) "
+                f"and pass it: {cls.__qualname__}.create_from({cls.__qualname__}.Opened, owner=...). Later "
+                "events go through trigger_event."
+            )
         event = event_class(
             originator_id=uuid4(),
             originator_version=1,
@@ -176,6 +203,9 @@ class Aggregate(_Registered):
             raise TopicError(f"{event_class.__qualname__} built a {type(aggregate)}, not a {cls}.")
         aggregate._pending.append(event)
         return aggregate
+
+    # The name before create_from was public.
+    _create = create_from
 
     def trigger_event(self, event_class: type[Aggregate.Event], **event_fields: Any) -> None:
         """Make the next event of this aggregate, apply it, and keep it until it is saved."""
@@ -208,6 +238,14 @@ def _topic_of_aggregate(cls: type) -> str:
     except KeyError:
         topic = _aggregate_topics[cls] = topic_of(cls)
         return topic
+
+
+def _described(value: object) -> str:
+    """What was passed instead of a creation event class, for the error."""
+    if isinstance(value, type):
+        later = issubclass(value, Aggregate.Event)
+        return f"the class {value.__qualname__}" + (", a later event (an Aggregate.Event)" if later else "")
+    return f"{type(value).__name__} {value!r}"
 
 
 def replay(events: Sequence[DomainEvent], aggregate: Aggregate | None = None) -> Aggregate | None:

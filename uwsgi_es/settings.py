@@ -23,11 +23,11 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import Field, dataclass, field, fields
 from typing import Any, Literal, get_args
 
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import NoSuchModuleError
 
 from uwsgi_es.errors import ConfigurationError
-from uwsgi_es.redaction import parse_url, redact_url, why_unreadable
+from uwsgi_es.redaction import parse_url, redact_url, scrub, secrets_of, why_unreadable
 
 PREFIX = "UWSGI_ES_"
 StoreKind = Literal["sqlalchemy", "cassandra", "django"]
@@ -137,34 +137,101 @@ def _checked_replication(name: str, raw: str) -> str:
     return raw
 
 
-def _database_url(name: str, raw: str) -> str:
-    """A URL SQLAlchemy can read, for a backend we support, with its driver installed. Never quoted
-    whole in an error: only ``redact_url``'s version of it, which hides every password."""
+# SQLAlchemy gives a URL that names no driver its dialect's default one: psycopg2 for PostgreSQL,
+# which uwsgi_es does not install (its `postgres` extra installs psycopg 3), and `postgres://`
+# (Heroku's and libpq's spelling) it does not read at all.
+POSTGRES_DRIVER = "postgresql+psycopg"
+_POSTGRES_WITHOUT_DRIVER = frozenset({"postgresql", "postgres"})
+POSTGRES_EXAMPLE = "postgresql+psycopg://user:password@host:5432/dbname"
+SQLITE_FORMS = (
+    "sqlite:///relative/path.sqlite3 (three slashes: a path relative to uWSGI's chdir) or "
+    "sqlite:////absolute/path.sqlite3 (four: an absolute path); sqlite:// alone is a database in memory"
+)
+
+
+def with_driver(raw: str) -> str:
+    """The URL as uwsgi_es reads it: ``postgresql://`` and ``postgres://``, which name no driver,
+    mean ``postgresql+psycopg://``. Any other URL, one naming its driver included, as written."""
+    scheme, separator, rest = raw.partition("://")
+    if separator and scheme.lower() in _POSTGRES_WITHOUT_DRIVER:
+        return f"{POSTGRES_DRIVER}://{rest}"
+    return raw
+
+
+def parse_database_url(name: str, raw: str) -> str:
+    """``raw`` as uwsgi_es reads it (``with_driver``), checked: a URL SQLAlchemy can read, for a
+    backend we support, in a shape its dialect accepts, with its driver's module installed. The
+    parser of UWSGI_ES_DATABASE_URL, and the engine's check of a ``Settings`` made in code. Never
+    quoted whole in an error: only ``redact_url``'s version of it, which hides every password."""
+    raw = with_driver(raw.strip())
     url = parse_url(raw)
     if url is None:
+        sqlite = raw.lower().startswith("sqlite")
+        reason = why_unreadable(raw) if raw else "it is empty"
         raise ConfigurationError(
-            f"{name} cannot be read as a database URL: {why_unreadable(raw)} (the value is not shown, as "
-            "it may hold a password). Expected e.g. 'sqlite:///var/app.sqlite3' or "
-            "'postgresql+psycopg://user:password@host:5432/dbname'."
+            f"{name} cannot be read as a database URL: {reason} (the value is not shown, as it may "
+            "hold a password). Expected "
+            + (SQLITE_FORMS if sqlite else f"e.g. 'sqlite:///var/app.sqlite3' or '{POSTGRES_EXAMPLE}'")
+            + "."
         )
-    if url.get_backend_name() not in ("sqlite", "postgresql"):
+    backend = url.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        spelling = (
+            f" SQLAlchemy spells it postgresql: {url.drivername.replace('postgres', 'postgresql', 1)}://..."
+            if backend == "postgres"
+            else ""
+        )
         raise ConfigurationError(
-            f"{name} names the {url.get_backend_name()!r} backend ({redact_url(url)}); uwsgi_es supports "
-            "sqlite and postgresql."
+            f"{name} names the {backend!r} backend ({redact_url(url)}); uwsgi_es supports "
+            f"sqlite and postgresql.{spelling}"
         )
+    if backend == "sqlite" and (url.host or url.port or url.username or url.password is not None):
+        raise ConfigurationError(_sqlite_with_a_host(name, raw, url))
     try:
         url.get_dialect().import_dbapi()  # imports the driver's module only: no connection
     except NoSuchModuleError:
         raise ConfigurationError(
             f"{name} names the driver {url.drivername!r}, which SQLAlchemy does not know "
-            f"({redact_url(url)}); use e.g. postgresql+psycopg or sqlite."
+            f"({redact_url(url)}); use e.g. {POSTGRES_DRIVER} or sqlite."
         ) from None
     except ImportError as exc:
-        raise ConfigurationError(
-            f"{name} uses the {url.drivername!r} driver, which is not installed ({exc}). "
-            "For PostgreSQL install the extra: pip install 'uwsgi_es[postgres]'."
-        ) from None
+        raise ConfigurationError(missing_driver(name, url, exc)) from None
     return raw
+
+
+def _sqlite_with_a_host(name: str, raw: str, url: URL) -> str:
+    """sqlite://relative/path: two slashes make a host of what follows, and SQLite has none."""
+    scheme, _, rest = raw.partition("://")
+    found = f"the host {url.host!r}" if url.host else "a user, password or port"
+    corrected = (
+        f" This one is probably '{scheme}:///{rest}' (or '{scheme}:////{rest}' if the path is absolute)."
+        if url.host and url.username is None and url.port is None
+        else ""
+    )
+    return (
+        f"{name}={redact_url(url)!r} is not a SQLite URL: after 'sqlite://' it has {found}, and a "
+        f"SQLite database has none. Use {SQLITE_FORMS}.{corrected}"
+    )
+
+
+def missing_driver(name: str, url: URL, exc: ImportError) -> str:
+    """Why the driver ``url`` names cannot be used, naming its missing module, and the fix."""
+    if exc.name:
+        problem = f"whose module {exc.name!r} is not installed"
+    else:  # the module is there but fails to load (psycopg without libpq): say how
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else type(exc).__name__
+        problem = f"which cannot be imported ({scrub(first, secrets_of(url.render_as_string(False)))})"
+    where = f"{name} names the {url.drivername!r} driver ({redact_url(url)}), {problem}."
+    if url.get_backend_name() != "postgresql":
+        return f"{where} Install it, or use the driver Python ships: sqlite:///var/app.sqlite3."
+    if url.drivername == POSTGRES_DRIVER:
+        return f"{where} It is psycopg 3, which uwsgi_es's extra installs: pip install 'uwsgi_es[postgres]'."
+    return (
+        f"{where} The uwsgi_es[postgres] extra installs psycopg 3, whose form is '{POSTGRES_EXAMPLE}' "
+        f"(postgresql:// naming no driver is read so too): pip install 'uwsgi_es[postgres]' and use "
+        f"that form, or install {exc.name or 'the module'} yourself to keep {url.drivername}."
+    )
 
 
 def _networks(name: str, raw: str) -> Networks:
@@ -209,7 +276,7 @@ class Settings:
     )
     database_url: str = setting(
         DEFAULT_DATABASE_URL,
-        _database_url,
+        parse_database_url,
         "SQLAlchemy URL (SQLite or PostgreSQL); relative SQLite paths are from uWSGI's `chdir`. "
         "Shown only with its passwords masked",
     )

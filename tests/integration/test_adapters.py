@@ -27,13 +27,13 @@ GUNICORN_CONF = PROJECT / "deploy" / "gunicorn.conf.py"
 
 @contextlib.contextmanager
 def gunicorn(
-    env: dict[str, str], log: Path, *extra: str
+    env: dict[str, str], log: Path, *extra: str, workers: int = 3
 ) -> Iterator[tuple[subprocess.Popen[bytes], UwsgiServer]]:
-    """A real gunicorn (3 workers) from deploy/gunicorn.conf.py; yields it and an HTTP client."""
+    """A real gunicorn (3 workers unless told) from deploy/gunicorn.conf.py; yields it and an HTTP client."""
     port = free_port()
     client = UwsgiServer(options=[], log_dir=log.parent, wait_for="nothing")  # used for its HTTP helpers only
     client.port = port
-    full_env = {**os.environ, **env, "UWSGI_ES_HTTP": f"127.0.0.1:{port}", "GUNICORN_WORKERS": "3"}
+    full_env = {**os.environ, **env, "UWSGI_ES_HTTP": f"127.0.0.1:{port}", "GUNICORN_WORKERS": str(workers)}
     command = [str(Path(sys.executable).parent / "gunicorn"), "-c", str(GUNICORN_CONF), *extra]
     with open(log, "ab") as out:
         process = subprocess.Popen(
@@ -88,6 +88,35 @@ def test_gunicorn_builds_one_application_per_worker(
     built = [int(e["pid"]) for e in lifecycle_events(text, "build")]
     closed = [int(e["pid"]) for e in lifecycle_events(text, "close")]
     assert sorted(built) == sorted(closed) == sorted(pids), text  # built and closed, in each of 3 workers
+
+
+@pytest.mark.parametrize("workers", [2, 1])
+def test_gunicorn_metrics_answer_only_for_a_single_process(
+    app_env: dict[str, str], tmp_path: Path, workers: int
+) -> None:
+    """gunicorn has no uWSGI sharedarea: with 2 workers each counts alone, so /metrics answers 503
+    from every worker (naming the sharedarea, and that other servers are not supported yet) rather
+    than one worker's numbers; with 1 worker (wsgi.multiprocess false) its numbers are the whole
+    truth, and it answers 200 with them."""
+    log = tmp_path / "gunicorn.log"
+    with gunicorn(app_env, log, workers=workers) as (_, client):
+        pids = {r["pid"] for r in reports_of_every_worker(client, workers)}
+        assert len(pids) == workers
+        account = client.post("/accounts", {"owner": "gunicorn"}).json()["id"]
+        assert client.post(f"/accounts/{account}/deposits", {"amount": 3}).status == 200
+        scrapes = fan_out(40, lambda _: client.get("/metrics"), concurrency=8)
+    if workers > 1:
+        assert {scrape.status for scrape in scrapes} == {503}, log.read_text()
+        error = scrapes[0].json()["error"]
+        assert "sharedarea = 160" in error
+        assert "other servers are not supported for /metrics yet" in error
+    else:
+        assert {scrape.status for scrape in scrapes} == {200}, log.read_text()
+        body = scrapes[-1].body.decode()
+        deposits = (
+            'uwsgi_es_requests_total{method="POST",route="/accounts/<account_id>/deposits",status="200"} 1.0'
+        )
+        assert deposits in body
 
 
 @pytest.mark.parametrize("lazy", [False, True], ids=["prefork", "lazy-apps"])

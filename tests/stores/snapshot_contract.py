@@ -46,7 +46,7 @@ class Counter(Aggregate):
 
     @classmethod
     def start(cls) -> Counter:
-        return cls._create(cls.Started)
+        return cls.create_from(cls.Started)
 
     def add(self, amount: int) -> None:
         self.trigger_event(self.Added, amount=amount, by=uuid4())
@@ -151,7 +151,7 @@ class SnapshotsContract:
     ) -> None:
         assert isinstance(store, SnapshotStore)
         app = application(store, snapshot_interval=2, aggregate_cache=10)
-        thing = Unannotated._create(Unannotated.Started)
+        thing = Unannotated.create_from(Unannotated.Started)
         for _ in range(5):
             thing.trigger_event(Unannotated.Touched)
         with caplog.at_level(logging.WARNING, logger="uwsgi_es"):

@@ -138,7 +138,7 @@ def test_typed_fields_survive_a_save_and_a_load_through_the_application() -> Non
 
     owner = uuid4()
     with Application(_memory_store(), bus=PubSub()) as app:
-        ledger = Ledger._create(Ledger.Opened, owner=owner)
+        ledger = Ledger.create_from(Ledger.Opened, owner=owner)
         ledger.trigger_event(Ledger.Credited, amount=Decimal("0.10"))
         ledger.trigger_event(Ledger.Credited, amount=Decimal("0.20"))
         app.save(ledger)

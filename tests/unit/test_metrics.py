@@ -117,7 +117,37 @@ def test_metrics_in_process_count_routes_not_paths_and_few_methods(client: Clien
     assert grew("uwsgi_es_events_stored_total") == 2
     assert grew("uwsgi_es_commands_total", outcome="done") == 1
     assert after[("uwsgi_es_projection_lag_events", (("projection", "balances"),))] >= 0
-    assert recorder.problem() is None
+    assert recorder.problem(multiprocess=False) is None
+
+
+def without_the_multiprocess_flag(environ: dict[str, Any], start_response: Any) -> Any:
+    """The application under a server that does not say whether it runs several processes."""
+    del environ["wsgi.multiprocess"]
+    return application(environ, start_response)
+
+
+@pytest.mark.parametrize("multiprocess", [True, "unsaid"])
+def test_metrics_outside_uwsgi_refuse_to_speak_for_several_processes(
+    client: Client, multiprocess: bool | str
+) -> None:
+    """A server that runs the application in several processes (``wsgi.multiprocess`` true, or
+    not said) gets 503 naming uWSGI's sharedarea: one process's numbers would pass for all of them.
+    The other routes go on; a single-process server (the flag false) still gets the numbers."""
+    if multiprocess == "unsaid":
+        scraper = Client(from_address(without_the_multiprocess_flag, "127.0.0.1"))
+        answer = scraper.get("/metrics")
+        assert scraper.get("/health").status_code == 200
+    else:
+        answer = client.get("/metrics", environ_overrides={"wsgi.multiprocess": True})
+        assert client.get("/health", environ_overrides={"wsgi.multiprocess": True}).status_code == 200
+    assert answer.status_code == 503
+    assert answer.json is not None
+    error = answer.json["error"]
+    assert "sharedarea = 160" in error
+    assert "uwsgi.ini" in error
+    assert "other servers are not supported for /metrics yet" in error
+    assert recorder.problem(multiprocess=True) == error
+    assert client.get("/metrics", environ_overrides={"wsgi.multiprocess": False}).status_code == 200
 
 
 def test_metrics_are_for_operators_only(client: Client) -> None:

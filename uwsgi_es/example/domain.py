@@ -57,7 +57,7 @@ class BankAccount(Aggregate):
 
     @classmethod
     def open(cls, owner: str) -> BankAccount:
-        return cls._create(cls.Opened, owner=owner)
+        return cls.create_from(cls.Opened, owner=owner)
 
     def deposit(self, amount: int) -> None:
         if self.balance + amount > MAX_BALANCE:

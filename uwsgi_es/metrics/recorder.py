@@ -4,8 +4,11 @@ Under uWSGI every worker and mule counts into its own slot of a uWSGI sharedarea
 master from the ini's ``sharedarea = PAGES``, so it exists in every mode, lazy-apps included):
 worker ``w`` in slot ``w``, mule ``m`` in slot ``processes + m``. ``/metrics``, served by any
 worker, sums the slots: numbers for the whole instance, kept across a worker's death and respawn.
-Anywhere else (the master, a spooler, gunicorn, a test) a process counts into a private table:
-``/metrics`` then reports that process alone (``scope()`` says which).
+Anywhere else (the master, a spooler, gunicorn, a test) a process counts into a private table,
+which is the whole truth only where no other process serves the same application: ``/metrics``
+answers there only when the server says so (``wsgi.multiprocess`` false, PEP 3333: a plain
+single-process server, gunicorn with one worker), and 503 under any server that runs several
+(``problem()`` says why).
 
 Recording never raises and never touches a database; a request costs three additions under one
 process-local lock (about 1 µs).
@@ -114,9 +117,24 @@ def _here() -> _Attached:
     return attached
 
 
-def problem() -> str | None:
-    """Why ``/metrics`` cannot speak for the whole instance here; None when it can."""
-    return _here().problem
+def problem(*, multiprocess: bool) -> str | None:
+    """Why ``/metrics`` cannot speak for the whole instance here; None when it can.
+
+    ``multiprocess``: the request's ``wsgi.multiprocess`` (true when the server may run this
+    application in other processes at the same time; a server that does not say counts as true).
+    Under uWSGI the sharedarea decides; elsewhere each process counts alone, so the numbers are
+    the instance's only where the server runs one process."""
+    here = _here()
+    if process.in_uwsgi() or not multiprocess:
+        return here.problem
+    return (
+        "/metrics needs uWSGI's sharedarea to add up the numbers of every process, and this server "
+        "runs the application in several processes (wsgi.multiprocess is true): each counts on its "
+        "own, so an answer would be one process's numbers passed off as the whole instance's. Serve "
+        "it under uWSGI with `sharedarea = 160` in the [uwsgi] section (as uwsgi.ini does: 16 pages "
+        "per worker and mule, plus 16); other servers are not supported for /metrics yet, except "
+        "one that runs a single process (wsgi.multiprocess false, e.g. gunicorn with workers = 1)"
+    )
 
 
 def _attach() -> _Attached:

@@ -221,10 +221,12 @@ class JsonApi:
 
     def metrics(self, request: Request) -> Response:
         """The whole instance's numbers in Prometheus' text format: for operators only (404 to
-        anyone else), like ``/worker``. Answers also while the application cannot be built."""
+        anyone else), like ``/worker``. Answers also while the application cannot be built; 503
+        when the numbers would be one process's out of several (no uWSGI sharedarea)."""
         if not self.is_operator(request):
             return self.not_found(request)
-        problem = recorder.problem()
+        # PEP 3333: true when other processes may serve this application too; unsaid counts as true.
+        problem = recorder.problem(multiprocess=bool(request.environ.get("wsgi.multiprocess", True)))
         if problem is not None:
             return error_response(problem, 503)
         gauges = projection_gauges(registry.built(self.name))

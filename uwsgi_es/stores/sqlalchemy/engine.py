@@ -39,7 +39,7 @@ from uwsgi_es.errors import (
 from uwsgi_es.lifecycle import process
 from uwsgi_es.metrics import recorder
 from uwsgi_es.redaction import redact_url
-from uwsgi_es.settings import Settings
+from uwsgi_es.settings import PREFIX, Settings, missing_driver, parse_database_url
 
 WRITE = "uwsgi_es_write"  # execution option: this transaction will write (SQLite: BEGIN IMMEDIATE)
 FILE_IDENTITY = "uwsgi_es_file"  # connection info key: (device, inode) of the file SQLite opened
@@ -64,8 +64,12 @@ def sqlite_path(url: URL) -> Path | None:
 
 
 def create_engine_from_settings(settings: Settings) -> Engine:
-    """An engine for this process. Call it after the fork, never in the uWSGI master."""
-    url = make_url(settings.database_url)
+    """An engine for this process. Call it after the fork, never in the uWSGI master.
+
+    The URL is read as ``UWSGI_ES_DATABASE_URL`` is (``uwsgi_es.settings.parse_database_url``:
+    postgresql:// means psycopg 3, a malformed URL is a ConfigurationError), also when ``settings``
+    were made in code rather than from the environment; that parse only imports the driver."""
+    url = make_url(parse_database_url(f"{PREFIX}DATABASE_URL", settings.database_url))
     if url.get_backend_name() == "sqlite":
         engine = _create_sqlite_engine(settings, url)
     else:
@@ -92,11 +96,8 @@ def _create_postgres_engine(settings: Settings, url: URL) -> Engine:
             pool_recycle=settings.pool_recycle,
             pool_pre_ping=settings.pool_pre_ping,
         )
-    except ImportError as exc:
-        raise ConfigurationError(
-            f"UWSGI_ES_DATABASE_URL uses the {url.drivername!r} driver, which is not installed ({exc}). "
-            "For PostgreSQL install the extra: pip install 'uwsgi_es[postgres]'."
-        ) from exc
+    except ImportError as exc:  # checked by parse_database_url already; kept for a driver's late import
+        raise ConfigurationError(missing_driver(f"{PREFIX}DATABASE_URL", url, exc)) from exc
     guards = "; ".join(
         f"SET {name} = {milliseconds}"
         for name, milliseconds in (
