@@ -109,6 +109,15 @@ class SchemaMissingError(StoreUnavailableError):
     """The store answers but its tables do not exist: run ``uwsgi-es migrate``."""
 
 
+class ReadModelMissingError(SchemaMissingError):
+    """A projection's read-model tables do not exist: ``uwsgi-es migrate --ini FILE`` creates them
+    for the application the ini serves. The message names the projection, the tables and that fix
+    only (no deployment detail), so clients are shown it."""
+
+    public_reason = "a read model's tables do not exist; an operator must run uwsgi-es migrate"
+    shows_message = True
+
+
 class StoreBusyError(StoreUnavailableError):
     """Waiting for a lock held by another session took longer than the configured bound."""
 
@@ -170,4 +179,14 @@ class ProjectionStoppedError(UwsgiEsError):
     the position, the topic and the exception's type (never its text, which may hold data)."""
 
     public_reason = "a read model is stopped at an event it cannot process; an operator must fix it"
+    shows_message = True
+
+
+class ProjectionCannotRunError(UwsgiEsError):
+    """A projection's runner cannot apply events for a lasting reason it recorded (its database
+    keeps failing, a table it reads is missing); unlike a stop, no event is to blame and it
+    resumes by itself once the cause is gone. The message names the projection and the error's
+    type (never its text, which may hold hosts or paths), so clients are shown it."""
+
+    public_reason = "a read model cannot be kept up to date now; an operator must look at its runner"
     shows_message = True

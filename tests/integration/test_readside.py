@@ -41,6 +41,7 @@ TWO_RUNNERS = [
     f"--mule={PROJECTION_MULE}",
 ]  # `=`: optional
 KILL_SECONDS = 20.0
+BANK_TOPICS = "uwsgi_es.example.domain:"
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -56,7 +57,8 @@ def env_for(url: str, **extra: str) -> dict[str, str]:
 
 
 def fold(url: str) -> tuple[dict[str, int], int, int]:
-    """From the stored events: each account's balance, the number of events, the last position."""
+    """From the bank's stored events: each account's balance, their number, the last position of
+    any event."""
     engine = create_engine(url)
     balances: dict[str, int] = {}
     with engine.connect() as connection:
@@ -67,6 +69,7 @@ def fold(url: str) -> tuple[dict[str, int], int, int]:
         ).all()
         last = connection.execute(select(func.max(records_table.c.id))).scalar() or 0
     engine.dispose()
+    rows = [row for row in rows if row.topic.startswith(BANK_TOPICS)]  # not another application's
     for originator, topic, state in rows:
         key = str(originator)
         if topic.endswith("Opened"):

@@ -2,7 +2,9 @@
 ``ReadSideContract`` and gives ``database_url`` (a new, migrated database).
 
 Runners here run in the test process (the mule tests run them under uWSGI): exactly once, in feed
-order, stopped at a failing event and resumed after the fix, read-your-writes bounded.
+order, stopped at a failing event and resumed after the fix, read-your-writes bounded. What goes
+wrong around them (tables missing, a database failing, another application's events) is in
+``readside_faults_contract``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,13 @@ import pytest
 from sqlalchemy import func, select
 
 from uwsgi_es.application import written_position
-from uwsgi_es.errors import ProjectionLagError, ProjectionStoppedError, ReadSideUnavailableError
+from uwsgi_es.domain import resolve_topic
+from uwsgi_es.errors import (
+    ProjectionLagError,
+    ProjectionStoppedError,
+    ReadSideUnavailableError,
+    TopicError,
+)
 from uwsgi_es.example.balances import Balances, balances_table
 from uwsgi_es.example.domain import BankAccount, BankAccounts
 from uwsgi_es.readside import ProjectionRunner, projected
@@ -27,9 +35,13 @@ from ..apps.readside_app import Bank, Effects, effects_table
 
 
 def fold(app: BankAccounts) -> dict[str, int]:
-    """Each account's balance as its stored events say."""
+    """Each account's balance as its stored events say (another application's are left out)."""
     balances: dict[str, int] = {}
     for record in app.records.select_all(0, 1_000_000):  # type: ignore[attr-defined]
+        try:
+            resolve_topic(record.topic)
+        except TopicError:
+            continue
         event = app.event_store.from_record(record)
         key = str(event.originator_id)
         if isinstance(event, BankAccount.Opened):
@@ -129,6 +141,7 @@ class ReadSideContract:
             assert f"stopped at position {poison_position}" in message
             assert "BankAccount.Opened" in message
             assert "ValueError" in message
+            assert "Fix the projection's code" in message
             assert "secret detail" not in message
         assert readside.report(app)["effects"]["error"].startswith("ValueError: cannot process")
         with pytest.raises(ProjectionStoppedError):

@@ -3,7 +3,8 @@ projection that a uWSGI mule runs (uwsgi.ini), and queried by ``GET /balances``.
 
 It answers what the event store cannot answer cheaply: the largest balances across all accounts.
 Each event updates one row through the runner's connection, in the transaction that also records
-the position, so the table always equals a fold of the events up to that position.
+the position, so the table always equals a fold of the events up to that position. It declares the
+events it handles, so the events of any other application sharing the database are passed over.
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ _c = balances_table.c
 class Balances(Projection):
     name: ClassVar[str] = "balances"
     metadata: ClassVar[MetaData] = metadata
+    handles: ClassVar[tuple[type[DomainEvent], ...]] = (
+        BankAccount.Opened,
+        BankAccount.Deposited,
+        BankAccount.Withdrawn,
+    )
 
     def process(self, event: DomainEvent, position: int, connection: Connection) -> None:
         if isinstance(event, BankAccount.Opened):

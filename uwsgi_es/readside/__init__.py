@@ -1,12 +1,16 @@
 """The read side: projections that turn the feed of events into read models, exactly once, run by
 uWSGI mules (``mule = %duwsgi_es/readside/mule_script.py``) or by ``uwsgi-es project NAME``.
 
-- ``Projection`` (``projection``): what a projection is and what "exactly once" covers;
-- ``tracking``: the position each projection has applied, in the store's own database;
-- ``ProjectionRunner`` (``runner``): catch up, then follow the feed; stop at a failing event;
+- ``Projection`` (``projection``): what a projection is, which events it handles, and what
+  "exactly once" covers;
+- ``tracking``: the position each projection has applied, in the store's own database, and what
+  keeps it from going on (stopped at an event, or a runner that cannot run);
+- ``ProjectionRunner`` (``runner``): catch up, then follow the feed; pass over the events it does
+  not handle; stop at a failing event; record why it cannot run when the database keeps failing;
 - ``waking``: PostgreSQL LISTEN/NOTIFY or SQLite's data_version, bounded by polling;
-- ``status``: positions, lags and stops for ``/ready`` and ``/worker``; reads that wait for a
-  position (read your writes);
+- ``status``: positions, lags, stops, missing read-model tables and runners that cannot run, for
+  ``/ready`` and ``/worker``; reads that wait for a position (read your writes) and never answer
+  500 for the database;
 - ``mule``: the uWSGI entry point.
 """
 

@@ -5,15 +5,26 @@ locks its tracking record, applies each event and advances the position; commit 
 visible together (exactly once for the read model). Between steps the runner sleeps until a
 wake-up (``waking``), at most the poll interval.
 
-When ``process`` raises on an event, the batch is rolled back and replayed one event per
-transaction, so every event before the failing one is applied and the projection **stops at it**:
-its tracking record says where, which topic and which exception (``/ready`` answers 503 naming
-them), the log has the whole message, and nothing after it is processed. The runner tries that
-event again after a back-off growing to 30 s: a transient failure heals by itself; a bug needs the
-code fixed and the runner restarted, which resumes at that event. Nothing is ever skipped.
+A record is decoded only when the projection handles its topic (a class of ``handles``, or, when
+that is empty, any class this process defines). The others, such as another application's events
+in a shared database, are passed over undecoded, and the position moves past them; with
+``handles`` empty a topic of no class here is logged once per runner (``projection_passed_over``),
+so an old topic that a rename forgot to register (``register_topic``) still shows.
+
+When ``process`` raises on an event, or a handled event cannot be decoded, the batch is rolled
+back and replayed one event per transaction, so every event before the failing one is applied and
+the projection **stops at it**. Its tracking record says where, which topic and which exception
+(``/ready`` answers 503 naming them, and who must act: the projection's author, or for a stored
+event that cannot be read an operator), the log has the whole message, and nothing after it is
+processed. The runner tries that event again after a back-off growing to 30 s: a transient failure
+heals by itself; a bug needs the code fixed and the runner restarted, which resumes at that event.
+Nothing it handles is ever skipped.
 
 Errors of the database itself (unreachable, locked, a table missing) are not the event's fault:
 the runner logs them and retries with the same back-off, without marking the projection stopped.
+When one outlasts the first retry (a missing table: at once), the runner records it as the reason
+it **cannot run** (``/ready`` answers 503 naming it; best effort: the failing database may refuse
+that write too), and clears it at its next successful step.
 """
 
 from __future__ import annotations
@@ -28,11 +39,20 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
 from uwsgi_es.application import Application, EventStore
-from uwsgi_es.errors import ProjectionStoppedError, ReadSideUnavailableError, StoreUnavailableError
+from uwsgi_es.domain import DomainEvent, resolve_topic
+from uwsgi_es.errors import (
+    ProjectionStoppedError,
+    ReadSideUnavailableError,
+    SchemaMissingError,
+    StoreUnavailableError,
+    TopicError,
+    UnreadableEventError,
+    UwsgiEsError,
+)
 from uwsgi_es.lifecycle import events, process
 from uwsgi_es.metrics import recorder
-from uwsgi_es.readside.projection import Projection
-from uwsgi_es.readside.tracking import advance, lock, read, record_stop
+from uwsgi_es.readside.projection import Projection, absent_tables, read_model_missing
+from uwsgi_es.readside.tracking import advance, clear_trouble, lock, read, record_stop, record_trouble
 from uwsgi_es.readside.waking import waker_for
 from uwsgi_es.settings import Settings
 from uwsgi_es.stores.base import StoredRecord
@@ -44,7 +64,8 @@ _UNDEFINED_TABLE = "42P01"
 
 
 class _Stopped(Exception):
-    """``process`` raised on ``record`` (inside the transaction; handled after its rollback)."""
+    """``record`` cannot be decoded or ``process`` raised on it (inside the transaction; handled
+    after its rollback)."""
 
     def __init__(self, record: StoredRecord, cause: BaseException) -> None:
         super().__init__(str(cause))
@@ -78,12 +99,18 @@ class ProjectionRunner:
         self.poll_interval = settings.readside_poll_interval
         self.limit = self.batch
         self.stopped_at: int | None = None
+        self.handles = _handled(projection)
+        self._classes: dict[str, type | None] = {}  # topic -> its class here (None: no class)
 
     def step(self) -> int:
         """Apply the next events after the tracked position (a batch, in one transaction); return
         how many. ``ProjectionStoppedError`` when one of them cannot be processed."""
         with self._translated():
-            if not self._pending():
+            pending, cannot_run = self._pending()
+            if not pending:
+                if cannot_run:  # it runs again (also after a restart): /ready must know
+                    with self.store.write_transaction() as connection:
+                        clear_trouble(connection, self.name)
                 return 0
             try:
                 with self.store.write_transaction() as connection:
@@ -120,7 +147,7 @@ class ProjectionRunner:
             store=self.store.describe(),
         )
         waker = waker_for(self.store.engine, self.poll_interval)
-        backoff = 0.0
+        backoff, failures = 0.0, 0
         try:
             while not stop.is_set():
                 waker.arm()
@@ -129,6 +156,7 @@ class ProjectionRunner:
                 except (ProjectionStoppedError, StoreUnavailableError) as exc:
                     backoff = min(MAX_BACKOFF, max(1.0, backoff * 2))
                     if isinstance(exc, StoreUnavailableError):
+                        failures += 1
                         events.emit(
                             "projection_waiting",
                             logging.WARNING,
@@ -136,28 +164,85 @@ class ProjectionRunner:
                             error=f"{type(exc).__name__}: {exc}",
                             retry_in=backoff,
                         )
+                        # Once is weather (/ready must not flap); twice in a row, or a missing
+                        # table, will not pass by itself.
+                        if failures > 1 or isinstance(exc, SchemaMissingError):
+                            self._record_trouble(exc)
+                    else:
+                        failures = 0
                     stop.wait(backoff)
                     continue
-                backoff = 0.0
+                backoff, failures = 0.0, 0
                 if applied == 0:
                     waker.wait(stop)
         finally:
             waker.close()
 
-    def _pending(self) -> bool:
-        """Whether the feed holds an event after the position (read only: no lock when idle)."""
+    def _pending(self) -> tuple[bool, bool]:
+        """Whether the feed holds an event after the position, and whether the tracking record
+        says the runner cannot run (read only: no lock when idle)."""
         with self.store.engine.connect() as connection:
-            position = read(connection, [self.name])[self.name].position
-            return bool(select_all_on(connection, position, 1))
+            tracked = read(connection, [self.name])[self.name]
+            cannot_run = tracked.error is not None and tracked.error_position is None
+            return bool(select_all_on(connection, tracked.position, 1)), cannot_run
 
     def _apply(self, record: StoredRecord, connection: Connection) -> None:
+        event = self._decoded(record)
+        if event is None:
+            return
         try:
-            event = EventStore.from_record(record)
             self.projection.process(event, record.id or 0, connection)
         except Exception as exc:
-            if _is_the_database(exc):
+            if is_database_error(exc):
                 raise
             raise _Stopped(record, exc) from exc
+
+    def _decoded(self, record: StoredRecord) -> DomainEvent | None:
+        """The event ``record`` stores; None to pass it over (a class this projection does not
+        handle, or no class of this process). ``_Stopped`` when a handled one cannot be read."""
+        cls = self._class_of(record)
+        if cls is None or (self.handles and not issubclass(cls, self.handles)):
+            return None
+        try:
+            return EventStore.from_record(record)
+        except UnreadableEventError as exc:
+            raise _Stopped(record, exc) from exc
+
+    def _class_of(self, record: StoredRecord) -> type | None:
+        """The class ``record``'s topic names in this process, or None (said once per topic when
+        the projection takes every topic: it may be a renamed class's old topic)."""
+        topic = record.topic
+        if topic not in self._classes:
+            try:
+                self._classes[topic] = resolve_topic(topic)
+            except TopicError:
+                self._classes[topic] = None
+                if not self.handles:
+                    events.emit(
+                        "projection_passed_over",
+                        logging.WARNING,
+                        projection=self.name,
+                        topic=topic[:200],
+                        position=record.id,
+                        reason="no class of this process has this topic (another application's "
+                        "event, or a renamed class's old topic: uwsgi_es.register_topic); declare "
+                        "the projection's handles to pass such events over silently",
+                    )
+        return self._classes[topic]
+
+    def _record_trouble(self, error: StoreUnavailableError) -> None:
+        """Record why the runner cannot run, for ``/ready`` (cleared by its next successful step);
+        best effort: the failing database may refuse this write too, then the log says so."""
+        try:
+            with self._translated(), self.store.write_transaction() as connection:
+                record_trouble(connection, self.name, f"{type(error).__name__}: {error}"[:4000])
+        except UwsgiEsError as exc:
+            events.emit(
+                "projection_cause_unrecorded",
+                logging.WARNING,
+                projection=self.name,
+                error=f"{type(exc).__name__}: {exc}",
+            )
 
     def _stopped(self, stopped: _Stopped) -> int:
         """After the rollback: replay the batch one event per transaction, so the projection stops
@@ -174,6 +259,7 @@ class ProjectionRunner:
                 connection, self.name, position, record.topic, f"{type(cause).__name__}: {cause}"[:4000]
             )
         if first_time:
+            fix = "repair the stored event" if _unreadable(type(cause).__name__) else "fix the code, restart"
             events.emit(
                 "projection_stopped",
                 logging.ERROR,
@@ -182,7 +268,7 @@ class ProjectionRunner:
                 position=position,
                 topic=record.topic,
                 error=f"{type(cause).__name__}: {cause}",
-                consequence="nothing after it is processed until it succeeds (fix the code, restart)",
+                consequence=f"nothing after it is processed until it succeeds ({fix})",
             )
         raise ProjectionStoppedError(stopped_message(self.name, position, record.topic, type(cause).__name__))
 
@@ -192,21 +278,64 @@ class ProjectionRunner:
         try:
             yield
         except DBAPIError as exc:
-            raise translate(exc, self.store.describe(), self.store.scrub) from exc
+            raise database_error(self.store, type(self.projection), exc) from exc
         except SQLAlchemyError as exc:
             raise self.store.unavailable(exc) from exc
 
 
+def database_error(
+    store: SQLAlchemyRecordStore, projection: type[Projection] | None, exc: DBAPIError
+) -> StoreUnavailableError:
+    """The store's error for a driver's (scrubbed of secrets), naming the projection's missing
+    tables and the fix when the table missing is one of its read model's."""
+    error = translate(exc, store.describe(), store.scrub)
+    if projection is not None and isinstance(error, SchemaMissingError):
+        try:
+            with store.engine.connect() as connection:
+                missing = absent_tables(projection, connection)
+        except SQLAlchemyError:
+            missing = []  # the database's own error says enough
+        if missing:
+            return read_model_missing(projection.name, missing)
+    return error
+
+
 def stopped_message(projection: str, position: int, topic: str, error_type: str) -> str:
-    """What a stopped projection is answered with: no text of the exception (it may hold data)."""
+    """What a stopped projection is answered with: no text of the exception (it may hold data), and
+    who must act: the projection's author, or an operator for a stored event that cannot be read."""
+    where = f"The projection {projection!r} is stopped at position {position} (topic {topic[:200]})"
+    if _unreadable(error_type):
+        return (
+            f"{where}: the stored event cannot be read ({error_type}); an operator must repair it "
+            "(its stored state, or an upcast step or a registered old topic for its class). Its "
+            "runner resumes at that event once it can be read."
+        )
     return (
-        f"The projection {projection!r} is stopped at position {position} (topic {topic[:200]}): "
-        f"processing it raised {error_type}. Fix the projection's code and restart its runner; it "
-        "resumes at that event."
+        f"{where}: processing it raised {error_type}. Fix the projection's code and restart its "
+        "runner; it resumes at that event."
     )
 
 
-def _is_the_database(exc: BaseException) -> bool:
+def _unreadable(error_type: str) -> bool:
+    return error_type == UnreadableEventError.__name__
+
+
+def _handled(projection: Projection) -> tuple[type[DomainEvent], ...]:
+    """The projection's ``handles``, checked: a topic string or a non-event there would pass over
+    every event."""
+    handles = type(projection).handles
+    if isinstance(handles, tuple | list) and all(
+        isinstance(cls, type) and issubclass(cls, DomainEvent) for cls in handles
+    ):
+        return tuple(handles)
+    raise ReadSideUnavailableError(
+        f"{type(projection).__qualname__}.handles is {handles!r}: it must be a tuple of the "
+        "DomainEvent classes the projection processes, e.g. (BankAccount.Opened, "
+        "BankAccount.Deposited), or empty for every event."
+    )
+
+
+def is_database_error(exc: BaseException) -> bool:
     """A failure of the database rather than of the projection's code on this event."""
     if isinstance(exc, StoreUnavailableError):
         return True

@@ -1,6 +1,15 @@
 """The read side as the web workers see it: each projection's position, lag and stop, read from the
 tracking records (the runners live in other processes), and reads that wait for a position.
 
+**Ready** (``check``, for ``/ready``) means every projection can run: its read-model tables exist
+(looked at until they are found, then remembered for the process), it is not stopped at an event,
+and its runner has recorded no lasting reason it cannot run (``runner``). Otherwise ``/ready``
+answers 503 naming the projection and what is wrong, never the error's text.
+
+**Reads never answer 500** for the database: ``projected`` turns the errors of the reads made
+through its connection into the store's (503), a missing read-model table into
+``ReadModelMissingError`` naming the projection, the table and ``uwsgi-es migrate``.
+
 **Read your writes.** A write answers with the feed position of its last event
 (``X-Event-Position``, see ``uwsgi_es.web.api``). A read of a projection may ask for at least that
 position (``X-Min-Position``): ``projected`` waits, at most ``UWSGI_ES_READ_WAIT`` seconds, until the
@@ -12,22 +21,25 @@ from __future__ import annotations
 
 import importlib
 import time
-from collections.abc import Iterator, Sequence
+import weakref
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from uwsgi_es.application import Application
 from uwsgi_es.errors import (
+    ProjectionCannotRunError,
     ProjectionLagError,
     ProjectionStoppedError,
     ReadSideUnavailableError,
     UnsupportedOperationError,
 )
 from uwsgi_es.lifecycle import process
-from uwsgi_es.readside.projection import Projection
-from uwsgi_es.readside.runner import feed_store, stopped_message
+from uwsgi_es.readside.projection import Projection, absent_tables, read_model_missing
+from uwsgi_es.readside.runner import database_error, feed_store, is_database_error, stopped_message
 from uwsgi_es.readside.tracking import read
 from uwsgi_es.stores.sqlalchemy.store import SQLAlchemyRecordStore
 
@@ -35,6 +47,9 @@ from uwsgi_es.stores.sqlalchemy.store import SQLAlchemyRecordStore
 WAIT_STEP_SECONDS = 0.005
 # A lag is counted event by event up to this many (a projection far behind reports this many).
 LAG_COUNTED_UP_TO = 100_000
+# Global state, admitted: per engine, the projections whose tables this process has seen exist
+# (tables are not dropped under a running service; a read still names them if they are).
+_tables_found: weakref.WeakKeyDictionary[Engine, set[str]] = weakref.WeakKeyDictionary()
 
 
 def projection_classes(app: Any) -> list[type[Projection]]:
@@ -74,12 +89,13 @@ def projection_named(app: Application, name: str) -> type[Projection]:
 
 
 def report(app: Any) -> dict[str, dict[str, Any]]:
-    """Each projection's position, lag behind the feed, and stop (for ``/worker``); {} without any."""
+    """Each projection's position, lag behind the feed, and stop or reason it cannot run (``error``
+    without ``stopped_at``), for ``/worker``; {} without any."""
     names = _names(app)
     if not names:
         return {}
     store = feed_store(app, "The read side")
-    with store.engine.connect() as connection:
+    with _translated(store), store.engine.connect() as connection:
         tracked = read(connection, names)
     return {
         name: {
@@ -94,43 +110,113 @@ def report(app: Any) -> dict[str, dict[str, Any]]:
 
 
 def check(app: Any) -> dict[str, dict[str, int]]:
-    """Each projection's position and lag (for ``/ready``); ``ProjectionStoppedError`` when one is
-    stopped at an event."""
+    """Each projection's position and lag (for ``/ready``); ``ReadModelMissingError`` when one's
+    tables do not exist, ``ProjectionStoppedError`` when one is stopped at an event,
+    ``ProjectionCannotRunError`` when one's runner recorded why it cannot run."""
+    if _names(app):
+        store = feed_store(app, "The read side")
+        missing = missing_tables(store, _unverified(store, app))
+        if missing:
+            raise read_model_missing(*next(iter(missing.items())))
     reported = report(app)
     for name, status in reported.items():
+        error = status["error"] or "Exception"
         if status["stopped_at"] is not None:
-            error_type = (status["error"] or "Exception").split(":", 1)[0]
             raise ProjectionStoppedError(
-                stopped_message(name, status["stopped_at"], status["stopped_topic"] or "", error_type)
+                stopped_message(name, status["stopped_at"], status["stopped_topic"] or "", _type_of(error))
+            )
+        if status["error"] is not None:
+            raise ProjectionCannotRunError(
+                f"The projection {name!r} cannot run: its runner keeps failing with "
+                f"{_type_of(error)}, not because of an event (the database, or a table it reads). "
+                "It retries by itself; its log and /worker have the whole error."
             )
     return {name: {"position": s["position"], "lag": s["lag"]} for name, s in reported.items()}
 
 
+def missing_tables(
+    store: SQLAlchemyRecordStore, projections: Iterable[type[Projection]]
+) -> dict[str, list[str]]:
+    """For each of ``projections`` whose read-model tables are not all in the store's database, the
+    names of those missing (``uwsgi-es check``; ``/ready``); {} when every table exists."""
+    found = _tables_found.setdefault(store.engine, set())
+    missing: dict[str, list[str]] = {}
+    with _translated(store), store.engine.connect() as connection:
+        for projection in projections:
+            absent = absent_tables(projection, connection)
+            if absent:
+                missing[projection.name] = absent
+            else:
+                found.add(projection.name)
+    return missing
+
+
+def _unverified(store: SQLAlchemyRecordStore, app: Any) -> list[type[Projection]]:
+    """The application's projections whose tables this process has not yet seen exist."""
+    found = _tables_found.get(store.engine, set())
+    return [cls for cls in projection_classes(app) if cls.name not in found]
+
+
+def _type_of(error: str) -> str:
+    """The exception type a tracking record's error begins with (its text may hold data)."""
+    return error.split(":", 1)[0][:100]
+
+
+@contextmanager
+def _translated(store: SQLAlchemyRecordStore) -> Iterator[None]:
+    """The store's errors for the driver's: a 503 naming the cause, never a 500."""
+    try:
+        yield
+    except DBAPIError as exc:
+        raise database_error(store, None, exc) from exc
+    except SQLAlchemyError as exc:
+        raise store.unavailable(exc) from exc
+
+
 @contextmanager
 def projected(app: Application, projection: type[Projection], at_least: int = 0) -> Iterator[Connection]:
-    """A connection to read ``projection``'s tables once it has applied position ``at_least``."""
+    """A connection to read ``projection``'s tables once it has applied position ``at_least``. The
+    database's errors of the reads made through it are the store's (a 503 naming the cause)."""
     if not isinstance(app.records, SQLAlchemyRecordStore):
         raise UnsupportedOperationError(
             f"The read model {projection.name!r} is not kept on this deployment: projections need "
             "the global order of events of the SQL store."
         )
     store = app.records
+    try:
+        with store.engine.connect() as connection:
+            _wait_for(app, store, connection, projection, at_least)
+            yield connection
+    except DBAPIError as exc:
+        if not is_database_error(exc):
+            raise  # the reader's own mistake (a bad query): a bug, not the database
+        raise database_error(store, projection, exc) from exc
+    except SQLAlchemyError as exc:
+        raise store.unavailable(exc) from exc
+
+
+def _wait_for(
+    app: Application,
+    store: SQLAlchemyRecordStore,
+    connection: Connection,
+    projection: type[Projection],
+    at_least: int,
+) -> None:
+    """Return once the projection has applied ``at_least``; ``ProjectionLagError`` past the bound."""
     deadline = time.monotonic() + app.settings.read_wait
-    with store.engine.connect() as connection:
-        while at_least > 0:
-            position = read(connection, [projection.name])[projection.name].position
-            if position >= at_least:
-                connection.rollback()  # end the read, so the view's reads see newer commits
-                break
-            if time.monotonic() >= deadline:
-                raise ProjectionLagError(
-                    f"The projection {projection.name!r} is at position {position}, before the "
-                    f"position {at_least} asked for, after waiting {app.settings.read_wait:g}s "
-                    "(UWSGI_ES_READ_WAIT). Retry shortly."
-                )
-            store.wake_projections(connection)  # and ends the read, so the next sees newer commits
-            process.pause(WAIT_STEP_SECONDS)
-        yield connection
+    while at_least > 0:
+        position = read(connection, [projection.name])[projection.name].position
+        if position >= at_least:
+            connection.rollback()  # end the read, so the view's reads see newer commits
+            return
+        if time.monotonic() >= deadline:
+            raise ProjectionLagError(
+                f"The projection {projection.name!r} is at position {position}, before the "
+                f"position {at_least} asked for, after waiting {app.settings.read_wait:g}s "
+                "(UWSGI_ES_READ_WAIT). Retry shortly."
+            )
+        store.wake_projections(connection)  # and ends the read, so the next sees newer commits
+        process.pause(WAIT_STEP_SECONDS)
 
 
 def _names(app: Any) -> Sequence[str]:

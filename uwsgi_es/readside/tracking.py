@@ -1,5 +1,10 @@
-"""Tracking records: for each projection, the feed position it has applied (and why it stopped, if
-it did), in the ``uwsgi_es_tracking`` table of the store's own database.
+"""Tracking records: for each projection, the feed position it has applied, in the
+``uwsgi_es_tracking`` table of the store's own database, and what keeps it from going on:
+
+- **stopped** at an event (``error_position``, ``error_topic``, ``error`` set): that event cannot be
+  processed; cleared when the projection passes it;
+- **cannot run** (``error`` set, ``error_position`` NULL): its runner keeps failing for a reason that
+  is not an event's (the database, a missing table); cleared when the runner makes progress.
 
 The position is written in the same transaction as the projection's read model, so the two never
 disagree. A runner locks its row first (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite's
@@ -73,6 +78,26 @@ def record_stop(connection: Connection, projection: str, position: int, topic: s
         update(_table)
         .where(_columns.projection == projection)
         .values(error_position=position, error_topic=topic[:255], error=error)
+    )
+
+
+def record_trouble(connection: Connection, projection: str, error: str) -> None:
+    """Record why the projection's runner cannot run (unless it is stopped at an event: that says
+    more, and stays)."""
+    lock(connection, projection)
+    connection.execute(
+        update(_table)
+        .where(_columns.projection == projection, _columns.error_position.is_(None))
+        .values(error=error)
+    )
+
+
+def clear_trouble(connection: Connection, projection: str) -> None:
+    """The runner runs again: forget why it could not (a stop stays)."""
+    connection.execute(
+        update(_table)
+        .where(_columns.projection == projection, _columns.error_position.is_(None))
+        .values(error=None)
     )
 
 

@@ -11,7 +11,8 @@ shows that the store accepts writes (a read-only file, a full disk, a standby se
 ``uwsgi_es_idempotency`` holds the answer of each request sent with an ``Idempotency-Key``, written in
 the same transaction as the request's events, and its digest (method, path, body), until it expires.
 ``uwsgi_es_tracking`` holds one row per projection: the feed position it has applied, written in
-the same transaction as its read model (and, when it stopped at an event, why: uwsgi_es.readside).
+the same transaction as its read model (and, when it stopped at an event or its runner cannot run,
+why: uwsgi_es.readside).
 """
 
 from __future__ import annotations
@@ -74,6 +75,8 @@ tracking_table = Table(
     # Set while the projection is stopped at an event it cannot process; cleared when it passes it.
     Column("error_position", BigInteger(), nullable=True),
     Column("error_topic", String(255), nullable=True),
+    # Why it stopped; or, with error_position NULL, why its runner cannot run (the database keeps
+    # failing, a table is missing), cleared at the runner's next successful step.
     Column("error", Text(), nullable=True),
 )
 
