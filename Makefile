@@ -1,39 +1,68 @@
 # The commands the README shows. Everything runs from the project's own virtualenv (.venv),
-# which `make` creates and keeps in step with pyproject.toml.
+# which `make` creates and keeps in step with pyproject.toml: `make run` installs uwsgi_es alone,
+# `make test` adds the test tools and every server's driver.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 export VIRTUAL_ENV := $(CURDIR)/$(VENV)
+# The other supported Pythons, on which `make test` runs the fork, mule and lifecycle tests again
+# (pyenv's, else python3.X on PATH; see tests/support/interpreters.py).
+OTHER_PYTHONS := 3.12 3.13
 
-.PHONY: run test check lint format pytest migrate clean postgres-binaries java-and-maven redis nginx cassandra-up cassandra-down cassandra-cluster-up cassandra-cluster-down reliability bench
+.PHONY: run test check lint format pytest interpreters dist migrate clean postgres-binaries java-and-maven redis nginx cassandra-up cassandra-down cassandra-cluster-up cassandra-cluster-down reliability bench
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,postgres,cassandra]'
+	@echo "installing uwsgi_es into $(VENV) (uWSGI compiles from source the first time: about a minute)"
+	@$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --progress-bar off --disable-pip-version-check -e .
 	@touch $(STAMP)
+
+$(DEV_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,postgres,cassandra]'
+	@touch $(DEV_STAMP)
 
 ## run: serve the example API under `uwsgi --ini uwsgi.ini` at 127.0.0.1:8080 on SQLite
 run: $(STAMP) migrate
 	$(BIN)/uwsgi --ini uwsgi.ini
 
 migrate: $(STAMP)
-	UWSGI_ES_APPLICATION=$${UWSGI_ES_APPLICATION:-uwsgi_es.example.domain:BankAccounts} $(BIN)/uwsgi-es migrate
+	$(BIN)/uwsgi-es migrate --ini uwsgi.ini
+
+## dist: the wheel and the sdist, in dist/ (install the wheel anywhere: pip install dist/uwsgi_es-*.whl)
+dist: $(DEV_STAMP)
+	rm -rf dist && $(BIN)/python -m build --outdir dist .
 
 ## test: static checks, then the whole suite (real uWSGI processes included)
-test: lint pytest
+test: lint pytest interpreters
 
 check: test
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff format --check uwsgi_es tests bench examples
 	$(BIN)/ruff check uwsgi_es tests bench examples
 	$(BIN)/mypy --strict uwsgi_es
 
-pytest: $(STAMP) postgres-binaries java-and-maven redis nginx
+pytest: $(DEV_STAMP) postgres-binaries java-and-maven redis nginx
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The same uWSGI fork, mule and lifecycle tests (marker `interpreters`) on the other supported
+# Pythons, each in a virtualenv of its own with uWSGI compiled for it. A missing Python fails.
+interpreters: $(foreach v,$(OTHER_PYTHONS),$(VENV)-$(v)/.installed) postgres-binaries
+	@for v in $(OTHER_PYTHONS); do \
+	  echo "== the fork, mule and lifecycle tests on Python $$v"; \
+	  $(VENV)-$$v/bin/pytest -m interpreters -q -p no:cacheprovider $(INTERPRETERS_ARGS) || exit 1; \
+	done
+
+$(VENV)-%/.installed: pyproject.toml
+	@python=$$($(PYTHON) tests/support/interpreters.py $*) || exit 1; \
+	  test -x $(VENV)-$*/bin/python || $$python -m venv $(VENV)-$*
+	$(VENV)-$*/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)-$*/bin/python -m pip install --quiet -e '.[dev,postgres,cassandra]'
+	@touch $@
 
 # The tests start their own throwaway PostgreSQL from Debian's server binaries; install them when
 # missing (as root), otherwise say what to install. Never skipped: no server, no green run.
@@ -48,13 +77,13 @@ postgres-binaries:
 	fi
 
 ## reliability: the fault-injection scenarios alone, writing their figures to docs/RELIABILITY.md
-reliability: $(STAMP) postgres-binaries java-and-maven
+reliability: $(DEV_STAMP) postgres-binaries java-and-maven
 	@mkdir -p .cache && rm -f .cache/reliability.jsonl
 	RELIABILITY_REPORT=$(CURDIR)/.cache/reliability.jsonl $(BIN)/pytest -m reliability -q -p no:cacheprovider
 	$(BIN)/python -m tests.support.reliability_report .cache/reliability.jsonl > docs/RELIABILITY.md
 
 ## bench: uwsgi_es against its anchors (wrk, side by side); writes BENCHMARKS.md and BENCHMARKS.png
-bench: $(STAMP) postgres-binaries java-and-maven
+bench: $(DEV_STAMP) postgres-binaries java-and-maven
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } || \
 	  { echo "the benchmarks need wrk: sudo apt-get install wrk"; exit 1; }
@@ -63,17 +92,17 @@ bench: $(STAMP) postgres-binaries java-and-maven
 
 # A real Cassandra 5.0 node from Maven Central (cached in .cache/cassandra), for development;
 # `make test` starts and stops its own. The last line printed is host:port.
-cassandra-up: $(STAMP) java-and-maven
+cassandra-up: $(DEV_STAMP) java-and-maven
 	@$(BIN)/python -m uwsgi_es.testing.cassandra up
 
-cassandra-down: $(STAMP)
+cassandra-down: $(DEV_STAMP)
 	@$(BIN)/python -m uwsgi_es.testing.cassandra down
 
 ## cassandra-cluster-up: three Cassandra nodes on 127.0.0.1-3, one data centre (prints the settings)
-cassandra-cluster-up: $(STAMP) java-and-maven
+cassandra-cluster-up: $(DEV_STAMP) java-and-maven
 	@$(BIN)/python -m uwsgi_es.testing.cassandra_cluster up
 
-cassandra-cluster-down: $(STAMP)
+cassandra-cluster-down: $(DEV_STAMP)
 	@$(BIN)/python -m uwsgi_es.testing.cassandra_cluster down
 
 # $(call apt-install,COMMAND,PACKAGE,WHO NEEDS IT): install PACKAGE when COMMAND is missing (as
@@ -107,9 +136,9 @@ java-and-maven:
 	  exit 1; \
 	fi
 
-format: $(STAMP)
+format: $(DEV_STAMP)
 	$(BIN)/ruff format uwsgi_es tests bench examples
 	$(BIN)/ruff check --fix uwsgi_es tests bench examples
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(foreach v,$(OTHER_PYTHONS),$(VENV)-$(v)) dist build .pytest_cache .mypy_cache .ruff_cache

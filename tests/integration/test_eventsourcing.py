@@ -76,6 +76,7 @@ def assert_built_per_worker(server: UwsgiServer, reports: list[dict[str, Any]], 
     return pids
 
 
+@pytest.mark.interpreters
 def test_a_library_application_is_built_once_per_worker_after_the_fork(
     uwsgi_server: StartServer, library_env: dict[str, str]
 ) -> None:
@@ -85,6 +86,7 @@ def test_a_library_application_is_built_once_per_worker_after_the_fork(
     serve_the_bank(uwsgi_server, library_env, ["--processes", "4"])
 
 
+@pytest.mark.interpreters
 def test_lazy_apps_build_a_library_application_at_import(uwsgi_server: StartServer, tmp_path: Path) -> None:
     """The same with lazy-apps (each worker imports the module, after its fork), on SQLite."""
     env = sqlite_env(tmp_path / "lazy.db")
@@ -168,6 +170,7 @@ def test_tables_are_created_by_migrate_never_by_the_workers(
     assert "concurrently updated" not in server.log()
 
 
+@pytest.mark.interpreters
 def test_a_library_application_built_in_the_master_is_never_used_by_a_worker(
     uwsgi_server: StartServer, postgres: PostgresServer | ExistingPostgres
 ) -> None:

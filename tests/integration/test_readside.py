@@ -121,6 +121,7 @@ def mule_pids(server: UwsgiServer) -> dict[str, int]:
     return pids
 
 
+@pytest.mark.interpreters
 def test_each_mule_builds_one_application_after_its_fork_and_runs_one_projection(
     uwsgi_server: StartServer, database_url: str
 ) -> None:
@@ -146,6 +147,7 @@ def test_each_mule_builds_one_application_after_its_fork_and_runs_one_projection
     assert effects == (events, events)
 
 
+@pytest.mark.interpreters
 @pytest.mark.reliability
 def test_killed_mules_resume_and_apply_every_event_exactly_once(
     uwsgi_server: StartServer, database_url: str, report: Any
@@ -301,6 +303,7 @@ def test_every_read_sees_its_own_write_across_workers(
     )
 
 
+@pytest.mark.interpreters
 def test_under_lazy_apps_the_runner_mule_runs_too(uwsgi_server: StartServer, sqlite_url: str) -> None:
     """uwsgi.ini switched to lazy-apps, as its comment suggests for chain reloads: the mule (the
     runner's script: a module:function mule segfaults there, unbit/uwsgi#1746) builds and projects,
@@ -318,9 +321,10 @@ def test_under_lazy_apps_the_runner_mule_runs_too(uwsgi_server: StartServer, sql
 def test_on_cassandra_the_runner_mule_idles_and_says_why(
     uwsgi_server: StartServer, cassandra_env: dict[str, str]
 ) -> None:
-    """No global order: the mule builds nothing, connects to nothing, says why once; /balances is
-    a 404 saying the read model is not kept here; the workers serve."""
-    server = uwsgi_server(PROJECT / "deploy" / "uwsgi-cassandra.ini", env=cassandra_env)
+    """uwsgi.ini's projection mule on the Cassandra store (deploy/uwsgi-cassandra.ini runs no
+    mule): no global order, so the mule builds nothing, connects to nothing, says why once;
+    /balances is a 404 saying the read model is not kept here; the workers serve."""
+    server = uwsgi_server(INI, env=cassandra_env)
     account = server.post("/accounts", {"owner": "no read side"}).json()["id"]
     answer = server.get(f"/balances/{account}")
     assert answer.status == 404

@@ -15,7 +15,7 @@ from uwsgi_es.testing import UwsgiServer, UwsgiStartError, lifecycle_events
 from ..support.checks import all_events, assert_one_application_per_worker, builds, fan_out, worker_reports
 from ..support.paths import INI
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.interpreters]
 StartServer = Any
 
 

@@ -22,6 +22,9 @@ from uwsgi_es.stores import create_record_store
 
 from ..support.forking import in_child
 
+# Real forks: `make test` runs these on Python 3.12 and 3.13 too.
+pytestmark = pytest.mark.interpreters
+
 
 def test_saved_events_are_stored_once_and_replayed(settings: Settings) -> None:
     """One save stores each event once; a fresh load sees the same state."""

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from uwsgi_es.cli import main
 from uwsgi_es.settings import declared, render_ini, render_markdown, uwsgi_option_name
 
@@ -62,3 +64,27 @@ def test_every_option_of_the_shipped_inis_is_one_uwsgi_knows() -> None:
         options = re.findall(r"^([a-z0-9-]+)\s*=", ini.read_text(), flags=re.MULTILINE)
         assert options, ini
         assert set(options) - known == set(), f"{ini.name} uses options uWSGI does not know"
+
+
+def test_uwsgi_ini_is_what_uwsgi_es_init_writes_for_the_example(capsys: pytest.CaptureFixture[str]) -> None:
+    """The shipped uwsgi.ini and the ini `uwsgi-es init` writes for a user's module come from one
+    template (uwsgi_es/cli/uwsgi.ini.template): regenerate uwsgi.ini after changing it."""
+    assert main(["init", "uwsgi_es.wsgi:application", "--output", "-"]) == 0
+    written = capsys.readouterr().out
+    assert (PROJECT / "uwsgi.ini").read_text() == written, (
+        "run: uwsgi-es init uwsgi_es.wsgi:application --output uwsgi.ini --force"
+    )
+
+
+def test_no_shipped_ini_uses_a_fork_option_fatal_on_some_python_or_to_mules() -> None:
+    """py-call-osafterfork aborts every process on Python 3.13 (unbit/uwsgi#2710); the fork hooks
+    crash Python mules, so an ini that sets them runs none."""
+    inis = [PROJECT / "uwsgi.ini", *sorted((PROJECT / "deploy").glob("uwsgi*.ini"))]
+    for ini in inis:
+        options = dict(re.findall(r"^([a-z0-9-]+)\s*=\s*(.*)$", ini.read_text(), flags=re.MULTILINE))
+        assert "py-call-osafterfork" not in options, ini.name
+        if "py-call-uwsgi-fork-hooks" in options:
+            assert "mule" not in options, f"{ini.name}: a Python mule beside the fork hooks crashes"
+            assert not re.search(r"^ini = \S*uwsgi\.ini\s*$", ini.read_text(), flags=re.MULTILINE), (
+                f"{ini.name} includes uwsgi.ini whole, with its mule"
+            )

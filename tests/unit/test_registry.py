@@ -25,6 +25,9 @@ from uwsgi_es.stores import create_record_store
 
 from ..support.forking import in_child
 
+# Real forks: `make test` runs these on Python 3.12 and 3.13 too.
+pytestmark = pytest.mark.interpreters
+
 
 def test_get_before_init_says_how_to_fix_it() -> None:
     with pytest.raises(ApplicationNotInitialisedError, match=r"install\(\)"):

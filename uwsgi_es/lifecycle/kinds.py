@@ -116,6 +116,28 @@ def load_factory(import_string: str) -> Any:
     return factory
 
 
+def agreeing(declared: Any | None, setting: str, where: str) -> Any | None:
+    """The one factory to build: the one code declared (``install(Carts)``, by ``where``) and the
+    one ``UWSGI_ES_APPLICATION`` names (``setting``), which must then be the same. Never serve
+    another application than the one named: a module that installs the example while the setting
+    names yours would build the example into your database."""
+    if not setting:
+        return declared
+    named = load_factory(setting)
+    if declared is None or named is declared:
+        return named
+    raise ConfigurationError(
+        f"UWSGI_ES_APPLICATION={setting!r} names {_name_of(named)}, but {where} installs "
+        f"{_name_of(declared)}; a server builds one application, the one named. Unset "
+        f"UWSGI_ES_APPLICATION (the module names its application), or serve a module that installs "
+        f"{_name_of(named)} (module = yourapp.wsgi:application in the ini)."
+    )
+
+
+def _name_of(factory: Any) -> str:
+    return f"{getattr(factory, '__module__', '?')}:{getattr(factory, '__qualname__', repr(factory))}"
+
+
 def _hosts_itself(cls: type) -> bool:
     return all(
         callable(getattr(cls, method, None)) for method in ("ping", "check_ready", "describe", "close")

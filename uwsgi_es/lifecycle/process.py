@@ -30,15 +30,16 @@ def mule_id() -> int:
     return int(getattr(uwsgi, "mule_id", lambda: 0)()) if uwsgi is not None else 0
 
 
-# The `mule = ...` entries of uwsgi_es's projection runners (uwsgi_es.readside.mule): the
-# function, which uWSGI cannot start under lazy-apps, or the script (any path to it), which it can.
+# The `mule = ...` entries of uwsgi_es's projection runners (uwsgi_es.readside.mule): the script
+# pip installs beside the uwsgi binary (`mule = %b-es-mule.py`), the script inside the package (an
+# older form), or the function, which uWSGI cannot start under lazy-apps.
 PROJECTION_MULE = "uwsgi_es.readside.mule:run"
-PROJECTION_MULE_SCRIPT = "uwsgi_es/readside/mule_script.py"
+PROJECTION_MULE_SCRIPTS = ("/uwsgi-es-mule.py", "uwsgi_es/readside/mule_script.py")
 
 
 def runs_projections(mule: str) -> bool:
     """Whether a `mule = ...` value starts one of uwsgi_es's projection runners."""
-    return mule == PROJECTION_MULE or mule.endswith(PROJECTION_MULE_SCRIPT)
+    return mule == PROJECTION_MULE or mule.endswith(PROJECTION_MULE_SCRIPTS)
 
 
 def is_projection_mule() -> bool:

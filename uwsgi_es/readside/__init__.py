@@ -1,5 +1,5 @@
 """The read side: projections that turn the feed of events into read models, exactly once, run by
-uWSGI mules (``mule = %duwsgi_es/readside/mule_script.py``) or by ``uwsgi-es project NAME``.
+uWSGI mules (``mule = %b-es-mule.py``) or by ``uwsgi-es project NAME``.
 
 - ``Projection`` (``projection``): what a projection is, which events it handles, and what
   "exactly once" covers;

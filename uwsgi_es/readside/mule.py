@@ -1,6 +1,13 @@
-"""Projection runners in uWSGI mules: ``mule = %duwsgi_es/readside/mule_script.py`` (the script
-runs ``run()``; ``mule = uwsgi_es.readside.mule:run`` starts it too, in prefork mode only) in the
-ini, once per projection.
+"""Projection runners in uWSGI mules, one ``mule = ...`` line per projection in the ini:
+
+    mule = %b-es-mule.py
+
+``%b`` is uWSGI's name for the path of its own binary (``/srv/app/.venv/bin/uwsgi``), and
+``uwsgi-es-mule.py`` is a script pip installs beside it with uwsgi_es (``main`` below), so the
+line works from any directory, for an installed package as for a checkout. uWSGI runs a ``.py``
+mule as a script in both modes; ``mule = uwsgi_es.readside.mule:run`` works too, but in prefork
+mode only (under lazy-apps uWSGI 2.0 segfaults a module:function mule at every respawn,
+unbit/uwsgi#1746). The older ``.../uwsgi_es/readside/mule_script.py`` path still works.
 
 A mule is a process the uWSGI master forks and respawns (a killed mule is back in about a second)
 and that serves no HTTP. The N-th mule that runs this function runs the N-th of the application's
@@ -30,6 +37,14 @@ from uwsgi_es.settings import Settings, resolve
 
 BUILD_RETRY_SECONDS = 1.0
 IDLE_CHECK_SECONDS = 1.0  # how often an idle mule looks whether fail-fast stopped the instance
+
+
+def main() -> None:
+    """The ``uwsgi-es-mule.py`` script: ``run()`` until uWSGI stops the mule."""
+    try:
+        run()
+    except KeyboardInterrupt:  # uWSGI stops the instance (SIGINT) while this mule starts or runs
+        os._exit(0)
 
 
 def run() -> None:

@@ -1,18 +1,11 @@
-"""The projection mule as a script, the form every uwsgi_es ini uses:
+"""The projection mule as a script at a path inside the package, the form inis used before the
+``uwsgi-es-mule.py`` console script (``mule = %b-es-mule.py``, see ``uwsgi_es.readside.mule``):
 
-    mule = %duwsgi_es/readside/mule_script.py      (the path of this file)
+    mule = /path/to/site-packages/uwsgi_es/readside/mule_script.py
 
-uWSGI has two ways to start a Python mule: a ``module:function`` (``uwsgi_es.readside.mule:run``)
-or a script. Under ``lazy-apps`` the first segfaults before any Python runs, at every respawn
-(unbit/uwsgi#1746: the master never set the Python loaders up), so this script runs the same
-``run()`` in both modes. uWSGI executes it in the mule; never import it.
+Kept so such inis go on working. uWSGI executes it in the mule; never import it.
 """
 
-import os
+from uwsgi_es.readside.mule import main
 
-try:
-    from uwsgi_es.readside.mule import run
-
-    run()
-except KeyboardInterrupt:  # uWSGI stops the instance (SIGINT) while this mule starts or runs
-    os._exit(0)
+main()

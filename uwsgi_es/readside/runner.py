@@ -81,7 +81,7 @@ def feed_store(app: Application, what: str) -> SQLAlchemyRecordStore:
             f"{what} cannot run on {store.describe()}: projections read the events in one global "
             "order, which only uwsgi_es's SQL store keeps (SQLite, PostgreSQL). Cassandra keeps no "
             "order across aggregates. Run the read side on a SQL store, or leave it out (no "
-            "`mule = .../uwsgi_es/readside/mule_script.py` in the ini)."
+            "`mule = %b-es-mule.py` line in the ini)."
         )
     return store
 

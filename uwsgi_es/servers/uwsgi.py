@@ -36,9 +36,9 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
-from uwsgi_es.errors import UwsgiUnavailableError
+from uwsgi_es.errors import UwsgiEsError, UwsgiUnavailableError
 from uwsgi_es.lifecycle import build, kinds, process, registry
 from uwsgi_es.lifecycle.events import configure_logging
 from uwsgi_es.settings import Settings, resolve
@@ -47,6 +47,7 @@ FAILED_APP_EXIT_CODE = 22  # uWSGI's UWSGI_FAILED_APP_CODE: with lazy-apps + nee
 EXIT_CODE_RPC = "uwsgi_es_exit_code"  # called by the master's exit hook (see the module docstring)
 
 _installed: set[tuple[int, str]] = set()  # (pid, name): one hook per application and process
+_installs: dict[str, registry.ApplicationFactory] = {}  # module that called install() -> its factory
 _closing_registered_in: int | None = None
 # One byte shared by the master and every worker it forks: 1 once a worker failed with fail-fast on.
 _fail_flag: mmap.mmap | None = None
@@ -66,14 +67,24 @@ def install(
     environment, ``"default"``).
     """
     uwsgi = process.uwsgi
+    resolved, problem = resolve(settings)  # parsing only, nothing connects
+    caller = str(sys._getframe(1).f_globals.get("__name__", "?"))
+    if problem is None:
+        where = f"the module {caller}"
+        try:
+            factory = kinds.agreeing(factory, resolved.application, where)
+        except UwsgiEsError as exc:
+            if uwsgi is None:
+                raise
+            _refuse_to_start(exc)
+    if factory is not None:
+        registry.declare(factory, name)  # for builds given no factory (mules, retries)
+        _installs[caller] = factory  # for uwsgi-es migrate --ini, which imports the ini's module
     if uwsgi is None:
         return  # not under uWSGI: the web layer builds lazily on first use
     if (os.getpid(), name) in _installed:
         return  # imported twice in one process (e.g. by another name): keep one hook
     _installed.add((os.getpid(), name))
-    if factory is not None:
-        registry.declare(factory, name)  # for builds that are given no factory (mules, retries)
-    resolved, problem = resolve(settings)  # parsing only, nothing connects
     configure_logging(resolved.log_format)
     if problem is not None and resolved.fail_fast:
         raise problem  # a bad value stops uWSGI at start, naming the variable
@@ -96,6 +107,21 @@ def install(
             "Add 'master = true' to your ini file (or --master), or use lazy-apps."
         ) from exc
     uwsgidecorators.postfork(lambda: _build_here(factory, settings, name))
+
+
+def installed_by(module: str) -> registry.ApplicationFactory | None:
+    """The factory ``module`` passed to ``install()`` when it was imported (None if it did not)."""
+    return _installs.get(module)
+
+
+def _refuse_to_start(error: UwsgiEsError) -> NoReturn:
+    """Stop this uWSGI instance at start with one line, no traceback, uWSGI's "failed app" code. At
+    once: in the master (prefork) nothing was forked yet (the HTTP router starts after the apps
+    load), and a SystemExit there would hang in uWSGI's exit hooks; in a worker importing under
+    lazy-apps, that code makes the master stop the instance instead of respawning the worker."""
+    sys.stderr.write(f"uwsgi_es: cannot start: {error}\n")
+    sys.stderr.flush()
+    os._exit(FAILED_APP_EXIT_CODE)
 
 
 def _build_here(factory: registry.ApplicationFactory | None, settings: Settings | None, name: str) -> None:

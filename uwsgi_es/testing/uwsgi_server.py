@@ -73,8 +73,9 @@ def _ini_mentions(ini: Path, needle: str, depth: int = 0) -> bool:
     if needle in text:
         return True
     for included in re.findall(r"^\s*ini\s*=\s*(\S+)\s*$", text, flags=re.MULTILINE):
-        path = Path(included.replace("%d", f"{ini.parent}/"))
-        if depth < 5 and path.exists() and _ini_mentions(path, needle, depth + 1):
+        file_name = re.sub(r":[\w-]*$", "", included)  # file.ini:section includes one section
+        path = Path(file_name.replace("%d", f"{ini.parent}/").replace("%p", str(ini))) if file_name else ini
+        if depth < 5 and path != ini and path.exists() and _ini_mentions(path, needle, depth + 1):
             return True
     return False
 
@@ -109,6 +110,7 @@ class UwsgiServer(StartStop):
         uwsgi_binary: str | None = None,
         add_http: bool | None = None,
         http_option: str = "--http",
+        migrate: bool = False,
     ) -> None:
         self.ini = Path(ini).resolve() if ini is not None else None
         self.options = list(options)
@@ -124,6 +126,7 @@ class UwsgiServer(StartStop):
             add_http = self.ini is None or not _ini_mentions(self.ini, "UWSGI_ES_HTTP")
         self.add_http = add_http
         self.http_option = http_option  # "--http" (uWSGI's HTTP router) or "--http-socket"
+        self.migrate = migrate  # run `uwsgi-es migrate --ini` first, as a deployment does
         self.port = 0
         self.stats_port = 0
         self.process: subprocess.Popen[bytes] | None = None
@@ -162,6 +165,8 @@ class UwsgiServer(StartStop):
         env = {**os.environ, **self.env, "UWSGI_ES_HTTP": self.address}
         if sys.prefix != sys.base_prefix:
             env.setdefault("VIRTUAL_ENV", sys.prefix)  # uWSGI's Python finds the venv's packages
+        if self.migrate:
+            self._migrate(env)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         with open(self.log_path, "ab") as log:
@@ -184,6 +189,17 @@ class UwsgiServer(StartStop):
             raise
         self.startup_seconds = time.monotonic() - started
         return self
+
+    def _migrate(self, env: Mapping[str, str]) -> None:
+        """Create the tables of the application the ini serves, as a deployment does first."""
+        if self.ini is None:
+            raise UwsgiStartError("migrate=True needs an ini: `uwsgi-es migrate --ini` reads it")
+        command = [str(Path(sys.executable).parent / "uwsgi-es"), "migrate", "--ini", str(self.ini)]
+        done = subprocess.run(
+            command, cwd=self.cwd, env=dict(env), capture_output=True, text=True, check=False
+        )
+        if done.returncode != 0:
+            raise UwsgiStartError(f"{' '.join(command)} failed: {(done.stderr or done.stdout).strip()}")
 
     def stop(self) -> int | None:
         """Stop the whole instance (SIGINT, then SIGKILL to the group); return the exit code."""
