@@ -1,9 +1,14 @@
 """``uwsgi-es doctor INI``: boots an ini under real uWSGI and reports what breaks under forking
 servers, with the fix for each.
 
-- ``examination``: boot, wait for every worker, stop, and the report;
+- ``examination``: boot, wait for every worker (and watch the mules), stop, and the report;
 - ``probe``: what runs inside uWSGI (an audit hook in the master, a look from each worker);
 - ``sockets``: a process's sockets and threads, read from /proc;
-- ``findings``: the rules (shared connections, threads and applications in the master, risky options);
+- ``observed``: what was seen (the probe's records, uWSGI's log) and the shape of a finding;
+- ``findings``: the rules on what the master made before the fork (shared connections, threads,
+  applications), and ``diagnose``, which runs every rule;
+- ``options``: risky options, the fork option fatal on Python 3.13, ``$(VAR)`` left unset;
+- ``mules``: fork hooks beside a mule, mules that cannot start or die during the boot;
+- ``logs``: what uWSGI's log says (crashes, an address in use);
 - ``budget``: the database pools against PostgreSQL's ``max_connections``.
 """

@@ -11,7 +11,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import NullPool
 
-from uwsgi_es.doctor.findings import Finding, Observed
+from uwsgi_es.doctor.observed import Finding, Observed
 from uwsgi_es.errors import ConfigurationError
 from uwsgi_es.lifecycle.process import runs_projections
 from uwsgi_es.redaction import redact_url

@@ -1,6 +1,8 @@
 """``uwsgi-es doctor INI``: boot the ini under a real uWSGI the way production would, with the
-probe added (``uwsgi_es.doctor.probe``), wait until every worker accepts requests, stop it, and
-judge what was seen (``uwsgi_es.doctor.findings``, ``uwsgi_es.doctor.budget``).
+probe added (``uwsgi_es.doctor.probe``), wait until every worker accepts requests (and a few
+seconds more when there are mules, so that a crash loop shows in the log), stop it, and judge what
+was seen and logged until then (``uwsgi_es.doctor.findings``, ``uwsgi_es.doctor.budget``). An
+instance that does not boot is judged too, on what its master wrote and its log.
 
 The instance binds the ini's own sockets: run the doctor where they are free (for uwsgi.ini,
 ``UWSGI_ES_HTTP`` picks the address). It gets the doctor's environment, as systemd's
@@ -12,10 +14,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -23,18 +23,24 @@ from pathlib import Path
 from typing import Any
 
 from uwsgi_es.doctor.budget import connection_budget
-from uwsgi_es.doctor.findings import Finding, Observed, diagnose
-from uwsgi_es.doctor.probe import ACCEPTING_RPC, REPORT_VARIABLE
+from uwsgi_es.doctor.findings import diagnose
+from uwsgi_es.doctor.logs import configuration, worker_deaths
+from uwsgi_es.doctor.observed import Finding, Observed
+from uwsgi_es.doctor.probe import ACCEPTING_RPC, LOG_VARIABLE, REPORT_VARIABLE
 from uwsgi_es.errors import ConfigurationError
+from uwsgi_es.servers.uwsgi_ini import find_uwsgi
 
-SETTLE_SECONDS = 0.5
+SETTLE_SECONDS = 0.5  # a thread started in the master may write its record late
+MULE_WATCH_SECONDS = 3.0  # uWSGI reaps a dead mule about once a second: two or three deaths show
+STRAGGLER_SECONDS = 10.0  # a prefork worker not accepting this long after its spawn hangs
+STOP_SECONDS = 5.0  # after SIGINT, before SIGKILL (a hung worker never exits by itself)
 
 
 @dataclass
 class Examination:
     ini: Path
     booted: bool  # every worker reached the accepting phase
-    seconds: float
+    seconds: float  # until it booted, or the doctor gave up on it
     exit_code: int | None  # uWSGI's, when it stopped by itself
     log_tail: str
     findings: list[Finding] = field(default_factory=list)
@@ -44,13 +50,18 @@ class Examination:
         return [finding for finding in self.findings if finding.problem]
 
     def report(self) -> str:
-        if self.exit_code is not None and not self.booted:
+        if self.booted:
+            head = f"uwsgi-es doctor {self.ini}: booted uWSGI in {self.seconds:.1f}s, looked, stopped it"
+        elif self.exit_code is not None:
             head = (
                 f"uwsgi-es doctor {self.ini}: uWSGI stopped by itself (exit code {self.exit_code}) "
                 "before its workers accepted requests"
             )
         else:
-            head = f"uwsgi-es doctor {self.ini}: booted uWSGI in {self.seconds:.1f}s, looked, stopped it"
+            head = (
+                f"uwsgi-es doctor {self.ini}: uWSGI's workers did not all accept requests in "
+                f"{self.seconds:.1f}s; looked, stopped it"
+            )
         lines = [head, ""]
         for finding in self.findings:
             lines.append(f"{'PROBLEM' if finding.problem else 'ok'}: {finding.title}")
@@ -60,7 +71,7 @@ class Examination:
                 lines.append(f"    fix: {finding.fix}")
         if not self.booted:
             lines += ["", "--- the end of uWSGI's log ---", self.log_tail]
-        count = len(self.problems) + (0 if self.booted else 1)
+        count = len(self.problems) or (0 if self.booted else 1)  # not booting is one, if nothing says why
         lines += ["", f"{count} problem(s)" if count else "no problems found"]
         return "\n".join(lines)
 
@@ -70,13 +81,6 @@ class Examination:
         if not self.booted:
             return 2
         return 1 if self.problems else 0
-
-
-def find_uwsgi() -> str:
-    found = shutil.which("uwsgi", path=str(Path(sys.executable).parent)) or shutil.which("uwsgi")
-    if found is None:
-        raise ConfigurationError("uwsgi-es doctor needs uWSGI: pip install uwsgi")
-    return found
 
 
 def examine(ini: str | os.PathLike[str], *, timeout: float = 60.0) -> Examination:
@@ -94,45 +98,74 @@ def examine(ini: str | os.PathLike[str], *, timeout: float = 60.0) -> Examinatio
             "uwsgi_es.doctor.probe",
             "--hook-accepting",
             f"rpc:{ACCEPTING_RPC}",
+            "--show-config",
         ]
-        env = {**os.environ, REPORT_VARIABLE: str(report)}
+        env = {**os.environ, REPORT_VARIABLE: str(report), LOG_VARIABLE: str(log)}
         started = time.monotonic()
         with log.open("wb") as output:
             instance = subprocess.Popen(
                 command, stdout=output, stderr=subprocess.STDOUT, env=env, start_new_session=True
             )
             try:
-                booted = _wait_for_workers(instance, report, started + timeout)
+                booted, seconds = _wait_for_workers(instance, report, log, started, timeout)
+                seen = _look(report, log)  # before the stop: what stopping logs is no finding
             finally:
                 exit_code = instance.poll()
                 _stop(instance)
-        seconds = time.monotonic() - started
-        seen = Observed.from_records(_records(report))
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
-    examination = Examination(path, booted, seconds, exit_code, tail)
-    if seen.options:
-        examination.findings = diagnose(seen) + list(connection_budget(seen))
-    return examination
+        tail = "\n".join(_log_lines(log)[-40:])
+    findings = diagnose(seen) + (list(connection_budget(seen)) if seen.options else [])
+    return Examination(path, booted, seconds, exit_code, tail, findings)
 
 
 def _records(report: Path) -> list[dict[str, Any]]:
+    """The probe's records, each ``where`` relative to the current directory when under it."""
     if not report.exists():
         return []
     records = []
+    here = os.getcwd() + os.sep
     for line in report.read_text().splitlines():
         with contextlib.suppress(ValueError):
-            records.append(json.loads(line))
+            record = json.loads(line)
+            if str(record.get("where", "")).startswith(here):
+                record["where"] = record["where"][len(here) :]
+            records.append(record)
     return records
 
 
-def _wait_for_workers(instance: subprocess.Popen[bytes], report: Path, deadline: float) -> bool:
-    while time.monotonic() < deadline and instance.poll() is None:
-        seen = Observed.from_records(_records(report))
-        if seen.options and len({w["worker"] for w in seen.workers}) >= seen.processes:
-            time.sleep(SETTLE_SECONDS)  # a thread started in the master may write its record late
-            return True
+def _look(report: Path, log: Path) -> Observed:
+    return Observed.from_records(_records(report), _log_lines(log))
+
+
+def _log_lines(log: Path) -> list[str]:
+    """uWSGI's log, without the options it printed first."""
+    return configuration(log.read_text(errors="replace").splitlines())[1]
+
+
+def _wait_for_workers(
+    instance: subprocess.Popen[bytes], report: Path, log: Path, started: float, timeout: float
+) -> tuple[bool, float]:
+    """Whether every worker accepted, and how long that took, or how long until the doctor gave
+    up: at the timeout, once as many workers died as there are, or (in prefork mode, where a
+    worker has nothing to import) when a worker still does not accept STRAGGLER_SECONDS after the
+    first was spawned: it hangs."""
+    spawned = None
+    while (now := time.monotonic()) < started + timeout and instance.poll() is None:
+        seen = _look(report, log)
+        if seen.options and len(seen.accepting) >= seen.processes:
+            time.sleep(MULE_WATCH_SECONDS if seen.mules else SETTLE_SECONDS)
+            return True, now - started
+        if spawned is None and any(line.startswith("spawned uWSGI worker") for line in seen.log):
+            spawned = now
+        hangs = (
+            spawned is not None
+            and not seen.enabled("lazy-apps", "lazy")
+            and now - spawned > STRAGGLER_SECONDS
+        )
+        if hangs or worker_deaths(seen.log) >= seen.processes:
+            time.sleep(SETTLE_SECONDS)
+            return False, now - started
         time.sleep(0.1)
-    return False
+    return False, time.monotonic() - started
 
 
 def _stop(instance: subprocess.Popen[bytes]) -> None:
@@ -140,7 +173,7 @@ def _stop(instance: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(instance.pid, signal.SIGINT)
     with contextlib.suppress(subprocess.TimeoutExpired):
-        instance.wait(timeout=10)
+        instance.wait(timeout=STOP_SECONDS)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(instance.pid, signal.SIGKILL)
     instance.wait()

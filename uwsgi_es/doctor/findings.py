@@ -1,124 +1,26 @@
-"""What the doctor concludes from what the probe saw: each problem with why it matters and the fix.
+"""What the doctor concludes from what it saw: each problem with why it matters and the fix.
 
-Each rule is a function of the records (``uwsgi_es.doctor.probe``) returning findings; a finding
-that is not a problem is a note (what was checked and passed, e.g. the connection budget).
+Each rule is a function of one ``Observed`` (the probe's records and uWSGI's log) yielding
+findings; a finding that is not a problem is a note (what was checked and passed, e.g. the
+connection budget). The rules on what the master made before the fork live here; those on the
+options, the mules and the log in ``options``, ``mules`` and ``logs``. ``diagnose`` runs them all,
+or only the log's when the instance stopped before its master wrote anything.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterator
 
+from uwsgi_es.doctor import logs, mules, options
+from uwsgi_es.doctor.observed import Finding, Observed, listed
 from uwsgi_es.doctor.sockets import Socket
+
+__all__ = ["RULES", "Finding", "Observed", "diagnose"]
 
 AFTER_THE_FORK = (
     "open it after the fork: in a post-fork hook (uwsgi_es.hooks.install() builds a uwsgi_es or "
     "eventsourcing application there), lazily on first use in the worker, or under `lazy-apps = true`"
 )
-
-
-@dataclass(frozen=True)
-class Finding:
-    problem: bool
-    title: str
-    detail: str
-    fix: str = ""
-
-
-@dataclass
-class Observed:
-    """Everything the probe wrote, sorted by kind."""
-
-    options: dict[str, list[Any]]
-    environment: dict[str, str]
-    events: list[dict[str, Any]]  # audit records from the master
-    workers: list[dict[str, Any]]  # one per worker that reached the accepting phase
-
-    @classmethod
-    def from_records(cls, records: Iterable[dict[str, Any]]) -> Observed:
-        observed = cls({}, {}, [], [])
-        for record in records:
-            if record.get("record") == "master":
-                observed.options, observed.environment = record["options"], record["environment"]
-            elif record.get("record") == "worker":
-                observed.workers.append(record)
-            else:
-                observed.events.append(record)
-        return observed
-
-    def enabled(self, *names: str) -> bool:
-        """Whether any of these uWSGI options is set to something true."""
-        for name in names:
-            for value in self.options.get(name, []):
-                if value is True or str(value).strip().lower() not in ("", "0", "false", "no", "off"):
-                    return True
-        return False
-
-    def first(self, name: str) -> str | None:
-        values = self.options.get(name)
-        return str(values[-1]) if values else None
-
-    @property
-    def processes(self) -> int:
-        raw = self.first("processes") or self.first("workers") or "1"
-        return int(raw) if raw.isdigit() else 1
-
-
-def risky_options(seen: Observed) -> Iterator[Finding]:
-    if seen.first("wsgi-file") or seen.first("file"):
-        yield Finding(
-            True,
-            "the application is loaded with wsgi-file",
-            f"uWSGI runs {seen.first('wsgi-file') or seen.first('file')} under a made-up module name "
-            "(uwsgi_file_...): classes defined there carry that name into pickles and into the topics "
-            "of stored events, which nothing outside this uWSGI can import",
-            "module = package.module:application (the file's import path)",
-        )
-    if not seen.enabled("master"):
-        yield Finding(
-            True,
-            "no master process",
-            "without the master nothing respawns a dead worker, and post-fork hooks, mules, "
-            "graceful reloads and the sharedarea of /metrics all need it",
-            "master = true",
-        )
-    if not seen.enabled("die-on-term"):
-        yield Finding(
-            True,
-            "SIGTERM reloads uWSGI instead of stopping it",
-            "uWSGI 2.0 takes SIGTERM as 'reload': systemd, Docker and Kubernetes stop with SIGTERM, "
-            "wait, then SIGKILL, cutting the requests in flight",
-            "die-on-term = true",
-        )
-    if not seen.enabled("need-app"):
-        yield Finding(
-            True,
-            "uWSGI serves without an application when the import fails",
-            "every request then answers 'Internal Server Error' from uWSGI itself, and the instance "
-            "looks alive to a supervisor",
-            "need-app = true",
-        )
-    callables = [str(m) for m in seen.options.get("mule", []) if _is_callable_mule(str(m))]
-    if seen.enabled("lazy-apps", "lazy") and callables:
-        yield Finding(
-            True,
-            "a module:function mule under lazy-apps",
-            f"uWSGI cannot start `mule = {callables[0]}` under lazy-apps: the mule segfaults before "
-            "any Python runs, at every respawn (unbit/uwsgi#1746)",
-            "give the mule a script instead; for uwsgi_es's projection runner: "
-            "mule = /path/to/uwsgi_es/readside/mule_script.py",
-        )
-    hooked = [w["worker"] for w in seen.workers if w.get("postfork_hooks") or w.get("post_fork_hook")]
-    if seen.enabled("lazy-apps", "lazy") and hooked:
-        yield Finding(
-            True,
-            "post-fork hooks under lazy-apps never run",
-            f"with lazy-apps each worker imports the application after its fork, so the post-fork "
-            f"hooks registered at import (seen in workers {_ids(hooked)}) have no fork left to follow: "
-            "what they would build is never built",
-            "build at import under lazy-apps (uwsgi_es.hooks.install() notices and does), or drop lazy-apps",
-        )
 
 
 def shared_connections(seen: Observed) -> Iterator[Finding]:
@@ -139,7 +41,7 @@ def shared_connections(seen: Observed) -> Iterator[Finding]:
             True,
             f"a connection to {found.what} opened in the master is shared by {len(workers)} workers",
             f"the same socket ({found.local} -> {remote}) is open in the master and in workers "
-            f"{_ids(workers)}: their queries and answers interleave on it, and one worker closing it "
+            f"{listed(workers)}: their queries and answers interleave on it, and one worker closing it "
             f"breaks the others{origin}",
             AFTER_THE_FORK,
         )
@@ -176,57 +78,101 @@ def connections_in_the_master(seen: Observed) -> Iterator[Finding]:
 
 
 def threads_in_the_master(seen: Observed) -> Iterator[Finding]:
-    running = max((int(w.get("master_threads", 0)) for w in seen.workers), default=0)
-    if running <= 1:
+    started = _threads_started(seen)
+    if seen.workers:  # what the workers counted in their master once they accepted
+        count = max(int(w.get("master_threads", 0)) for w in seen.workers) - 1
+        title = f"{count} thread(s) running in the master"
+    else:  # no worker looked: what the master started
+        count = len(started)
+        title = f"{count} thread(s) started in the master"
+    if count <= 0:
         return
-    started = [e for e in seen.events if e["record"] == "thread"]
     named = "; ".join(f"{e['thread']!r} running {e['runs']} ({e['where']})" for e in started)
+    if seen.enabled("py-call-uwsgi-fork-hooks"):
+        fix = (
+            "start threads after the fork (in a post-fork hook or on first use in the worker): "
+            "py-call-uwsgi-fork-hooks keeps the GIL safe across the fork, not the thread's own locks"
+        )
+    else:
+        fix = (
+            "start threads after the fork (in a post-fork hook or on first use in the worker), or if "
+            "you cannot (a library builds at import), set `py-call-uwsgi-fork-hooks = true` and run no "
+            "mule"
+        )
     yield Finding(
         True,
-        f"{running - 1} thread(s) running in the master",
+        title,
         "a thread in the master does not exist in the workers, and a lock it holds at the moment of "
-        f"a fork stays locked in them forever{': ' + named if named else ''}",
-        "start threads after the fork (in a post-fork hook or on first use in the worker)",
+        f"a fork (the GIL too) stays locked in them forever{': ' + named if named else ''}",
+        fix,
     )
 
 
 def workers_accepting(seen: Observed) -> Iterator[Finding]:
-    if len({w["worker"] for w in seen.workers}) < seen.processes:
-        yield Finding(
-            True,
-            f"only {len(seen.workers)} of {seen.processes} workers started accepting requests",
-            "the others did not reach uWSGI's accepting phase in time (see the uWSGI log below)",
+    if len(seen.accepting) >= seen.processes:
+        return
+    why = "the others did not reach uWSGI's accepting phase (see the uWSGI log below)"
+    if logs.worker_deaths(seen.log):
+        why = "workers died as they started (see the uWSGI log below)"
+    elif _threads_started(seen) and not seen.enabled("py-call-uwsgi-fork-hooks"):
+        why = (
+            "the others hang before their first request: a thread of the master held the GIL or "
+            "another lock at their fork (see the thread below)"
         )
+    yield Finding(
+        True, f"only {len(seen.accepting)} of {seen.processes} workers started accepting requests", why
+    )
 
 
-# Each rule, and what a clean result says.
-RULES: tuple[tuple[Callable[[Observed], Iterator[Finding]], str], ...] = (
+def _threads_started(seen: Observed) -> list[dict[str, str]]:
+    return [e for e in seen.events if e["record"] == "thread"]
+
+
+Rule = Callable[[Observed], Iterator[Finding]]
+
+
+def _each(*rules: Rule) -> Rule:
+    """Several rules under one clean note."""
+
+    def run(seen: Observed) -> Iterator[Finding]:
+        for rule in rules:
+            yield from rule(seen)
+
+    return run
+
+
+# Each rule, and what a clean result says ("" says nothing).
+RULES: tuple[tuple[Rule, str], ...] = (
     (workers_accepting, "every worker accepts requests"),
     (
-        risky_options,
-        "options: master, die-on-term, need-app; no wsgi-file; nothing lazy-apps cannot run",
+        options.risky_options,
+        "options: master, die-on-term, need-app; no wsgi-file; no post-fork hook left unrun",
     ),
+    (
+        _each(options.osafterfork, options.unset_variables),
+        "no fork option fatal on some Python; no $(VARIABLE) left unset",
+    ),
+    (
+        _each(
+            mules.fork_hooks_with_mules, mules.function_mule_under_lazy_apps, mules.mules_that_cannot_start
+        ),
+        "no mule that cannot start, and none died",
+    ),
+    (logs.crashes, "no crash in uWSGI's log"),
     (shared_connections, "no worker shares a connection with its master"),
     (connections_in_the_master, "no connection, SQLite database or application made in the master"),
     (threads_in_the_master, "no thread running in the master"),
 )
+# What the log alone tells, when uWSGI stopped before its master wrote a record.
+LOG_RULES: tuple[tuple[Rule, str], ...] = ((logs.address_in_use, ""), (logs.crashes, ""))
 
 
 def diagnose(seen: Observed) -> list[Finding]:
     findings = []
-    for rule, clean in RULES:
+    for rule, clean in RULES if seen.options else LOG_RULES:
         found = list(rule(seen))
-        findings += found or [Finding(False, clean, "")]
+        findings += found or ([Finding(False, clean, "")] if clean else [])
     return findings
-
-
-def _is_callable_mule(value: str) -> bool:
-    """``package.module:function`` (not a script path, not a bare ``mule`` flag)."""
-    return ":" in value and not value.endswith(".py") and "/" not in value
-
-
-def _ids(numbers: Iterable[int]) -> str:
-    return ", ".join(str(n) for n in sorted(set(numbers)))
 
 
 def _port_of(address: str) -> str:

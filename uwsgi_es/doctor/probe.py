@@ -2,20 +2,25 @@
 
     --shared-import uwsgi_es.doctor.probe  --hook-accepting rpc:uwsgi_es_doctor_accepting
 
-Imported in the master before the application, it writes the instance's options and installs a
-Python audit hook (PEP 578: the interpreter's own way to watch, nothing patched) that notes, in
-the master only, every socket connected, SQLite database opened and uwsgi_es application built,
-with the line of the caller that did it and whether an import was running; and, through
-``threading.setprofile``, every thread started there, with the function it runs.
-Then each worker, once it accepts requests (uWSGI's ``hook-accepting``, after the post-fork hooks
+Imported in the master before the application, it writes the instance's options (read from the
+top of uWSGI's log, which ``--show-config`` fills), the Python version, and whether each mule's
+script or module can be found (from the master's working directory and ``sys.path``, as the mules
+will look). It installs a Python audit hook (PEP 578: the interpreter's own way to watch, nothing
+patched) that notes, in the master only, every socket connected, SQLite database opened and
+uwsgi_es application built, with the line of the caller that did it and whether an import was
+running; and, through ``threading.setprofile``, every thread started there, with the function it
+runs. Then each worker, once it accepts requests (uWSGI's ``hook-accepting``, after the post-fork hooks
 and, under lazy-apps, after its import), writes what it holds that its master holds too: sockets
-opened before the fork. Records are JSON lines appended to the file ``UWSGIES_DOCTOR_REPORT`` names.
+opened before the fork. Records are JSON lines appended to the file ``UWSGIES_DOCTOR_REPORT`` names
+(``UWSGIES_DOCTOR_LOG`` names uWSGI's log).
 
-Nothing happens unless that variable is set: importing this module elsewhere is harmless.
+Nothing happens unless the first variable is set: importing this module elsewhere is harmless.
 """
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 import json
 import os
 import sys
@@ -25,10 +30,13 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Any
 
+from uwsgi_es.doctor.logs import configuration
+from uwsgi_es.doctor.observed import mule_kind
 from uwsgi_es.doctor.sockets import inet_sockets, socket_inodes, thread_count
 from uwsgi_es.lifecycle import process
 
 REPORT_VARIABLE = "UWSGIES_DOCTOR_REPORT"  # not UWSGI_*: uWSGI reads those as its options
+LOG_VARIABLE = "UWSGIES_DOCTOR_LOG"  # uWSGI's log, which begins with its options (--show-config)
 ACCEPTING_RPC = "uwsgi_es_doctor_accepting"
 BUILD_EVENT = "uwsgi_es.build"  # raised by the registry when it builds an application
 _WATCHED = frozenset({"socket.connect", "sqlite3.connect", BUILD_EVENT})
@@ -135,6 +143,15 @@ def accepting(*_: Any) -> bytes:
 
 
 def _options() -> dict[str, Any]:
+    """The options from the top of uWSGI's log (every value of a repeated option: two `mule`
+    lines are two mules), else from ``uwsgi.opt`` (which keeps only the last value of each)."""
+    try:
+        with open(os.environ[LOG_VARIABLE], errors="replace") as log:
+            printed, _ = configuration(log.read().splitlines())
+    except (KeyError, OSError):
+        printed = {}
+    if printed:
+        return dict(printed)
     uwsgi = process.uwsgi
     options: dict[str, Any] = {}
     for name, value in uwsgi.opt.items() if uwsgi is not None else ():
@@ -143,13 +160,51 @@ def _options() -> dict[str, Any]:
     return options
 
 
+def _look_at_mule(value: str) -> dict[str, str]:
+    """Why uWSGI could not start the mule ``value`` ("missing" empty when it can, as far as the
+    master can tell: a module:function's function is only found by importing its module)."""
+    kind, missing = mule_kind(value), ""
+    if kind == "script" and not os.path.isfile(value):
+        missing = f"no file {os.path.abspath(value)}"
+    elif kind == "function" and not _findable(value.split(":", 1)[0]):
+        missing = f"no module {value.split(':', 1)[0]} on the master's sys.path (from {os.getcwd()})"
+    return {"mule": value, "kind": kind, "missing": missing}
+
+
+def _findable(module: str) -> bool:
+    """Whether ``module`` can be imported, found package by package without importing them:
+    ``importlib.util.find_spec("a.b")`` would run ``a/__init__.py`` in the master under watch."""
+    names = module.split(".")
+    try:
+        spec = importlib.util.find_spec(names[0])
+        for depth in range(2, len(names) + 1):
+            if spec is None or spec.submodule_search_locations is None:
+                return False
+            name = ".".join(names[:depth])
+            spec = importlib.machinery.PathFinder.find_spec(name, list(spec.submodule_search_locations))
+    except (ImportError, ValueError):
+        return False
+    return spec is not None
+
+
 def _start() -> None:
     if _report_path is None or process.uwsgi is None:
         return
     environment = {
         k: v for k, v in os.environ.items() if k.startswith(("UWSGI_ES_", "POSTGRES_", "PERSISTENCE_"))
     }
-    write({"record": "master", "pid": _master_pid, "options": _options(), "environment": environment})
+    options = _options()
+    mules = ["" if value is True else str(value) for value in options.get("mule", [])]
+    write(
+        {
+            "record": "master",
+            "pid": _master_pid,
+            "python": list(sys.version_info[:3]),
+            "options": options,
+            "environment": environment,
+            "mules": [_look_at_mule(mule) for mule in mules],
+        }
+    )
     sys.addaudithook(_audit)
     threading.setprofile(_thread_started)
     process.uwsgi.register_rpc(ACCEPTING_RPC, accepting)

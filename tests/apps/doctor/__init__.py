@@ -1,2 +1,2 @@
 """Small applications broken on purpose, each in the way one check of ``uwsgi-es doctor`` finds,
-and the inis that launch them (the inis take their address from DOCTOR_APP_HTTP)."""
+and the inis that launch them (on 127.0.0.1:0: a port the kernel picks, free by construction)."""
