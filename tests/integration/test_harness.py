@@ -41,3 +41,15 @@ def test_fixture_reports_the_uwsgi_log_when_a_test_fails(pytester: pytest.Pytest
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*uWSGI log 0*", "*event=build*application=BankAccounts*"])
+
+
+def test_the_readme_harness_example_passes_as_written(pytester: pytest.Pytester) -> None:
+    """The README's example, verbatim, in a user's project that has a copy of uwsgi.ini: it passes
+    (it timed out before: the database it names was never migrated)."""
+    readme = (PROJECT / "README.md").read_text()
+    section = readme.split("## Testing your deployment", 1)[1]
+    example = section.split("```python\n", 1)[1].split("```", 1)[0]
+    (pytester.path / "uwsgi.ini").write_text(INI.read_text())
+    pytester.makepyfile(test_readme=example)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--timeout", "120")
+    result.assert_outcomes(passed=1)

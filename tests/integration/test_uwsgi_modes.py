@@ -239,3 +239,22 @@ def test_a_misspelt_variable_is_named_with_its_fix(
     assert message in server.get("/worker").json()["detail"]
     assert message in server.log()
     assert "unknown config directive" not in server.log()
+
+
+@pytest.mark.parametrize("lazy", [False, True], ids=["prefork", "lazy-apps"])
+def test_a_worker_names_the_threads_its_master_was_running_at_the_fork(
+    uwsgi_server: StartServer, app_env: dict[str, str], lazy: bool
+) -> None:
+    """A thread started at import runs in the master (prefork): without fork hooks none of them
+    exists in a worker, yet a lock it held at the fork stays held there. Each worker says which,
+    and the fix; under lazy-apps the module is imported in the worker, and nothing is said."""
+    options = ["--module", "tests.apps.threads_in_master:application", "--processes", "2"]
+    server = uwsgi_server(INI, env=app_env, options=options + (["--lazy-apps"] if lazy else []))
+    assert server.get("/health").status == 200
+    said = list(lifecycle_events(server.log(), "threads_inherited"))
+    if lazy:
+        assert said == []
+        return
+    assert {e["role"] for e in said} >= {"worker 1", "worker 2"}, server.log()
+    assert all("ticker" in e["threads"] for e in said)
+    assert all("py-call-uwsgi-fork-hooks" in e["fix"] for e in said)

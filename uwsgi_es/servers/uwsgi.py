@@ -31,15 +31,17 @@ Outside uWSGI (plain pytest, gunicorn) ``install()`` does nothing and ``import u
 
 from __future__ import annotations
 
+import logging
 import mmap
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any, NoReturn
 
 from uwsgi_es.errors import UwsgiEsError, UwsgiUnavailableError
-from uwsgi_es.lifecycle import build, kinds, process, registry
+from uwsgi_es.lifecycle import build, events, kinds, process, registry
 from uwsgi_es.lifecycle.events import configure_logging
 from uwsgi_es.settings import Settings, resolve
 
@@ -128,6 +130,7 @@ def _build_here(factory: registry.ApplicationFactory | None, settings: Settings 
     global _closing_registered_in
     try:
         _take_back_sigint()
+        _report_inherited_threads()
         if process.is_projection_mule():
             return  # it builds when it has a projection to run (uwsgi_es.readside.mule)
         outcome = build.build_in_this_process(
@@ -141,6 +144,27 @@ def _build_here(factory: registry.ApplicationFactory | None, settings: Settings 
     if outcome.app is not None and _closing_registered_in != os.getpid():
         _closing_registered_in = os.getpid()
         _on_uwsgi_exit(build.close_in_this_process)
+
+
+def _report_inherited_threads() -> None:
+    """After the fork, without fork hooks (the inis' choice): say which threads the master ran when
+    it forked this process. None of them exists here, yet a lock one held at that moment (the GIL,
+    the logging lock, a pool's) stays held here for good: this process may hang. uwsgi_es never
+    starts a thread in the master; this names whoever did, and the fix. (With the fork hooks,
+    Python's own after-fork handler has forgotten them already, and there is nothing to say.)"""
+    current = threading.current_thread()
+    inherited = sorted(t.name for t in threading.enumerate() if t.ident != current.ident)
+    if inherited:
+        events.emit(
+            "threads_inherited",
+            logging.WARNING,
+            role=process.role(),
+            pid=os.getpid(),
+            threads=", ".join(inherited),
+            fix="start threads after the fork (a library that builds at import: build it in the "
+            "post-fork hook, install(...)), or set py-call-uwsgi-fork-hooks = true and run no "
+            "Python mule; `uwsgi-es doctor INI` names the code that started them",
+        )
 
 
 def _take_back_sigint() -> None:

@@ -22,6 +22,8 @@ from uwsgi_es.errors import ConfigurationError
 
 _NO_SUCH_CLOCK = "uwsgi-es-only-reads-the-config"
 _BEGIN, _END = ";uWSGI instance configuration", ";end of configuration"
+# What uWSGI says around a refusal that is not the reason (the reason is its `print` line or error).
+_NOISE = ("[uWSGI] getting", 'running "', "local rpc subsystem", "unable to set")
 
 
 def find_uwsgi() -> str:
@@ -75,14 +77,26 @@ def read_ini(path: str | os.PathLike[str]) -> Ini:
         raise ConfigurationError(f"No ini file at {ini}: give the file uWSGI runs (uwsgi --ini FILE).")
     command = [find_uwsgi(), "--ini", str(ini.resolve()), "--show-config", "--clock", _NO_SUCH_CLOCK]
     done = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
-    output = done.stdout + done.stderr
-    if _BEGIN not in output or _END not in output:
-        said = [line for line in output.splitlines() if line.strip() and not line.startswith("[uWSGI]")]
-        reason = said[-2] if len(said) > 1 else (said[-1] if said else f"exit code {done.returncode}")
+    options, rest = shown_options((done.stdout + done.stderr).splitlines())
+    if not options:
+        said = [line for line in rest if line.strip() and not line.startswith(_NOISE)]
+        reason = "; ".join(said[-3:]) or f"exit code {done.returncode}"
         raise ConfigurationError(f"uWSGI refused {ini} before reading it through: {reason}")
-    options: dict[str, list[str]] = {}
-    for line in output.split(_BEGIN, 1)[1].split(_END, 1)[0].splitlines():
-        name, equals, value = line.partition(" = ")
-        if equals and not name.startswith(("[", ";")):
-            options.setdefault(name.strip(), []).append(value)
     return Ini(ini, options)
+
+
+def shown_options(log: list[str]) -> tuple[dict[str, list[str]], list[str]]:
+    """The options uWSGI printed for ``--show-config`` (resolved, and every value of a repeated
+    option, where ``uwsgi.opt`` keeps only the last), and the log without them (an ``env = ...``
+    line may hold a secret: nothing quotes them)."""
+    try:
+        start = log.index(_BEGIN)
+        end = log.index(_END, start)
+    except ValueError:
+        return {}, log
+    options: dict[str, list[str]] = {}
+    for line in log[start + 1 : end]:
+        name, equals, value = line.partition(" = ")
+        if equals:
+            options.setdefault(name.strip(), []).append(value)
+    return options, log[:start] + log[end + 1 :]
