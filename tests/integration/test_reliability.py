@@ -20,11 +20,13 @@ from typing import Any
 
 import pytest
 
+from uwsgi_es.cli import migrate as migrate_tables
 from uwsgi_es.settings import Settings
 from uwsgi_es.stores import create_record_store
 from uwsgi_es.testing import PostgresServer, UwsgiServer, UwsgiStartError, free_port, lifecycle_events
 from uwsgi_es.testing.cassandra import CassandraNode
 
+from ..conftest import EXAMPLE
 from ..support.checks import assert_one_application_per_worker, built_once_each, worker_reports
 from ..support.load import DepositLoad, aged_trigger, reload_under_load
 from ..support.paths import INI, PROJECT
@@ -35,9 +37,9 @@ KILL_SECONDS = float(os.environ.get("RELIABILITY_KILL_SECONDS", "20"))
 
 
 def migrate(url: str) -> None:
-    store = create_record_store(Settings(database_url=url))
-    store.create_schema()
-    store.close()
+    """What a deployment runs first (`uwsgi-es migrate --ini uwsgi.ini`): the store's tables and
+    the example's read model, without which /ready names the missing table."""
+    migrate_tables(Settings(database_url=url, application=EXAMPLE))
 
 
 def kill_a_worker_every_2s(server: UwsgiServer, rng: random.Random) -> list[float]:
