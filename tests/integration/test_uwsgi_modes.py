@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -44,7 +46,14 @@ def test_objects_inherited_from_the_master_are_frozen_unless_turned_off(
         # the modules the master imported (SQLAlchemy, Werkzeug, the app) hold far more than this
         assert min(frozen.values()) > 10_000, frozen
     else:
-        assert set(frozen.values()) == {0}, frozen
+        # as Python made it: what a fresh interpreter of this version reports (0; 375 on 3.12.1)
+        made = subprocess.run(
+            [sys.executable, "-c", "import gc; print(gc.get_freeze_count())"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert set(frozen.values()) == {int(made.stdout)}, frozen
 
 
 def test_lazy_apps_builds_at_import_in_each_worker(
