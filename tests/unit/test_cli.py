@@ -7,6 +7,7 @@ import re
 import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -174,7 +175,7 @@ def test_migrate_finds_the_application_in_the_ini_and_works_from_its_directory(t
     checked = cli("check", "--ini", str(project / "uwsgi.ini"), cwd=elsewhere)
     assert checked.returncode == 0, checked.stderr
     assert "read models of counts, totals" in checked.stdout
-    with sqlite3.connect(database) as connection:
+    with closing(sqlite3.connect(database)) as connection:
         connection.execute("DROP TABLE totals")
     checked = cli("check", "--ini", str(project / "uwsgi.ini"), cwd=elsewhere)
     assert checked.returncode == 1

@@ -129,6 +129,10 @@ def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
+# Request bodies are small records; deeper nesting is refused, on every Python alike.
+MAX_DEPTH = 64
+
+
 def _reject_constant(name: str) -> Any:
     raise BadRequestError(f"the JSON body contains {name}, which is not valid JSON")
 
@@ -157,7 +161,21 @@ def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
         raise BadRequestError(f"the JSON body holds a value that cannot be read: {exc}") from None
     if not isinstance(body, dict):
         raise BadRequestError(f"the body must be a JSON object, not {_json_type(body)}")
+    if _depth(body) > MAX_DEPTH:
+        raise BadRequestError(f"the JSON body is nested too deeply (more than {MAX_DEPTH} levels)")
     return body
+
+
+def _depth(value: Any) -> int:
+    """How deeply ``value`` nests, counted without recursion (Python 3.11 and 3.12 refuse deep JSON
+    with a RecursionError while parsing; 3.13 parses it: the same answer on every version)."""
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        item, level = pending.pop()
+        deepest = max(deepest, level)
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        pending.extend((child, level + 1) for child in children if isinstance(child, dict | list))
+    return deepest
 
 
 def _json_type(value: Any) -> str:
