@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import random
 import threading
-from collections import Counter
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from types import TracebackType
 from typing import Any, ClassVar, Self, TypeVar
 from uuid import UUID
 
-from uwsgi_es.domain import Aggregate, DomainEvent, replay, resolve_topic, topic_of
+from uwsgi_es.domain import Aggregate, DomainEvent, EventSequenceError, replay, resolve_topic, topic_of
 from uwsgi_es.errors import (
     AggregateNotFoundError,
     ApplicationClosedError,
@@ -154,7 +153,9 @@ class EventStore:
 
 class Repository:
     """Rebuilds aggregates by replaying their stored events: from this worker's cached copy or the
-    latest stored snapshot when there is one, then only the events after it (``uwsgi_es.snapshots``)."""
+    latest stored snapshot when there is one, then only the events after it (``uwsgi_es.snapshots``).
+    A stream that does not follow on (a version missing) is stored data to repair, like an event
+    that cannot be read: ``UnreadableEventError`` naming the record."""
 
     def __init__(self, event_store: EventStore, snapshots: Snapshots | None = None) -> None:
         self.event_store = event_store
@@ -162,7 +163,7 @@ class Repository:
 
     def get(self, aggregate_id: UUID, aggregate_type: type[A]) -> A:
         if self.snapshots is None:
-            aggregate = replay(self.event_store.get(aggregate_id))
+            aggregate = self._fold(self._select(aggregate_id, 0))
         else:
             aggregate = self._load(aggregate_id, self.snapshots)
         if not isinstance(aggregate, aggregate_type):
@@ -177,13 +178,15 @@ class Repository:
             start = snapshots.from_cache(entry, aggregate_id, records[0] if records else None)
             if start is not None:
                 return self._forward(start, records, snapshots)
-        start = snapshots.stored(aggregate_id)
-        if start is not None:
-            records = self._select(aggregate_id, start.version - 1)
-            if records and records[0].originator_version == start.version:
+        snapshot = snapshots.latest(aggregate_id)
+        if snapshot is not None:
+            # From the snapshot's own event on: it must be stored as the snapshot remembers it.
+            records = self._select(aggregate_id, snapshot.originator_version - 1)
+            start = snapshots.from_snapshot(snapshot, records[0] if records else None)
+            if start is not None:
                 return self._forward(start, records, snapshots)
         records = self._select(aggregate_id, 0)
-        aggregate = replay([self.event_store.from_record(r) for r in records])
+        aggregate = self._fold(records)
         if aggregate is not None:
             snapshots.remember(aggregate, records[-1])
         return aggregate
@@ -203,10 +206,37 @@ class Repository:
         later = records[1:]
         if not later:
             return start
-        aggregate = replay([self.event_store.from_record(r) for r in later], start)
+        aggregate = self._fold(later, start)
         if aggregate is not None:
             snapshots.remember(aggregate, later[-1])
         return aggregate
+
+    def _fold(self, records: list[StoredRecord], start: Aggregate | None = None) -> Aggregate | None:
+        """The stored ``records`` applied in order (onto ``start``, a snapshot or cached copy)."""
+        events = [self.event_store.from_record(r) for r in records]
+        try:
+            return replay(events, start)
+        except EventSequenceError as exc:
+            raise _out_of_sequence(records, start, exc) from exc
+
+
+def _out_of_sequence(
+    records: list[StoredRecord], start: Aggregate | None, error: EventSequenceError
+) -> UnreadableEventError:
+    """The error for a stored stream that does not follow on, naming the first record out of place."""
+    expected = 1 if start is None else start.version + 1
+    culprit = records[0]
+    for record in records:
+        if record.originator_version != expected:
+            culprit = record
+            break
+        expected += 1
+    return UnreadableEventError(
+        f"The stored events of {culprit.originator_id} do not follow on at version "
+        f"{culprit.originator_version} (position {culprit.id}, topic {culprit.topic[:200]!r}; version "
+        f"{expected} was expected): {error} Nothing skips it: an operator must repair the stream (a "
+        "version missing, or stored twice), then read again."
+    )
 
 
 class PersistencePolicy:
@@ -345,7 +375,7 @@ class Application:
         written_position.set(None)
         self.bus.publish(events)
         if self.snapshots.store is not None:
-            self.snapshots.after_save(aggregates, Counter(event.originator_id for event in events))
+            self.snapshots.after_save(aggregates, events, self.event_store.to_record)
         return written_position.get()
 
     def get(self, aggregate_id: UUID, aggregate_type: type[A]) -> A:

@@ -124,6 +124,19 @@ class StoreBusyError(StoreUnavailableError):
     public_reason = "the event store is busy: waiting for a lock timed out"
 
 
+class PoolExhaustedError(StoreBusyError):
+    """Every pooled connection of this process stayed in use for ``UWSGI_ES_POOL_TIMEOUT``: the
+    pool's own wait timed out (SQLAlchemy's ``TimeoutError``). Nothing was done."""
+
+    public_reason = "the event store is busy: every database connection of this worker is in use"
+
+
+class DeadlinePassedError(StoreBusyError):
+    """The request had already waited its bound for the database (``UWSGI_ES_LOCK_TIMEOUT``, or
+    SQLite's busy timeout, counted from its arrival), queued behind this worker's other requests:
+    its next statement was not sent, so nothing more was done or stored."""
+
+
 class StoreReadOnlyError(StoreUnavailableError):
     """The store answers reads but refuses writes (read-only file or database, disk full)."""
 
@@ -189,4 +202,14 @@ class ProjectionCannotRunError(UwsgiEsError):
     type (never its text, which may hold hosts or paths), so clients are shown it."""
 
     public_reason = "a read model cannot be kept up to date now; an operator must look at its runner"
+    shows_message = True
+
+
+class TooManyWaitingReadsError(UwsgiEsError):
+    """A read asked for a position its projection has not reached, and this worker already has
+    ``UWSGI_ES_MAX_WAITING_READS`` reads waiting: it is refused at once rather than waiting, so
+    waiting reads never take every request slot of a worker. The message names the bound and the
+    setting only, so clients are shown it."""
+
+    public_reason = "too many reads are waiting for the read model in this worker; retry shortly"
     shows_message = True

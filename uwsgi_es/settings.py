@@ -42,12 +42,23 @@ LOOPBACK: Networks = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network(
 Parser = Callable[[str, str], Any]
 
 
+# Python's int() and float() also read other scripts' digits (U+0665, Arabic-Indic five, is 5),
+# underscores and "1e3"; a setting is written in ASCII digits, so anything else is refused rather
+# than guessed.
+_WHOLE = re.compile(r"-?[0-9]+")
+_DECIMAL = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+
+
 def _integer(minimum: int, maximum: int) -> Callable[[str, str], int]:
     def parse(name: str, raw: str) -> int:
         try:
+            if not _WHOLE.fullmatch(raw):
+                raise ValueError(raw)
             value = int(raw)
         except ValueError:
-            raise ConfigurationError(f"{name}={raw!r} is not a whole number.") from None
+            raise ConfigurationError(
+                f"{name}={raw!r} is not a whole number: write it in ASCII digits (0-9)."
+            ) from None
         if not minimum <= value <= maximum:
             raise ConfigurationError(f"{name}={value} is out of range: use {minimum} to {maximum}.")
         return value
@@ -57,10 +68,12 @@ def _integer(minimum: int, maximum: int) -> Callable[[str, str], int]:
 
 def _number(minimum: float, maximum: float) -> Callable[[str, str], float]:
     def parse(name: str, raw: str) -> float:
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ConfigurationError(f"{name}={raw!r} is not a number of seconds.") from None
+        if not _DECIMAL.fullmatch(raw):
+            raise ConfigurationError(
+                f"{name}={raw!r} is not a number of seconds: write it in ASCII digits, with a point "
+                "for a fraction (e.g. 2.5)."
+            )
+        value = float(raw)
         if not minimum <= value <= maximum:
             raise ConfigurationError(f"{name}={value} is out of range: use {minimum} to {maximum}.")
         return value
@@ -120,11 +133,11 @@ def _identifier(name: str, raw: str) -> str:
 
 def _replication(name: str, raw: str) -> dict[str, str]:
     strategy, _, spec = raw.partition(":")
-    if strategy == "SimpleStrategy" and spec.isdigit() and int(spec) > 0:
+    if strategy == "SimpleStrategy" and spec.isascii() and spec.isdigit() and int(spec) > 0:
         return {"class": "SimpleStrategy", "replication_factor": spec}
     if strategy == "NetworkTopologyStrategy" and spec:
         pairs = [pair.partition("=") for pair in spec.split(",")]
-        if all(dc and sep and factor.isdigit() for dc, sep, factor in pairs):
+        if all(dc and sep and factor.isascii() and factor.isdigit() for dc, sep, factor in pairs):
             return {"class": "NetworkTopologyStrategy", **{dc: factor for dc, _, factor in pairs}}
     raise ConfigurationError(
         f"{name}={raw!r} is not a replication: use 'SimpleStrategy:<factor>' (one data centre) or "
@@ -348,6 +361,19 @@ class Settings:
     max_body_bytes: int = setting(
         65536, _integer(64, 64 * 1024 * 1024), "larger request bodies get 413, refused before they are read"
     )
+    body_timeout: float = setting(
+        10.0,
+        _number(0.1, 3600.0),
+        "seconds a request body may take to arrive, whole; then 408 and the connection is closed "
+        "(under uwsgi.ini's gevent mode; elsewhere each read is bounded by uWSGI's socket-timeout)",
+    )
+    body_readers: int = setting(
+        16,
+        _integer(1, 10_000),
+        "requests of one worker that may take up to UWSGI_ES_BODY_TIMEOUT to receive their body; past "
+        "them a request's body must arrive within 0.05 s (sent with its headers), so slow senders never "
+        "hold a worker's other requests",
+    )
     operator_networks: Networks = setting(
         LOOPBACK,
         _networks,
@@ -399,6 +425,13 @@ class Settings:
         _number(0.0, 60.0),
         "read side: how long a read asking for a position (`X-Min-Position`) waits for its projection "
         "to reach it, then 503 naming the lag",
+    )
+    max_waiting_reads: int = setting(
+        16,
+        _integer(0, 100_000),
+        "read side: reads one worker lets wait at once for their `X-Min-Position` (each holds one of "
+        "the worker's 64 gevent slots, and no database connection); more are answered 503 at once, "
+        "naming this bound",
     )
     cassandra_hosts: str = setting("127.0.0.1", _hosts, "contact points, comma-separated")
     cassandra_port: int = setting(9042, _integer(1, 65535), "native protocol port")

@@ -5,9 +5,13 @@ stays the only lock.
 
 - **Snapshots**: every ``snapshot_interval`` events (``UWSGI_ES_SNAPSHOT_INTERVAL``, or the
   aggregate class's own attribute) the application stores the aggregate's state in the snapshots
-  table of a ``SnapshotStore``. Loading starts from the latest snapshot and replays only the events
-  after it. A snapshot of an older ``class_version`` is upcast; one that cannot be read (or a table
-  not migrated yet) is logged and ignored: the aggregate is replayed from its first event.
+  table of a ``SnapshotStore``, with the digest of its last event as stored. Loading starts from the
+  latest snapshot and replays only the events after it, but only if the event at the snapshot's
+  version is still stored as the digest says: events cut back under it (a restored backup, rows
+  deleted by hand) and written again must never be folded onto its stale state. A snapshot of an
+  older ``class_version`` is upcast; one that cannot be read, whose event is not stored as it
+  remembers, or without a digest (stored by an older uwsgi_es: nothing proves it matches the
+  events), is logged and ignored, and the aggregate replayed from its first event.
 - **The cache** (``UWSGI_ES_AGGREGATE_CACHE`` entries, LRU, per worker) keeps an aggregate's
   state as a snapshot in memory, with the stored text of its last event. Loading reads the events
   from that last one on: if it is not stored as remembered (its transaction rolled back, or the
@@ -22,21 +26,29 @@ annotate, and is neither snapshotted nor cached.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 from uuid import UUID
 
-from uwsgi_es.domain import Aggregate, aggregate_classes, resolve_topic, topic_of
+from uwsgi_es.domain import Aggregate, DomainEvent, aggregate_classes, resolve_topic, topic_of
 from uwsgi_es.errors import TopicError, TranscodingError, UwsgiEsError
 from uwsgi_es.lifecycle.events import emit
 from uwsgi_es.settings import Settings
-from uwsgi_es.stores import RecordStore, SnapshotStore, StoredRecord
+from uwsgi_es.stores import RecordStore, Snapshot, SnapshotStore, StoredRecord
 from uwsgi_es.transcoding import AggregateCodec, aggregate_codec_for
 
 log = logging.getLogger(__name__)
+_WARNED_AT_MOST = 10_000  # distinct warnings remembered (each stale snapshot is one)
+
+
+def event_digest(record: StoredRecord) -> str:
+    """What a snapshot remembers of the stored event it was taken at: its topic and state, hashed."""
+    text = f"{record.topic}\n{record.state}".encode("utf-8", "surrogatepass")
+    return hashlib.sha256(text).hexdigest()
 
 
 class Cached(NamedTuple):
@@ -118,18 +130,42 @@ class Snapshots:
             return None
         return aggregate
 
-    def stored(self, aggregate_id: UUID) -> Aggregate | None:
-        """The aggregate at its latest stored snapshot, or None (no snapshot, or an unreadable one)."""
+    def latest(self, aggregate_id: UUID) -> Snapshot | None:
+        """The aggregate's latest stored snapshot, or None (none, or the snapshots cannot be read)."""
         if self.store is None or not self.reads:
             return None
         try:
-            snapshot = self.store.latest_snapshot(aggregate_id)
-            if snapshot is None:
-                return None
-            cls = resolve_aggregate(snapshot.topic)
-            aggregate: Aggregate = aggregate_codec_for(cls).decode(
-                aggregate_id, snapshot.originator_version, snapshot.state
+            return self.store.latest_snapshot(aggregate_id)
+        except UwsgiEsError as exc:
+            self._warn("snapshots", "cannot be read; replaying from the first event", exc)
+            return None
+
+    def from_snapshot(self, snapshot: Snapshot, first: StoredRecord | None) -> Aggregate | None:
+        """The aggregate at ``snapshot`` if ``first`` (the stored event at its version) is the event
+        it was taken at; None (logged once) otherwise, or if it cannot be read."""
+        aggregate_id, version = snapshot.originator_id, snapshot.originator_version
+        if snapshot.last_event is None:
+            self._warn(
+                "snapshots",
+                "stored without the digest of their event (by an older uwsgi_es) are ignored, each "
+                "until its aggregate's next snapshot replaces it: nothing proves they match the events",
+                None,
             )
+            return None
+        if first is None or first.originator_version != version or event_digest(first) != snapshot.last_event:
+            found = "no event" if first is None else f"version {first.originator_version}"
+            if first is not None and first.originator_version == version:
+                found = f"another event at version {version} (topic {first.topic[:200]!r})"
+            self._warn(
+                f"snapshot of {aggregate_id} at version {version}",
+                f"is stale: the store holds {found} where the snapshot's event was (events cut "
+                "back or rewritten under it); ignored, replaying from the first event",
+                None,
+            )
+            return None
+        try:
+            cls = resolve_aggregate(snapshot.topic)
+            aggregate: Aggregate = aggregate_codec_for(cls).decode(aggregate_id, version, snapshot.state)
         except UwsgiEsError as exc:
             self._warn("snapshots", "cannot be read; replaying from the first event", exc)
             return None
@@ -153,11 +189,22 @@ class Snapshots:
 
     # Taking ----------------------------------------------------------------------------------
 
-    def after_save(self, aggregates: Sequence[Aggregate], saved: dict[UUID, int]) -> None:
-        """Snapshot each aggregate whose save crossed a multiple of its interval. Best effort:
-        the events are stored; a snapshot that fails is logged and taken at the next interval."""
+    def after_save(
+        self,
+        aggregates: Sequence[Aggregate],
+        events: Sequence[DomainEvent],
+        record_of: Callable[[DomainEvent], StoredRecord],
+    ) -> None:
+        """Snapshot each aggregate whose save (of ``events``) crossed a multiple of its interval,
+        with the digest of its last event as ``record_of`` stores it. Best effort: the events are
+        stored; a snapshot that fails is logged and taken at the next interval."""
         if self.store is None:
             return
+        saved: dict[UUID, int] = {}
+        last: dict[UUID, DomainEvent] = {}
+        for event in events:
+            saved[event.originator_id] = saved.get(event.originator_id, 0) + 1
+            last[event.originator_id] = event
         for aggregate in aggregates:
             interval = self.interval_of(type(aggregate))
             count = saved.get(aggregate.id, 0)
@@ -170,9 +217,10 @@ class Snapshots:
             state = self._encode(aggregate)
             if state is None:
                 continue
-            record = StoredRecord(aggregate.id, aggregate.version, topic_of(type(aggregate)), state)
+            digest = event_digest(record_of(last[aggregate.id]))
+            snapshot = Snapshot(aggregate.id, aggregate.version, topic_of(type(aggregate)), state, digest)
             try:
-                self.store.save_snapshot(record)
+                self.store.save_snapshot(snapshot)
             except UwsgiEsError as exc:
                 self._warn("snapshots", "cannot be stored (is the table migrated?)", exc)
 
@@ -209,6 +257,8 @@ class Snapshots:
         key = f"{subject} {problem}"
         if key in self._warned:
             return
+        if len(self._warned) >= _WARNED_AT_MOST:
+            self._warned.clear()
         self._warned.add(key)
         detail = f": {type(exc).__name__}: {exc}" if exc is not None else ""
         emit("snapshot_skipped", logging.WARNING, subject=subject, problem=f"{problem}{detail}")

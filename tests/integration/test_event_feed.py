@@ -5,9 +5,13 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
+from uuid import uuid4
 
 import pytest
+from sqlalchemy import create_engine, text
 
 from ..support.checks import fan_out
 from ..support.paths import INI, PROJECT
@@ -24,18 +28,43 @@ def backend(request: pytest.FixtureRequest) -> tuple[str, str]:
     return str(PROJECT / "deploy" / "uwsgi-postgres.ini"), request.getfixturevalue("postgres_url")
 
 
+@contextmanager
+def outside_transaction(request: pytest.FixtureRequest, url: str) -> Iterator[None]:
+    """On PostgreSQL, a session of another database of the server holding a transaction id and
+    idling for the whole test (it appends no event: the feed must not wait for it)."""
+    if not url.startswith("postgresql"):
+        yield
+        return
+    other = create_engine(request.getfixturevalue("postgres").create_database(f"other_{uuid4().hex[:8]}"))
+    try:
+        with other.connect() as connection:
+            connection.execute(text("SELECT txid_current()"))
+            yield
+            connection.rollback()
+    finally:
+        other.dispose()
+
+
 def test_tailing_reader_sees_every_event_exactly_once_in_order(
-    uwsgi_server: StartServer, backend: tuple[str, str]
+    uwsgi_server: StartServer, backend: tuple[str, str], request: pytest.FixtureRequest
 ) -> None:
     """16 writers (4 workers of 4 threads) deposit while a reader pages through /events?after=N:
     it never skips an event that commits late, never sees one twice, and repeated reads of the
-    whole feed give the same order. (SQLite admits one writer at a time; PostgreSQL writers commit
-    concurrently, and the feed shows only positions below the oldest transaction in flight, so an
-    acknowledged event appears once the transactions older than it end: the reader tails until
-    it has seen all of them, within a bound.)"""
+    whole feed give the same order. Every other deposit carries an Idempotency-Key: one whose
+    command conflicts re-runs it in its transaction, rolled back to a savepoint (on PostgreSQL it
+    then announces itself again, at a new base). (SQLite admits one writer at a time; PostgreSQL
+    writers commit concurrently, and the feed shows only positions below the oldest transaction
+    in flight that appends events, so an acknowledged event appears once the appending
+    transactions older than it end: the reader tails until it has seen all of them, within a
+    bound, while a transaction of another database, which appends none, stays open throughout.)"""
     ini, url = backend
     threads = ["--threads", "4", "--async", "0", "--loop", "simple"]  # as uwsgi.ini says for threads
     server = uwsgi_server(ini, env={"UWSGI_ES_DATABASE_URL": url}, options=["--processes", "4", *threads])
+    with outside_transaction(request, url):
+        _tail_while_depositing(server, url)
+
+
+def _tail_while_depositing(server: Any, url: str) -> None:
     accounts = [server.post("/accounts", {"owner": f"feed {i}"}).json()["id"] for i in range(8)]
     seen: list[int] = []
     acknowledged: list[int] = []  # set once the writers are done: 8 openings + the deposits answered 200
@@ -52,11 +81,12 @@ def test_tailing_reader_sees_every_event_exactly_once_in_order(
 
     reader = threading.Thread(target=tail)
     reader.start()
-    statuses = fan_out(
-        800,
-        lambda i: server.post(f"/accounts/{accounts[i % 8]}/deposits", {"amount": 1}).status,
-        concurrency=16,
-    )
+
+    def deposit(i: int) -> int:
+        keyed = {"Idempotency-Key": str(uuid4())} if i % 2 else None
+        return int(server.post(f"/accounts/{accounts[i % 8]}/deposits", {"amount": 1}, headers=keyed).status)
+
+    statuses = fan_out(800, deposit, concurrency=16)
     acknowledged.append(8 + statuses.count(200))
     reader.join(70)
     assert not reader.is_alive()
@@ -79,4 +109,5 @@ def test_tailing_reader_sees_every_event_exactly_once_in_order(
     assert len(everything) == expected
     balances = [server.get(f"/accounts/{a}").json()["balance"] for a in accounts]
     assert sum(balances) == statuses.count(200)
-    print(f"feed ({url.split(':')[0]}): {len(seen)} events tailed while 4 workers wrote, none skipped")
+    store = url.split(":", maxsplit=1)[0]
+    print(f"feed ({store}): {len(seen)} events tailed while 4 workers wrote, none skipped")

@@ -26,6 +26,7 @@ from sqlalchemy import create_engine, text
 from uwsgi_es.cli import migrate as migrate_tables
 from uwsgi_es.settings import Settings
 from uwsgi_es.testing import UwsgiServer
+from uwsgi_es.web.ops import READY_LONGEST_SECONDS
 
 from ..conftest import EXAMPLE
 from ..support.paths import INI
@@ -81,6 +82,7 @@ def test_a_sqlite_file_deleted_under_the_server_is_never_written_to_in_vain(
         file.unlink(missing_ok=True)
     statuses = [deposit(server, account, 1) for _ in range(20)]
     assert set(statuses) == {503}, statuses
+    time.sleep(READY_LONGEST_SECONDS)  # /ready answers from a check at most this old
     assert ready(server) == {503}
     assert server.post("/accounts", {"owner": "x"}).json() == {"error": "the event store is unavailable"}
     assert "was deleted or replaced while this worker used it" in server.log()
@@ -190,6 +192,7 @@ def test_a_full_disk_refuses_writes_and_recovers_when_space_returns(
                 break
         assert outcomes[-1] == 503, "the disk never filled"
         assert set(outcomes) <= {200, 503}
+        time.sleep(READY_LONGEST_SECONDS)  # /ready answers from a check at most this old
         assert ready(server) == {503}
         filler.unlink()
         back = wait_for(lambda: ready(server) == {200}, 10)
@@ -254,6 +257,7 @@ def test_a_lock_held_on_the_events_table_delays_requests_within_a_bound(
     timings: list[tuple[int, float]] = []
     with holder.connect() as connection:
         connection.execute(text("LOCK TABLE integer_sequenced_items IN SHARE MODE"))
+        time.sleep(READY_LONGEST_SECONDS)  # /ready answers from a check at most this old
         results: list[tuple[str, int, float]] = []
 
         def attempt(path: str) -> None:

@@ -4,20 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import pytest
 from cassandra import WriteTimeout, WriteType
 from cassandra.protocol import ErrorMessage
 
+from uwsgi_es.domain import topic_of
 from uwsgi_es.errors import ConcurrencyError, OutcomeUnknownError, SchemaMissingError, StoreUnavailableError
 from uwsgi_es.settings import Settings
-from uwsgi_es.stores.base import RecordStore, StoredRecord
+from uwsgi_es.stores.base import SNAPSHOTS_TABLE, RecordStore, StoredRecord
 from uwsgi_es.stores.cassandra import CAS_WRITE_UNKNOWN, TABLE, CassandraRecordStore, _ours, maybe_applied
 from uwsgi_es.testing.cassandra import CassandraNode
 
 from .contract import RecordStoreContract, records
-from .snapshot_contract import SnapshotsContract
+from .snapshot_contract import Counter, SnapshotsContract
 from .typed_contract import TypedEventsContract
 
 pytestmark = pytest.mark.cassandra
@@ -35,6 +36,29 @@ class TestCassandraStore(RecordStoreContract, TypedEventsContract, SnapshotsCont
         store = make_store()
         yield store
         store.close()
+
+    def cut_events(self, store: RecordStore, originator_id: UUID, after_version: int) -> None:
+        assert isinstance(store, CassandraRecordStore)
+        store.session.execute(
+            f"DELETE FROM {store.keyspace}.{TABLE} WHERE originator_id = %s AND originator_version > %s",  # noqa: S608
+            (originator_id, after_version),
+        )
+
+    def make_old_snapshots_table(
+        self, store: RecordStore, originator_id: UUID, version: int, state: str
+    ) -> None:
+        assert isinstance(store, CassandraRecordStore)
+        table = f"{store.keyspace}.{SNAPSHOTS_TABLE}"
+        store.session.execute(f"DROP TABLE {table}")
+        store.session.execute(
+            f"CREATE TABLE {table} (originator_id uuid PRIMARY KEY, originator_version bigint, "
+            "topic text, state text)"
+        )
+        store.session.execute(
+            f"INSERT INTO {table} (originator_id, originator_version, topic, state) VALUES (%s, %s, %s, %s)",  # noqa: S608
+            (originator_id, version, topic_of(Counter), state),
+        )
+        store._snapshots = None  # prepared against the dropped table
 
 
 def test_statements_are_prepared_once_per_store(cassandra_settings: Settings) -> None:

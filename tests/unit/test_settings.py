@@ -101,3 +101,26 @@ def test_settings_that_parse_survive_one_that_does_not(raw: str | None, expected
 def test_no_application_is_named_by_default() -> None:
     """A library never falls back to its demo: UWSGI_ES_APPLICATION has no default."""
     assert Settings().application == ""
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw"),
+    [
+        ("UWSGI_ES_POOL_SIZE", "\u0665"),  # Arabic-Indic five: int() reads it as 5
+        ("UWSGI_ES_POOL_SIZE", "\uff15"),  # fullwidth five
+        ("UWSGI_ES_POOL_SIZE", "1_0"),
+        ("UWSGI_ES_POOL_TIMEOUT", "\u0665.5"),
+        ("UWSGI_ES_POOL_TIMEOUT", "1e1"),
+        ("UWSGI_ES_POOL_TIMEOUT", "nan"),
+        ("UWSGI_ES_CASSANDRA_REPLICATION", "SimpleStrategy:\u0663"),
+    ],
+)
+def test_numbers_are_read_in_ascii_digits_only(variable: str, raw: str) -> None:
+    """Every int and float setting (and the replication factor) takes ASCII digits only, and the
+    error names the variable and the value."""
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_environ({variable: raw})
+    assert f"{variable}={raw!r}" in str(caught.value)
+    assert (
+        Settings.from_environ({"UWSGI_ES_POOL_SIZE": "7", "UWSGI_ES_POOL_TIMEOUT": ".5"}).pool_timeout == 0.5
+    )

@@ -15,19 +15,27 @@ through its connection into the store's (503), a missing read-model table into
 position (``X-Min-Position``): ``projected`` waits, at most ``UWSGI_ES_READ_WAIT`` seconds, until the
 projection's tracking record has reached it, then gives a connection to read the read model;
 past the bound it raises ``ProjectionLagError`` naming the lag (a 503 the client may retry).
+While it waits the read holds no database connection: it looks at the tracking record with a
+short-lived one (one look per ``WAIT_STEP_SECONDS`` for all the waiting reads of a process), and
+opens the connection it reads with once the position is reached. Under uWSGI's gevent loop a
+connection held across the wait's yields would leave the worker's pool empty, and the next
+checkout would stop every greenlet of the worker. At most ``UWSGI_ES_MAX_WAITING_READS`` reads of
+a worker wait at once; another is refused at once (``TooManyWaitingReadsError``, 503 naming it).
 """
 
 from __future__ import annotations
 
 import importlib
+import threading
 import time
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from uwsgi_es.application import Application
 from uwsgi_es.errors import (
@@ -35,12 +43,15 @@ from uwsgi_es.errors import (
     ProjectionLagError,
     ProjectionStoppedError,
     ReadSideUnavailableError,
+    TooManyWaitingReadsError,
     UnsupportedOperationError,
 )
 from uwsgi_es.lifecycle import process
 from uwsgi_es.readside.projection import Projection, absent_tables, read_model_missing
 from uwsgi_es.readside.runner import database_error, feed_store, is_database_error, stopped_message
 from uwsgi_es.readside.tracking import read
+from uwsgi_es.stores import deadlines
+from uwsgi_es.stores.sqlalchemy.engine import pool_exhausted
 from uwsgi_es.stores.sqlalchemy.store import SQLAlchemyRecordStore
 
 # How often a waiting read looks at the tracking record again (and wakes the runners).
@@ -50,6 +61,14 @@ LAG_COUNTED_UP_TO = 100_000
 # Global state, admitted: per engine, the projections whose tables this process has seen exist
 # (tables are not dropped under a running service; a read still names them if they are).
 _tables_found: weakref.WeakKeyDictionary[Engine, set[str]] = weakref.WeakKeyDictionary()
+# Global state, admitted: per engine and projection, the position this process read last and when,
+# so a process's waiting reads share one look per WAIT_STEP_SECONDS however many they are.
+_seen: weakref.WeakKeyDictionary[Engine, dict[str, tuple[int, float]]] = weakref.WeakKeyDictionary()
+# Reads of this process waiting for a position now (greenlets under gevent, or threads).
+_waiting = 0
+_waiting_lock = threading.Lock()
+# Held by the one read of this process looking at a tracking record now (never waited for).
+_looking = threading.Lock()
 
 
 def projection_classes(app: Any) -> list[type[Projection]]:
@@ -89,8 +108,9 @@ def projection_named(app: Application, name: str) -> type[Projection]:
 
 
 def report(app: Any) -> dict[str, dict[str, Any]]:
-    """Each projection's position, lag behind the feed, and stop or reason it cannot run (``error``
-    without ``stopped_at``), for ``/worker``; {} without any."""
+    """Each projection's position, lag (the events stored after it, also those the feed does not
+    show yet: ``count_after``), and stop or reason it cannot run (``error`` without
+    ``stopped_at``), for ``/worker``; {} without any."""
     names = _names(app)
     if not names:
         return {}
@@ -169,6 +189,8 @@ def _translated(store: SQLAlchemyRecordStore) -> Iterator[None]:
         yield
     except DBAPIError as exc:
         raise database_error(store, None, exc) from exc
+    except PoolTimeoutError as exc:
+        raise pool_exhausted(store.engine, store.describe()) from exc
     except SQLAlchemyError as exc:
         raise store.unavailable(exc) from exc
 
@@ -184,9 +206,14 @@ def projected(app: Application, projection: type[Projection], at_least: int = 0)
         )
     store = app.records
     try:
-        with store.engine.connect() as connection:
-            _wait_for(app, store, connection, projection, at_least)
+        if at_least > 0:
+            with deadlines.not_counted():  # waiting for the projection is not waiting for the database
+                _wait_for(app, store, projection, at_least)
+        # Opened once the position is reached: its reads see the projection's commits up to it.
+        with store.engine.connect() as connection, process.holding_connection():
             yield connection
+    except PoolTimeoutError as exc:
+        raise pool_exhausted(store.engine, store.describe()) from exc
     except DBAPIError as exc:
         if not is_database_error(exc):
             raise  # the reader's own mistake (a bad query): a bug, not the database
@@ -196,27 +223,71 @@ def projected(app: Application, projection: type[Projection], at_least: int = 0)
 
 
 def _wait_for(
-    app: Application,
-    store: SQLAlchemyRecordStore,
-    connection: Connection,
-    projection: type[Projection],
-    at_least: int,
+    app: Application, store: SQLAlchemyRecordStore, projection: type[Projection], at_least: int
 ) -> None:
-    """Return once the projection has applied ``at_least``; ``ProjectionLagError`` past the bound."""
+    """Return once the projection has applied ``at_least``, holding no connection in between;
+    ``ProjectionLagError`` past ``UWSGI_ES_READ_WAIT``, ``TooManyWaitingReadsError`` when this
+    process already has ``UWSGI_ES_MAX_WAITING_READS`` reads waiting."""
     deadline = time.monotonic() + app.settings.read_wait
-    while at_least > 0:
-        position = read(connection, [projection.name])[projection.name].position
-        if position >= at_least:
-            connection.rollback()  # end the read, so the view's reads see newer commits
-            return
-        if time.monotonic() >= deadline:
-            raise ProjectionLagError(
-                f"The projection {projection.name!r} is at position {position}, before the "
-                f"position {at_least} asked for, after waiting {app.settings.read_wait:g}s "
-                "(UWSGI_ES_READ_WAIT). Retry shortly."
+    position = _position(store, projection, at_least)
+    with ExitStack() as waiting:
+        placed = False
+        while position < at_least:
+            if time.monotonic() >= deadline:
+                raise ProjectionLagError(
+                    f"The projection {projection.name!r} is at position {position}, before the "
+                    f"position {at_least} asked for, after waiting {app.settings.read_wait:g}s "
+                    "(UWSGI_ES_READ_WAIT). Retry shortly."
+                )
+            if not placed:  # first time round: take a waiting read's place
+                waiting.enter_context(_waiting_place(app.settings.max_waiting_reads))
+                placed = True
+            process.pause(WAIT_STEP_SECONDS)
+            position = _position(store, projection, at_least)
+
+
+def _position(store: SQLAlchemyRecordStore, projection: type[Projection], at_least: int) -> int:
+    """The projection's position, read on a short-lived connection unless this process read it
+    less than ``WAIT_STEP_SECONDS`` ago or another read is looking now (one looks at a time, so
+    waiting threads take one connection, not one each); short of ``at_least``, the runners are
+    woken too."""
+    seen = _seen.setdefault(store.engine, {})
+    last = seen.get(projection.name)
+    now = time.monotonic()
+    if last is not None and now - last[1] < WAIT_STEP_SECONDS:
+        return last[0]
+    alone = _looking.acquire(blocking=False)  # never waits: under gevent the holder may yield
+    if not alone and last is not None:
+        return last[0]
+    try:
+        with store.engine.connect() as connection:
+            position = read(connection, [projection.name])[projection.name].position
+            if position < at_least:
+                store.wake_projections(connection)  # PostgreSQL's NOTIFY; sooner than their next poll
+    finally:
+        if alone:
+            _looking.release()
+    seen[projection.name] = (position, now)
+    return position
+
+
+@contextmanager
+def _waiting_place(bound: int) -> Iterator[None]:
+    """One of this process's ``bound`` places for reads waiting for a position, or a refusal."""
+    global _waiting
+    with _waiting_lock:
+        if _waiting >= bound:
+            raise TooManyWaitingReadsError(
+                f"This worker already has {bound} reads waiting for a projection to reach the "
+                "position they ask for (X-Min-Position): that is its bound, UWSGI_ES_MAX_WAITING_READS, "
+                "so this read was refused without waiting. Retry shortly."
             )
-        store.wake_projections(connection)  # and ends the read, so the next sees newer commits
-        process.pause(WAIT_STEP_SECONDS)
+        _waiting += 1
+    try:
+        yield
+    finally:
+        with _waiting_lock:
+            _waiting -= 1
 
 
 def _names(app: Any) -> Sequence[str]:

@@ -16,6 +16,7 @@ from uwsgi_es.stores.base import (
     IdempotentWrites,
     RecordStore,
     RequestScope,
+    Snapshot,
     SnapshotStore,
     StoredRecord,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "IdempotentWrites",
     "RecordStore",
     "RequestScope",
+    "Snapshot",
     "SnapshotStore",
     "StoredRecord",
     "create_record_store",

@@ -53,6 +53,18 @@ class StoredRecord(NamedTuple):
     id: int | None = None
 
 
+class Snapshot(NamedTuple):
+    """An aggregate's state at a version. ``last_event`` is the digest of the stored event at that
+    version when the snapshot was taken (``uwsgi_es.snapshots.event_digest``): a snapshot is used
+    only while that event is still stored as it was. None for one stored before digests were kept."""
+
+    originator_id: UUID
+    originator_version: int
+    topic: str
+    state: str
+    last_event: str | None = None
+
+
 def version_conflict(records: Sequence[StoredRecord]) -> ConcurrencyError:
     """The error every store raises when a batch hits a version that is already stored."""
     first = records[0]
@@ -183,12 +195,13 @@ class IdempotentWrites(Protocol):
 @runtime_checkable
 class SnapshotStore(Protocol):
     """A store that keeps the latest snapshot of each aggregate (SQL stores and Cassandra), in a
-    table of its own: a record whose version is the aggregate's and whose state is its state."""
+    table of its own, with the digest of the event it was taken at."""
 
-    def save_snapshot(self, snapshot: StoredRecord) -> None:
-        """Keep ``snapshot`` unless a later one of the same aggregate is kept already."""
+    def save_snapshot(self, snapshot: Snapshot) -> None:
+        """Keep ``snapshot`` unless a later one of the same aggregate is kept already (one at the
+        same version replaces the kept one: that may be stale, its event since rewritten)."""
         ...
 
-    def latest_snapshot(self, originator_id: UUID) -> StoredRecord | None:
+    def latest_snapshot(self, originator_id: UUID) -> Snapshot | None:
         """The latest snapshot of an aggregate, or None."""
         ...

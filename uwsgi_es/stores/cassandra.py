@@ -72,6 +72,7 @@ from uwsgi_es.stores.base import (
     HEARTBEAT_TABLE,
     SNAPSHOTS_TABLE,
     RecordStore,
+    Snapshot,
     StoredRecord,
     heartbeat_name,
     version_conflict,
@@ -187,8 +188,16 @@ class CassandraRecordStore(RecordStore):
                 self.session.execute(f"ALTER TABLE {self.keyspace}.{TABLE} ADD write_id uuid")
             self.session.execute(
                 f"CREATE TABLE IF NOT EXISTS {self.keyspace}.{SNAPSHOTS_TABLE} ("
-                "originator_id uuid PRIMARY KEY, originator_version bigint, topic text, state text)"
+                "originator_id uuid PRIMARY KEY, originator_version bigint, topic text, state text, "
+                "last_event text)"
             )
+            columns = self.session.execute(
+                "SELECT column_name FROM system_schema.columns WHERE keyspace_name = %s AND table_name = %s",
+                (self.keyspace, SNAPSHOTS_TABLE),
+            )
+            if "last_event" not in {row.column_name for row in columns}:  # made before snapshots
+                # remembered their event: old rows keep null and are ignored until retaken
+                self.session.execute(f"ALTER TABLE {self.keyspace}.{SNAPSHOTS_TABLE} ADD last_event text")
             self.session.execute(
                 f"CREATE TABLE IF NOT EXISTS {self.keyspace}.{HEARTBEAT_TABLE} "
                 "(host text PRIMARY KEY, beats counter)"
@@ -231,21 +240,21 @@ class CassandraRecordStore(RecordStore):
         except DRIVER_ERRORS as exc:
             raise self.unavailable(exc) from exc
 
-    def save_snapshot(self, snapshot: StoredRecord) -> None:
+    def save_snapshot(self, snapshot: Snapshot) -> None:
         """A plain upsert (last write wins): a snapshot older than the one it overwrites only
         means more events to replay after it, never a wrong state."""
         self.check_process()
         save, _ = self._snapshot_statements()
-        values = (snapshot.originator_id, snapshot.originator_version, snapshot.topic, snapshot.state)
-        self._execute(save, values)
+        self._execute(save, tuple(snapshot))
 
-    def latest_snapshot(self, originator_id: UUID) -> StoredRecord | None:
+    def latest_snapshot(self, originator_id: UUID) -> Snapshot | None:
         self.check_process()
         _, latest = self._snapshot_statements()
         rows = self._execute(latest, (originator_id,))
         if not rows:
             return None
-        return StoredRecord(originator_id, rows[0].originator_version, rows[0].topic, rows[0].state)
+        row = rows[0]
+        return Snapshot(originator_id, row.originator_version, row.topic, row.state, row.last_event)
 
     def _snapshot_statements(self) -> tuple[PreparedStatement, PreparedStatement]:
         """Prepared apart from the events' statements, so a keyspace migrated before snapshots
@@ -254,8 +263,9 @@ class CassandraRecordStore(RecordStore):
             table = f"{self.keyspace}.{SNAPSHOTS_TABLE}"
             save, latest = self._prepare(
                 table,
-                f"INSERT INTO {table} (originator_id, originator_version, topic, state) VALUES (?, ?, ?, ?)",  # noqa: S608
-                f"SELECT originator_version, topic, state FROM {table} WHERE originator_id = ?",  # noqa: S608
+                f"INSERT INTO {table} (originator_id, originator_version, topic, state, last_event) "  # noqa: S608
+                "VALUES (?, ?, ?, ?, ?)",
+                f"SELECT originator_version, topic, state, last_event FROM {table} WHERE originator_id = ?",  # noqa: S608
             )
             latest.is_idempotent = True
             self._snapshots = (save, latest)

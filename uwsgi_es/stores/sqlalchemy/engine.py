@@ -14,23 +14,34 @@
   transaction (holding the append lock) is ended by the server after
   ``UWSGI_ES_IDLE_IN_TRANSACTION_TIMEOUT``, so the other writers go on. Each connection's
   ``application_name`` says whose it is (``uwsgi_es worker 3 pid 1234``) in ``pg_stat_activity``.
+- Both: the wait of each statement for a lock is capped at what is left of its request's deadline
+  (``uwsgi_es.stores.deadlines``: PostgreSQL's ``lock_timeout``, SQLite's busy timeout, changed
+  only when the cap differs), and a statement that would start past it is not sent
+  (``DeadlinePassedError``). Under uWSGI's gevent loop the pool's wait for a free connection yields
+  to the worker's other greenlets (they are the ones holding the connections) and gives up after
+  ``UWSGI_ES_POOL_TIMEOUT`` (``PoolExhaustedError``, 503).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, ExceptionContext, make_url
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
 
 from uwsgi_es.errors import (
     ConfigurationError,
+    DeadlinePassedError,
+    PoolExhaustedError,
     SchemaMissingError,
     StoreBusyError,
     StoreReadOnlyError,
@@ -40,9 +51,20 @@ from uwsgi_es.lifecycle import process
 from uwsgi_es.metrics import recorder
 from uwsgi_es.redaction import redact_url
 from uwsgi_es.settings import PREFIX, Settings, missing_driver, parse_database_url
+from uwsgi_es.stores import deadlines
 
 WRITE = "uwsgi_es_write"  # execution option: this transaction will write (SQLite: BEGIN IMMEDIATE)
 FILE_IDENTITY = "uwsgi_es_file"  # connection info key: (device, inode) of the file SQLite opened
+LOCK_BOUND = "uwsgi_es_lock_bound"  # engine execution option: seconds a request may wait for locks
+_WAIT_MS = "uwsgi_es_wait_ms"  # connection info key: the session's lock wait bound now (ms)
+_LOCAL_WAIT_MS = "uwsgi_es_local_wait_ms"  # ... (transaction, ms) set for one transaction only
+# A cap within this many ms of the one in force is left as it is (no round trip to change it).
+_CAP_SLACK_MS = 20
+# How often a wait for a free pooled connection looks again, under gevent.
+_POOL_POLL_SECONDS = 0.002
+# Statements that end a transaction or savepoint: never refused, never preceded by a SET (in an
+# aborted transaction nothing else may be sent).
+_ENDINGS = ("ROLLBACK", "RELEASE", "COMMIT")
 
 # PostgreSQL SQLSTATEs we tell apart (https://www.postgresql.org/docs/current/errcodes-appendix.html)
 _UNDEFINED_TABLE = "42P01"
@@ -78,6 +100,59 @@ def create_engine_from_settings(settings: Settings) -> Engine:
     return engine
 
 
+def lock_bound(engine: Engine) -> float | None:
+    """Seconds a request may wait for locks on this engine (None: not an engine of ours)."""
+    bound = engine.get_execution_options().get(LOCK_BOUND)
+    return None if bound is None else float(bound)
+
+
+class _YieldingQueuePool(QueuePool):
+    """A ``QueuePool`` whose wait for a free connection, under uWSGI's gevent loop, lets the worker's
+    other greenlets run: they hold the connections, and a wait on the pool's thread condition would
+    stop them all, so none would be given back before the pool timeout. Elsewhere it waits as
+    ``QueuePool`` does (other threads give connections back)."""
+
+    def _do_get(self) -> ConnectionPoolEntry:
+        if self._max_overflow > -1 and process.option("gevent"):
+            deadline = time.monotonic() + self._timeout
+            while self.checkedin() == 0 and self._overflow >= self._max_overflow:
+                if time.monotonic() >= deadline:
+                    raise PoolTimeoutError(
+                        f"QueuePool limit of size {self.size()} overflow {self._max_overflow} reached, "
+                        f"connection timed out, timeout {self._timeout:.2f}",
+                        code="3o7r",
+                    )
+                process.pause(_POOL_POLL_SECONDS)
+        return super()._do_get()
+
+
+def pool_exhausted(engine: Engine, where: str) -> PoolExhaustedError:
+    """Our error for the pool's ``TimeoutError``: a 503 naming the pool and its settings."""
+    pool = engine.pool
+    size = pool.size() if isinstance(pool, QueuePool) else 1
+    overflow = pool._max_overflow if isinstance(pool, QueuePool) else 0
+    timeout = pool._timeout if isinstance(pool, QueuePool) else 0.0
+    return PoolExhaustedError(
+        f"{where} is busy: all {size} pooled connections of this process and {max(0, overflow)} "
+        f"overflow ones stayed in use for {timeout:g}s (UWSGI_ES_POOL_TIMEOUT). Raise "
+        "UWSGI_ES_POOL_SIZE or UWSGI_ES_MAX_OVERFLOW if requests need more at once, or find what "
+        "holds them (/worker shows the pool)."
+    )
+
+
+def _capped_wait_ms(bound: float, setting: str, url: URL) -> int:
+    """The longest the next statement may wait for a lock (ms): what is left of its request's
+    bound; ``DeadlinePassedError`` when nothing is (the statement is then not sent)."""
+    limit = deadlines.wait_limit(bound)
+    if limit <= 0:
+        raise DeadlinePassedError(
+            f"The database at {describe_url(url)} was not asked: this request had already waited "
+            f"{bound:g}s ({setting}) for the database, behind this worker's other requests, so "
+            "nothing more was done or stored. Retry shortly."
+        )
+    return max(1, min(round(bound * 1000), math.ceil(limit * 1000)))
+
+
 def _counted_checkout(*_: Any) -> None:
     recorder.pool_checkout()
 
@@ -95,6 +170,8 @@ def _create_postgres_engine(settings: Settings, url: URL) -> Engine:
             pool_timeout=settings.pool_timeout,
             pool_recycle=settings.pool_recycle,
             pool_pre_ping=settings.pool_pre_ping,
+            poolclass=_YieldingQueuePool,
+            execution_options={LOCK_BOUND: settings.lock_timeout},
         )
     except ImportError as exc:  # checked by parse_database_url already; kept for a driver's late import
         raise ConfigurationError(missing_driver(f"{PREFIX}DATABASE_URL", url, exc)) from exc
@@ -115,13 +192,38 @@ def _create_postgres_engine(settings: Settings, url: URL) -> Engine:
             context.is_disconnect = True
 
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+    def _on_connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute(guards)  # one round trip for the three session guards
         finally:
             cursor.close()
         dbapi_connection.commit()  # psycopg opened a transaction for the SET: end it
+        record.info[_WAIT_MS] = bound_ms
+        record.info.pop(_LOCAL_WAIT_MS, None)
+
+    bound_ms = max(1, round(settings.lock_timeout * 1000))
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _cap_lock_wait(conn: Connection, cursor: Any, statement: str, *_: Any) -> None:
+        if statement.lstrip()[:8].upper().startswith(_ENDINGS):
+            return
+        wanted = _capped_wait_ms(settings.lock_timeout, f"{PREFIX}LOCK_TIMEOUT", url)
+        info = conn.info
+        session_ms = int(info.get(_WAIT_MS, bound_ms))
+        dbapi_connection = cursor.connection
+        if dbapi_connection.autocommit:  # one statement, its own transaction: set it for the session
+            if abs(session_ms - wanted) > _CAP_SLACK_MS:
+                dbapi_connection.execute(f"SET lock_timeout = {wanted}")
+                info[_WAIT_MS] = wanted
+            return
+        # In a transaction: SET LOCAL, undone with it (or with the savepoint it was made in).
+        transaction = conn.get_nested_transaction() or conn.get_transaction()
+        local = info.get(_LOCAL_WAIT_MS)
+        in_force = local[1] if local is not None and local[0] is transaction else session_ms
+        if abs(in_force - wanted) > _CAP_SLACK_MS:
+            dbapi_connection.execute(f"SET LOCAL lock_timeout = {wanted}")
+            info[_LOCAL_WAIT_MS] = (transaction, wanted)
 
     return engine
 
@@ -138,8 +240,18 @@ def _create_sqlite_engine(settings: Settings, url: URL) -> Engine:
         # A file: URI with mode=rw: SQLite must not create a missing file (migrate does that).
         uri = f"file:{quote(str(path))}"
         url = url.set(database=uri, query={**url.query, "mode": "rw", "uri": "true"})
-    engine = create_engine(url, connect_args={"timeout": settings.sqlite_busy_timeout_ms / 1000})
     busy_timeout = settings.sqlite_busy_timeout_ms
+    pooling: dict[str, Any] = (
+        {}  # in memory: SQLAlchemy's one connection per thread
+        if path is None
+        else {"poolclass": _YieldingQueuePool, "pool_timeout": settings.pool_timeout}
+    )
+    engine = create_engine(
+        url,
+        connect_args={"timeout": busy_timeout / 1000},
+        execution_options={LOCK_BOUND: busy_timeout / 1000},
+        **pooling,
+    )
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
@@ -155,6 +267,18 @@ def _create_sqlite_engine(settings: Settings, url: URL) -> Engine:
             cursor.close()
         if path is not None:
             record.info[FILE_IDENTITY] = file_identity(path)
+        record.info[_WAIT_MS] = int(busy_timeout)
+
+    if busy_timeout > 0:  # 0: a writer never waits, so no request queues behind one
+
+        @event.listens_for(engine, "before_cursor_execute")
+        def _cap_busy_wait(conn: Connection, cursor: Any, statement: str, *_: Any) -> None:
+            if statement.lstrip()[:8].upper().startswith(_ENDINGS):
+                return
+            wanted = _capped_wait_ms(busy_timeout / 1000, f"{PREFIX}SQLITE_BUSY_TIMEOUT_MS", url)
+            if conn.info.get(_WAIT_MS) != wanted:  # in process: no round trip, so exactly
+                cursor.connection.execute(f"PRAGMA busy_timeout={wanted}")
+                conn.info[_WAIT_MS] = wanted
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:

@@ -14,10 +14,11 @@ Why it looks the way it does:
   time but become visible at commit, so with concurrent writers a reader could see position 7
   before 6 commits, move past 6 and never see it. SQLite's ``BEGIN IMMEDIATE`` admits one writer
   at a time, so its commit order is its insert order. PostgreSQL writers commit concurrently (no
-  table lock: their fsyncs group); a position there starts with the writing transaction's id, and
-  the feed reads only below the oldest transaction still in progress (schema.SELECT_AFTER_PG), a
-  prefix of the order that can no longer change. Readers wait for transactions in flight, never
-  writers for each other.
+  table lock: their fsyncs group); a position there starts with a transaction id the writing
+  transaction was given after it announced that it appends events (the events table's trigger
+  does both), and the feed reads only below the oldest transaction that may still commit events
+  (``postgres_feed``), a prefix of the order that can no longer change. Readers wait for appending
+  transactions in flight (no other transaction, in any database), never writers for each other.
 - Round trips: on PostgreSQL every operation that is one statement (a read, an append) runs in
   autocommit, without BEGIN and COMMIT. Nothing pings a pooled connection before use: a call whose
   connection the server dropped (a restart) runs once more on a new one, unless it may have been
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import random
 import shutil
 import threading
 import time
@@ -48,31 +50,48 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import unquote
 from uuid import UUID
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, inspect
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from uwsgi_es.errors import (
     CommandRejectedError,
     ConcurrencyError,
+    DeadlinePassedError,
     DuplicateRequestError,
+    PoolExhaustedError,
     SchemaMissingError,
+    StoreBusyError,
     StoreReadOnlyError,
     StoreUnavailableError,
 )
+from uwsgi_es.lifecycle import process
 from uwsgi_es.redaction import redact_url, secrets_of
 from uwsgi_es.settings import Settings
-from uwsgi_es.stores.base import RecordStore, StoredRecord, heartbeat_name, version_conflict
+from uwsgi_es.stores import deadlines
+from uwsgi_es.stores.base import (
+    SNAPSHOTS_TABLE,
+    RecordStore,
+    Snapshot,
+    StoredRecord,
+    heartbeat_name,
+    version_conflict,
+)
 from uwsgi_es.stores.sqlalchemy.engine import (
     FILE_IDENTITY,
     WRITE,
     create_engine_from_settings,
     file_identity,
+    lock_bound,
+    pool_exhausted,
     sqlite_path,
     translate,
 )
+from uwsgi_es.stores.sqlalchemy.postgres_feed import UNANNOUNCED
 from uwsgi_es.stores.sqlalchemy.schema import (
+    ADD_SNAPSHOT_DIGEST,
+    ANNOUNCING_PG,
     COUNT_AFTER,
-    COUNT_AFTER_PG,
     DELETE_EXPIRED,
     DELETE_EXPIRED_KEY,
     HEARTBEAT,
@@ -84,6 +103,7 @@ from uwsgi_es.stores.sqlalchemy.schema import (
     NOTIFY,
     POSITIONS_BEFORE_UPGRADE_PG,
     POSITIONS_PER_TRANSACTION,
+    PRESENT_TRIGGERS_PG,
     SELECT_AFTER,
     SELECT_AFTER_PG,
     SELECT_ANSWER,
@@ -93,6 +113,7 @@ from uwsgi_es.stores.sqlalchemy.schema import (
     SELECT_ONE,
     SELECT_ONE_AFTER,
     SELECT_SNAPSHOT,
+    TRIGGERS_PG,
     UPGRADE_PG,
     UPSERT_SNAPSHOT,
     metadata,
@@ -111,6 +132,9 @@ _committing: ContextVar[bool] = ContextVar("uwsgi_es_committing", default=False)
 Operation = TypeVar("Operation", bound=Callable[..., Any])
 # Where a transaction's next append places its events (see ``_claim_places``).
 _PLACES = "uwsgi_es_positions_claimed"
+# PostgreSQL: an append finds no position base (the function undefined, or the trigger that sets
+# it missing): the database was not upgraded to announce its writers.
+_NOT_ANNOUNCING = frozenset({"42883", UNANNOUNCED})
 # Expired answers are swept at most this often per process, in a keyed request's transaction.
 SWEEP_INTERVAL = 60.0
 # The write transaction of the keyed request this context (thread, greenlet) is serving, and the
@@ -128,10 +152,30 @@ def _once_more_if_the_server_went_away(operation: Operation) -> Operation:
     hot path: a connection the server dropped fails its first statement, SQLAlchemy retires it and
     every connection pooled before it, and the second attempt runs on a new one. Never retried: a
     failure at COMMIT (it may have been stored), and work in a transaction someone else began (a
-    keyed request's, a view's session), which must fail whole."""
+    keyed request's, a view's session), which must fail whole.
+
+    Within a request under uWSGI's gevent loop, an operation of its own also waits for a lock in
+    slices (``uwsgi_es.stores.deadlines``): after a slice timed out it runs again, after a yield
+    that holds no connection, until the request's deadline. The worker's other requests run
+    meanwhile, instead of queueing behind the whole wait."""
 
     @functools.wraps(operation)
     def attempt(store: SQLAlchemyRecordStore, *args: Any, **kwargs: Any) -> Any:
+        bound = lock_bound(store.engine)
+        if bound is None or not deadlines.slices_waits() or store._joined() or process.holds_connection():
+            return once_more(store, *args, **kwargs)
+        while True:  # its waits in slices, taking turns with the process's other requests
+            with deadlines.turn(bound) as timed_out:
+                try:
+                    with deadlines.sliceable():
+                        return once_more(store, *args, **kwargs)
+                except StoreBusyError as exc:
+                    timed_out[0] = _sliced_wait_timed_out(exc)
+                    if not timed_out[0] or deadlines.left(bound) <= deadlines.SLICE_SECONDS:
+                        raise
+            process.pause(random.uniform(0.5, 1.0) * deadlines.SLICE_SECONDS)  # no connection held
+
+    def once_more(store: SQLAlchemyRecordStore, *args: Any, **kwargs: Any) -> Any:
         _committing.set(False)
         try:
             return operation(store, *args, **kwargs)
@@ -142,6 +186,21 @@ def _once_more_if_the_server_went_away(operation: Operation) -> Operation:
             return operation(store, *args, **kwargs)
 
     return cast(Operation, attempt)
+
+
+def _sliced_wait_timed_out(error: StoreBusyError) -> bool:
+    """Whether ``error`` ends a wait for a lock that wrote nothing, so the operation may run again:
+    not the refusal past the deadline, not the pool's own bounded wait, not a wait that may have
+    written (SQLite's COMMIT)."""
+    if isinstance(error, DeadlinePassedError | PoolExhaustedError):
+        return False
+    return not _committing.get() or _lock_not_available(error)
+
+
+def _lock_not_available(error: StoreBusyError) -> bool:
+    """PostgreSQL's lock_timeout: the statement never ran, so nothing was written."""
+    cause = error.__cause__
+    return isinstance(cause, DBAPIError) and getattr(cause.orig, "sqlstate", None) == "55P03"
 
 
 def _dropped(error: StoreUnavailableError) -> bool:
@@ -212,9 +271,11 @@ class SQLAlchemyRecordStore(RecordStore):
             self.path.touch(exist_ok=True)
         with self._errors():
             metadata.create_all(self.engine, checkfirst=True)
+            _upgrade_snapshots(self.engine)
             if self._is_postgres:
                 with self.engine.begin() as connection:
                     _upgrade_positions(connection)
+                    _announce_writers(connection)
 
     @_once_more_if_the_server_went_away
     def append(self, records: Sequence[StoredRecord]) -> int | None:
@@ -273,6 +334,14 @@ class SQLAlchemyRecordStore(RecordStore):
                 return int(session.execute(INSERT, [_row(r) for r in records]).scalars().all()[-1])
         except IntegrityError as exc:
             raise version_conflict(records) from exc
+        except StoreUnavailableError as exc:
+            if getattr(getattr(exc.__cause__, "orig", None), "sqlstate", None) in _NOT_ANNOUNCING:
+                raise SchemaMissingError(
+                    f"The events table of {self.describe()} does not announce its writers yet (its "
+                    "trigger and uwsgi_es_position_base() are missing), so this version cannot append "
+                    "to it. Upgrade it once with: uwsgi-es migrate"
+                ) from exc
+            raise
 
     @_once_more_if_the_server_went_away
     def select(
@@ -312,12 +381,13 @@ class SQLAlchemyRecordStore(RecordStore):
 
     @_once_more_if_the_server_went_away
     def count_after(self, position: int, cap: int) -> int:
-        """How many events the feed shows after ``position``, counted up to ``cap``: a lag in
-        events (positions are not contiguous on PostgreSQL, so they cannot be subtracted)."""
+        """How many events are stored after ``position``, counted up to ``cap``: a lag in events
+        (positions are not contiguous on PostgreSQL, so they cannot be subtracted). On PostgreSQL
+        it counts those the feed does not show yet too (committed after a transaction that appends
+        and is still open): a lag measured below the horizon would say 0 while they pile up."""
         self.check_process()
-        statement = COUNT_AFTER_PG if self._is_postgres else COUNT_AFTER
         with self._errors(), self._transaction(write=False) as session:
-            return int(session.execute(statement, {"after_id": position, "cap": cap}).scalar_one())
+            return int(session.execute(COUNT_AFTER, {"after_id": position, "cap": cap}).scalar_one())
 
     def wake_projections(self, connection: Connection) -> None:
         """Wake the projection runners now rather than at their next poll, and end ``connection``'s
@@ -341,17 +411,21 @@ class SQLAlchemyRecordStore(RecordStore):
             yield connection
 
     @_once_more_if_the_server_went_away
-    def save_snapshot(self, snapshot: StoredRecord) -> None:
+    def save_snapshot(self, snapshot: Snapshot) -> None:
         self.check_process()
+        values = {**_row(StoredRecord(*snapshot[:4])), "last_event": snapshot.last_event}
         with self._errors(), self._transaction(write=True) as session:
-            session.execute(UPSERT_SNAPSHOT, _row(snapshot))
+            session.execute(UPSERT_SNAPSHOT, values)
 
     @_once_more_if_the_server_went_away
-    def latest_snapshot(self, originator_id: UUID) -> StoredRecord | None:
+    def latest_snapshot(self, originator_id: UUID) -> Snapshot | None:
         self.check_process()
         with self._errors(), self._transaction(write=False) as session:
             row = session.execute(SELECT_SNAPSHOT, {"originator_id": originator_id}).first()
-        return None if row is None else StoredRecord(originator_id, int(row[0]), str(row[1]), str(row[2]))
+        if row is None:
+            return None
+        digest = None if row[3] is None else str(row[3])
+        return Snapshot(originator_id, int(row[0]), str(row[1]), str(row[2]), digest)
 
     @_once_more_if_the_server_went_away
     def recall(self, key: str, since: float) -> tuple[str, str] | None:
@@ -367,6 +441,7 @@ class SQLAlchemyRecordStore(RecordStore):
         with (
             self._errors(),
             self.engine.connect() as connection,
+            process.holding_connection(),  # the request's work runs inside: it must not yield
             self._in_transaction(connection, write=True),
         ):
             token = _unit.set((self, connection))
@@ -540,7 +615,9 @@ class SQLAlchemyRecordStore(RecordStore):
                 # attempt reopens the file and writes again once it is writable.
                 self.engine.dispose()
             raise error from exc
-        except SQLAlchemyError as exc:  # e.g. pool timeout: every connection busy
+        except PoolTimeoutError as exc:  # every pooled connection stayed in use
+            raise pool_exhausted(self.engine, self.describe()) from exc
+        except SQLAlchemyError as exc:
             raise self.unavailable(exc) from exc
 
 
@@ -582,6 +659,14 @@ def _claim_places(session: Session | Connection, count: int) -> int:
     return first
 
 
+def _upgrade_snapshots(engine: Engine) -> None:
+    """Give a snapshots table from before snapshots remembered their event the column (idempotent)."""
+    columns = {column["name"] for column in inspect(engine).get_columns(SNAPSHOTS_TABLE)}
+    if "last_event" not in columns:
+        with engine.begin() as connection:
+            connection.execute(ADD_SNAPSHOT_DIGEST)
+
+
 def _upgrade_positions(connection: Connection) -> None:
     """Make an events table from before transaction-id positions take them (idempotent)."""
     connection.execute(UPGRADE_PG)
@@ -592,6 +677,18 @@ def _upgrade_positions(connection: Connection) -> None:
             f"server's transactions will write ({first_new}); readers could skip new events. Copy "
             "the events into a new table in feed order before upgrading."
         )
+
+
+def _announce_writers(connection: Connection) -> None:
+    """Make every INSERT into the events table announce its transaction (``postgres_feed``):
+    replace the functions, create the triggers missing (idempotent; CREATE TRIGGER waits for the
+    writers in flight, so none of them writes unannounced after it)."""
+    for statement in ANNOUNCING_PG:
+        connection.execute(statement)
+    present = set(connection.execute(PRESENT_TRIGGERS_PG).scalars())
+    for name, statement in TRIGGERS_PG.items():
+        if name not in present:
+            connection.execute(statement)
 
 
 def _database_file(engine: Engine) -> Path | None:

@@ -8,7 +8,9 @@ cost of one system call when nobody holds it. A thread lock orders the threads o
 
 No wait is unbounded: a writer gives up after ``timeout`` seconds (the SQLite busy timeout) with
 ``StoreBusyError``, however many writers queue before it or however long one of them holds the
-lock. While the lock is taken, a waiter polls it with sleeps of at most 1 ms.
+lock. While the lock is taken, a waiter polls it with sleeps of at most 1 ms. Within a request the
+wait is also capped at what is left of its deadline (``uwsgi_es.stores.deadlines``), and under
+gevent cut into slices that the store tries again after a yield.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import threading
 import time
 
 from uwsgi_es.errors import StoreBusyError, StoreUnavailableError
+from uwsgi_es.stores import deadlines
 
 _MAX_POLL = 0.001
 
@@ -32,8 +35,9 @@ class WriterQueue:
         self._fd: int | None = None
 
     def __enter__(self) -> None:
-        deadline = time.monotonic() + self.timeout
-        if not self._threads.acquire(timeout=self.timeout):
+        limit = max(0.0, deadlines.wait_limit(self.timeout))
+        deadline = time.monotonic() + limit
+        if not self._threads.acquire(timeout=limit):
             raise self._busy()
         try:
             fd = self._open()
@@ -74,8 +78,9 @@ class WriterQueue:
 
     def _busy(self) -> StoreBusyError:
         return StoreBusyError(
-            f"Waited {self.timeout:g}s for the SQLite write lock ({self.path}) and gave up: another "
-            "writer held it that long. Nothing was stored. The bound is UWSGI_ES_SQLITE_BUSY_TIMEOUT_MS."
+            f"Waited for the SQLite write lock ({self.path}) until this request's bound "
+            f"({self.timeout:g}s from its arrival) and gave up: another writer held it. Nothing was "
+            "stored. The bound is UWSGI_ES_SQLITE_BUSY_TIMEOUT_MS."
         )
 
     def close(self) -> None:
