@@ -4,9 +4,16 @@ slow clients, oversized bodies, too many headers, unencodable input. Each prints
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
 import socket
+import stat
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,15 +38,28 @@ def launch(request: pytest.FixtureRequest) -> tuple[str, dict[str, str]]:
 
 
 class Dribbler(threading.Thread):
-    """A client sending its request one byte per second: the headers or, after them, the body."""
+    """A client sending its request one byte per second: the headers or, after them, the body. It
+    notes the status of an answer it gets before it stops (a slow body is shed: 408 or 503), and,
+    with ``again``, connects again after each answer, as an attacker would."""
 
-    def __init__(self, server: UwsgiServer, what: str, path: str, stop: threading.Event) -> None:
+    def __init__(
+        self, server: UwsgiServer, what: str, path: str, stop: threading.Event, again: bool = False
+    ) -> None:
         super().__init__(daemon=True)
-        self.server, self.what, self.path, self.stop_event = server, what, path, stop
+        self.server, self.what, self.path, self.stop_event, self.again = server, what, path, stop, again
         self.connected = False
-        self.cut_off = False
+        self.cut_off = False  # the connection ended without an answer
+        self.cut_off_after = 0.0  # seconds after it connected
+        self.answers: list[int] = []
 
     def run(self) -> None:
+        while not self.stop_event.is_set():
+            self.dribble()
+            if not self.again:
+                return
+
+    def dribble(self) -> None:
+        started = time.monotonic()
         try:
             with socket.create_connection(("127.0.0.1", self.server.port), timeout=30) as sock:
                 self.connected = True
@@ -50,17 +70,27 @@ class Dribbler(threading.Thread):
                     )
                 else:
                     sock.sendall(f"GET {self.path} HTTP/1.1\r\n".encode())
+                sock.settimeout(0)
                 while not self.stop_event.wait(1.0):
+                    with contextlib.suppress(BlockingIOError):
+                        answer = sock.recv(4096)
+                        if answer:
+                            self.answers.append(int(answer.split(b" ", 2)[1]))
+                        else:
+                            self.cut_off, self.cut_off_after = True, time.monotonic() - started
+                        return
                     sock.sendall(b" " if self.what == "body" else b"X-Slow: 1\r\n")
         except OSError:
-            self.cut_off = True
+            self.cut_off, self.cut_off_after = True, time.monotonic() - started
 
 
 def test_slow_clients_do_not_hold_the_workers(
     uwsgi_server: StartServer, launch: tuple[str, dict[str, str]], report: Any
 ) -> None:
     """64 clients dribbling a body and 64 dribbling headers, one byte a second, for 12 s: /health and
-    deposits are answered throughout, each within 2 s."""
+    deposits are answered throughout, each within 2 s; a slow body is held until it is shed, 408
+    (or its connection closed): at UWSGI_ES_BODY_TIMEOUT (10 s), or after 0.05 s when it came while
+    UWSGI_ES_BODY_READERS others of its worker were receiving theirs."""
     ini, env = launch
     server = uwsgi_server(ini, env=env)
     account = server.post("/accounts", {"owner": "slow"}).json()["id"]
@@ -82,11 +112,19 @@ def test_slow_clients_do_not_hold_the_workers(
         if len(probes) % 4 == 0:
             deposits.append(server.post(f"/accounts/{account}/deposits", {"amount": 1}, timeout=5).status)
         time.sleep(0.25)
-    held = sum(1 for d in dribblers if d.connected and not d.cut_off)
     stop.set()
     for dribbler in dribblers:
         dribbler.join(5)
-    assert held == 2 * SLOW_CLIENTS, "slow clients were dropped instead of waited for"
+    bodies, headers = dribblers[:SLOW_CLIENTS], dribblers[SLOW_CLIENTS:]
+    assert all(d.connected for d in dribblers)
+    # Shed: answered 408, or closed at the deadline when the router had already sent the next byte
+    # into the shut read side; never before a deadline (0.05 s when crowded, else 10 s).
+    early = [round(d.cut_off_after, 2) for d in bodies if d.cut_off and d.cut_off_after < 0.04]
+    assert not early, f"slow bodies cut off before any deadline: {early}"
+    assert {a for d in bodies for a in d.answers} <= {408}
+    # Header blocks never reach a worker: the router drops them after http-headers-timeout (10 s).
+    assert not [d for d in headers if d.answers]
+    shed = sum(1 for d in bodies if d.answers or d.cut_off)
     assert {status for status, _ in probes} == {200}, probes
     slowest = max(took for _, took in probes)
     assert slowest < 2, probes
@@ -95,9 +133,60 @@ def test_slow_clients_do_not_hold_the_workers(
     report(
         f"slow clients ({'uwsgi.ini' if ini == str(INI) else 'deploy/uwsgi-postgres.ini'})",
         env,
-        f"{SLOW_CLIENTS} bodies and {SLOW_CLIENTS} header blocks dribbled at 1 byte/s, all {held} held for "
-        f"12 s; /health answered {len(probes)}/{len(probes)} (slowest {slowest:.3f}s), "
+        f"{SLOW_CLIENTS} bodies and {SLOW_CLIENTS} header blocks dribbled at 1 byte/s for 12 s; "
+        f"{shed} slow bodies shed (408 or closed, at 0.05 s when crowded or 10 s); /health answered "
+        f"{len(probes)}/{len(probes)} (slowest {slowest:.3f}s), "
         f"deposits {deposits.count(200)}/{len(deposits)}",
+    )
+
+
+ATTACKERS = 1000
+
+
+def test_a_thousand_slow_senders_reconnecting_leave_health_answering(
+    uwsgi_server: StartServer, app_env: dict[str, str], report: Any
+) -> None:
+    """1,000 clients dribbling bodies at 1 byte/s, each connecting again as soon as it is answered,
+    for 20 s (past the gevent bound of 4 x 64 held requests): slow bodies are shed (after 0.05 s
+    past UWSGI_ES_BODY_READERS per worker, at UWSGI_ES_BODY_TIMEOUT otherwise), so /health keeps
+    answering, at least 80 % of probes within 2 s."""
+    server = uwsgi_server(INI, env=app_env)
+    account = server.post("/accounts", {"owner": "siege"}).json()["id"]
+    stop = threading.Event()
+    attackers = [
+        Dribbler(server, "body", f"/accounts/{account}/deposits", stop, again=True) for _ in range(ATTACKERS)
+    ]
+    for attacker in attackers:
+        attacker.start()
+    time.sleep(3)
+    probes: list[tuple[int, float]] = []
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        started = time.monotonic()
+        try:
+            probes.append((server.get("/health", timeout=2).status, time.monotonic() - started))
+        except OSError:
+            probes.append((0, time.monotonic() - started))
+        time.sleep(0.1)
+    stop.set()
+    for attacker in attackers:
+        attacker.join(5)
+    answered = [took for status, took in probes if status == 200 and took < 2]
+    shed = [a for d in attackers for a in d.answers]
+    closed = sum(1 for d in attackers if d.cut_off)
+    log = server.log()
+    assert len(answered) >= 0.8 * len(probes), f"/health {len(answered)}/{len(probes)}"
+    assert set(shed) <= {408}, set(shed)
+    assert "HARAKIRI" not in log
+    assert server.get(f"/accounts/{account}").json()["balance"] == 0
+    answered_sorted = sorted(answered)
+    report(
+        "1,000 slow senders reconnecting (uwsgi.ini)",
+        app_env,
+        f"{ATTACKERS} clients dribbling bodies at 1 byte/s and reconnecting for 20 s: /health "
+        f"answered {len(answered)}/{len(probes)} within 2 s (median "
+        f"{answered_sorted[len(answered_sorted) // 2] * 1000:.0f} ms); {len(shed)} slow bodies "
+        f"answered 408 (and attackers' last connections closed: {closed}); no harakiri",
     )
 
 
@@ -220,3 +309,56 @@ def test_no_secret_or_deployment_detail_reaches_a_client_or_the_log(
         "a password in the URL's userinfo and in ?sslpassword=: in no response, no log line (masked as ***); "
         "anonymous 503 bodies are one stable sentence, /worker is 404 to them",
     )
+
+
+def test_the_routers_socket_to_the_workers_is_closed_to_other_local_users(
+    uwsgi_server: StartServer, app_env: dict[str, str], tmp_path: Any
+) -> None:
+    """uwsgi.ini's HTTP router talks to the workers over a unix socket only uWSGI's user may open:
+    on the TCP socket `http` makes by itself (127.0.0.1, any port), any local process could send a
+    uwsgi packet claiming REMOTE_ADDR 10.1.2.3 and pass for an operator. The instance listens on TCP
+    at its HTTP address only, and another user cannot connect to the workers' socket."""
+    env = {**app_env, "UWSGI_ES_OPERATOR_NETWORKS": "10.0.0.0/8"}
+    # (the harness sees each worker's readiness only as an operator: wait for /health instead)
+    server = uwsgi_server(INI, env=env, options=["--processes", "2"], wait_for="health")
+    assert server.get("/worker").status == 404, "127.0.0.1 is not an operator here"
+    [bound] = re.findall(r"uwsgi socket 0 bound to (\w+) address (\S+) fd", server.log())
+    assert bound[0] == "UNIX", bound
+    path = PROJECT / bound[1]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    listening = {port for _, port in _tcp_listeners(server.pid)}
+    # its HTTP address, and the stats server the harness adds (--stats)
+    assert listening == {server.port, server.stats_port}, f"TCP ports the instance listens on: {listening}"
+    as_nobody = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os, socket, sys; os.setgid(65534); os.setuid(65534); "
+            "socket.socket(socket.AF_UNIX).connect(sys.argv[1])",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert as_nobody.returncode != 0
+    assert "PermissionError" in as_nobody.stderr, as_nobody.stderr
+
+
+def _tcp_listeners(pid: int) -> set[tuple[str, int]]:
+    """(address, port) of the TCP sockets in LISTEN state held by ``pid`` (the master holds every
+    socket the instance binds)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                address, port = fields[1].split(":")
+                found.add((address, int(port, 16)))
+    return found

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import pytest
 
-from uwsgi_es.lifecycle.events import emit, events_in, parse, render
+from uwsgi_es.lifecycle.events import TextLines, emit, events_in, parse, render
 
 
 def test_fields_round_trip_through_a_log_line() -> None:
@@ -41,3 +42,38 @@ def test_emit_logs_one_line_per_event(caplog: pytest.LogCaptureFixture) -> None:
         "pid": 7,
         "application": "BankAccounts",
     }
+
+
+def test_no_value_and_no_other_line_can_be_read_as_an_event() -> None:
+    """Line breaks, terminal escapes and `event=` inside values are escaped and read back exactly;
+    `event=` inside a uWSGI request line, a quoted client text, a continuation line or a JSON line
+    that is not ours is no event."""
+    path = '/x\r\nuwsgi_es [pid 1] INFO event=build worker=9\x1b[31m\u2028\x85\ud800 "q" \\'
+    line = f"uwsgi_es [pid 4242] WARNING {render({'event': 'slow_request', 'path': path, 'ms': 1.0})}"
+    assert line.isprintable()
+    assert list(events_in(line)) == [{"event": "slow_request", "path": path, "ms": "1.0"}]
+    forged = [
+        "[pid: 1|app: 0|req: 1/1] 127.0.0.1 () {28 vars} [date] GET /event=build => generated 2 bytes",
+        "uwsgi_es [pid 1] WARNING answered 503 to GET '/x event=build pid=1'",
+        "uwsgi_es [pid 1] WARNING no route for /x event=build pid=1: more",
+        "    event=build worker=9",
+        '{"source":"uwsgi","event":"build","worker":9}',
+        'uwsgi_es [pid 1] INFO event=build path="unterminated',
+    ]
+    assert [parse(text) for text in forged] == [None] * len(forged)
+
+
+def test_a_text_record_never_writes_a_line_another_could_be_read_as() -> None:
+    """A message or traceback holding a line break and `event=` stays inside its record: the
+    continuation is indented, control characters are escaped."""
+    try:
+        raise ValueError("bad\nevent=build worker=9\x1b[0m")
+    except ValueError:
+        record = logging.LogRecord(
+            "uwsgi_es.web", logging.ERROR, __file__, 1, "boom %s", ("a\r\nevent=build",), sys.exc_info()
+        )
+    text = TextLines().format(record)
+    assert "\x1b" not in text
+    assert "\r" not in text
+    assert all(line.startswith(("uwsgi_es [pid", "    ")) for line in text.split("\n")), text
+    assert list(events_in(text)) == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 from uwsgi_es.lifecycle.events import JsonLines, parse, render, request_id
 from uwsgi_es.web import request_ids
@@ -40,6 +41,12 @@ def test_a_request_keeps_a_plausible_id_and_gets_a_new_one_otherwise() -> None:
         return request_ids.identify(Request(environ), json_logs=True)
 
     assert sent("trace-42") == "trace-42"
-    made = {sent(None), sent(None), sent("has space"), sent("x" * 129), sent("é")}
-    assert len(made) == 5
+    assert (
+        sent("00-4bf92f3577b34da6-00f067aa0ba902b7-01.span_1:2")
+        == "00-4bf92f3577b34da6-00f067aa0ba902b7-01.span_1:2"
+    )
+    refused = ["has space", "x" * 129, "é", 'x","status":200,"forged":"yes","y":"', "a\\", "a'b", "a{b}"]
+    made = {sent(None), sent(None), *(sent(value) for value in refused)}
+    assert len(made) == 2 + len(refused)
     assert all(0 < len(identity) <= request_ids.MAX_LENGTH for identity in made)
+    assert all(re.fullmatch(r"[A-Za-z0-9._:-]+", identity) for identity in made)

@@ -161,3 +161,25 @@ def test_openmetrics_when_the_scraper_asks_for_it(client: Client) -> None:
     answer = client.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
     assert answer.headers["Content-Type"].startswith("application/openmetrics-text")
     assert answer.get_data(as_text=True).endswith("# EOF\n")
+
+
+def test_a_full_slot_keeps_room_for_server_errors() -> None:
+    """However many routes an application has, new 2xx-4xx series stop taking entries when a slot
+    is down to its reserve (they are counted under other/unmatched/4xx), so 5xx series still fit;
+    HEAD counts as GET, an odd status as its class."""
+    table = SlotTable(memoryview(bytearray(SLOT_BYTES)), 0, 1)
+    here = recorder._Attached(0, table, None)
+    for n in range(100):  # an application with 100 routes, each answering a 404
+        recorder._request_numbers(here, "GET", f"/route/{n}", 404)
+    assert table.room() >= recorder.RESERVED - 17  # less only the series the others were folded into
+    for n in range(20):  # the outage: each route that has its series answers 503 (one entry each)
+        counter, _, _ = recorder._request_numbers(here, "GET", f"/route/{n}", 503)
+        assert counter != table.base // 8 + 1, "a 503 series found the slot full"
+    assert table.dropped() == 0
+    keys = set(table.index)
+    assert recorder.key(recorder.REQUESTS, "other", "unmatched", "4xx") in keys
+    assert recorder.key(recorder.REQUESTS, "GET", "/route/19", 503) in keys
+    assert recorder.key(recorder.REQUESTS, "GET", "/route/99", 404) not in keys
+    assert recorder.labels_of("HEAD", "/health", 299) == ("GET", "2xx")
+    assert recorder.labels_of("HEAD", "unmatched", 404) == ("HEAD", "404")
+    assert recorder.labels_of("BREW", "/health", 405) == ("other", "405")

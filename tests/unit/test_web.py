@@ -134,6 +134,8 @@ BAD_BODIES: list[tuple[str, bytes, str, int, str]] = [
         "Content-Type: application/json",
     ),
     ("no content type", b'{"amount": 5}', "", 415, "no Content-Type"),
+    # Read as UTF-8, b'\xe9' would be refused as invalid; read as latin-1 it would be "é": neither.
+    ("latin-1 charset", b'{"amount": 5}', "application/json; charset=latin-1", 415, "UTF-8"),
     ("oversized body", b'{"amount": 5, "pad": "' + b"x" * 70_000 + b'"}', "application/json", 413, "limit"),
 ]
 

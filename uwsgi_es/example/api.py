@@ -23,7 +23,7 @@ from uwsgi_es.web.api import JsonApi
 from uwsgi_es.web.bodies import BadRequestError, expect_fields
 from uwsgi_es.web.http import Request, Response
 from uwsgi_es.web.responses import json_response
-from uwsgi_es.web.text import quoted
+from uwsgi_es.web.text import client_text, quoted
 
 api = JsonApi(BankAccounts)
 MAX_PAGE_LIMIT = 1000
@@ -32,6 +32,12 @@ DEFAULT_PAGE_LIMIT = 100
 _UUID = re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}")
 # Characters that reorder or hide text when displayed (bidirectional embeddings, overrides, isolates).
 _BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+# Never in a name: line and paragraph separators (a new line to many readers) and the byte order mark.
+_NEVER_IN_A_NAME = frozenset("\u2028\u2029\ufeff")
+# Letters that display as nothing (Hangul fillers): a name of them alone is as invisible as one of
+# format characters (category Cf: zero-width spaces and joiners) or spaces.
+_BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0")
+AMOUNT_ECHOED = 24  # characters of a refused amount repeated in the error
 
 
 def bank(request: Request) -> BankAccounts:
@@ -65,7 +71,35 @@ def owner_of(body: dict[str, Any]) -> str:
             raise BadRequestError(
                 f"owner contains the control character U+{ord(character):04X}: names are printable text"
             )
+        if character in _NEVER_IN_A_NAME or _is_noncharacter(character):
+            raise BadRequestError(
+                f"owner contains U+{ord(character):04X} ({_kind_of(character)}), which is never part "
+                "of a name"
+            )
+    if all(_invisible(character) for character in owner):
+        raise BadRequestError(
+            f"owner is made only of invisible characters (the first is U+{ord(owner[0]):04X}): a name "
+            "needs at least one visible character"
+        )
     return owner
+
+
+def _is_noncharacter(character: str) -> bool:
+    """Unicode's 66 noncharacters: U+FDD0..U+FDEF and the last two code points of every plane."""
+    code = ord(character)
+    return 0xFDD0 <= code <= 0xFDEF or code & 0xFFFE == 0xFFFE
+
+
+def _kind_of(character: str) -> str:
+    if character == "\ufeff":
+        return "a byte order mark"
+    if character in "\u2028\u2029":
+        return "a line or paragraph separator"
+    return "a noncharacter"
+
+
+def _invisible(character: str) -> bool:
+    return unicodedata.category(character) in ("Cf", "Zs", "Zl", "Zp") or character in _BLANK_LETTERS
 
 
 def amount_of(body: dict[str, Any]) -> int:
@@ -75,7 +109,9 @@ def amount_of(body: dict[str, Any]) -> int:
         kind = "a boolean" if isinstance(amount, bool) else type(amount).__name__
         raise BadRequestError(f"amount must be a whole number of cents, not {kind}")
     if not 0 < amount <= MAX_AMOUNT:
-        raise BadRequestError(f"amount must be between 1 and {MAX_AMOUNT} cents, got {amount}")
+        raise BadRequestError(
+            f"amount must be between 1 and {MAX_AMOUNT} cents, got {client_text(str(amount), AMOUNT_ECHOED)}"
+        )
     return amount
 
 

@@ -5,11 +5,19 @@ read and tests and the benchmark parse, instead of regular expressions over pros
     uwsgi_es [pid 4242] INFO event=build worker=1 pid=4242 name=default application=BankAccounts \
         store="SQLAlchemy store at sqlite:////srv/var/app.sqlite3" ms=23.5
 
-Values are written logfmt-style: bare when they hold no space, quote or equals sign, else in double
-quotes with backslash escapes. With ``UWSGI_ES_LOG_FORMAT=json`` every uwsgi_es log line is one
-JSON object instead (``JsonLines``): time, level, logger, pid, worker, the request id of the request
-being served, and the event's fields (or the message), for a log pipeline. ``parse`` and
-``events_in`` read both forms back.
+Values are written logfmt-style: bare when they are printable and hold no space, quote, equals sign
+or backslash, else in double quotes with backslash escapes, every unprintable character included
+(``\r``, ``\x1b``, ``\u2028``): a value, often a client's path, can neither end the line nor drive
+the terminal. With ``UWSGI_ES_LOG_FORMAT=json`` every uwsgi_es log line is one JSON object instead
+(``JsonLines``): time, level, logger, pid, worker, the request id of the request being served, and
+the event's fields (or the message), for a log pipeline.
+
+``parse`` and ``events_in`` read both forms back, and only what an event line says: a text line's
+``event=`` must open its message (after a prefix with no quote or equals sign, which client text
+quoted in other messages would have) and the fields must run to the end of the line; a JSON line
+must be one of ours (it names its logger). Neither kind of line can be forged from a value, and
+``TextLines`` keeps every record's continuation lines (a traceback) indented and escaped, so none
+of them opens a line either.
 """
 
 from __future__ import annotations
@@ -31,7 +39,15 @@ log = logging.getLogger("uwsgi_es.lifecycle")
 # The id of the request this context (thread, greenlet) is serving, set by the web layer.
 request_id: ContextVar[str | None] = ContextVar("uwsgi_es_request_id", default=None)
 _BARE = re.compile(r"[^\s\"=\\]+")
-_FIELD = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
+_VALUE = r'"(?:[^"\\]|\\.)*"|[^\s"=\\]+'
+_FIELD = re.compile(rf"(\w+)=({_VALUE})")
+_MESSAGE = re.compile(rf"event=(?:{_VALUE})(?: \w+=(?:{_VALUE}))*")
+_EVENT_AT = re.compile(r"(?:^|(?<=\s))event=")
+_ESCAPED = re.compile(r"\\(x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|.)")
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\", '"': '\\"'}
+_UNESCAPES = {"n": "\n", "r": "\r", "t": "\t"}
+# Characters that end a line for some reader (str.splitlines, a terminal) or drive a terminal.
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def render(fields: dict[str, Any]) -> str:
@@ -41,10 +57,21 @@ def render(fields: dict[str, Any]) -> str:
         if value is None:
             continue
         text = f"{value:.1f}" if isinstance(value, float) else str(value)
-        if not _BARE.fullmatch(text):
-            text = '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+        if not (_BARE.fullmatch(text) and text.isprintable()):
+            text = '"' + "".join(_escape(c) for c in text) + '"'
         parts.append(f"{key}={text}")
     return " ".join(parts)
+
+
+def _escape(character: str) -> str:
+    """One character of a quoted value: itself when printable, else a backslash escape."""
+    short = _SHORT_ESCAPES.get(character)
+    if short is not None:
+        return short
+    if character.isprintable() or character == " ":
+        return character
+    code = ord(character)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def emit(
@@ -57,32 +84,45 @@ def emit(
 
 
 def parse(line: str) -> dict[str, str] | None:
-    """The fields of a lifecycle event's log line; None for any other line."""
+    """The fields of a lifecycle event's log line; None for any other line (a uWSGI request line
+    whose path says ``event=build``, a message quoting a client, a traceback's line)."""
     if line.startswith("{"):
         try:
             entry = json.loads(line)
         except ValueError:
             return None
-        if not isinstance(entry, dict) or "event" not in entry:
+        if not (
+            isinstance(entry, dict)
+            and isinstance(entry.get("event"), str)
+            and isinstance(entry.get("logger"), str)  # ours; uWSGI's request lines name none
+        ):
             return None
         return {k: f"{v:.1f}" if isinstance(v, float) else str(v) for k, v in entry.items() if v is not None}
-    start = line.find("event=")
-    if start < 0:
+    found = _EVENT_AT.search(line)
+    if found is None:
+        return None
+    prefix, message = line[: found.start()], line[found.start() :].rstrip("\r")
+    if any(c in prefix for c in "\"'=") or (prefix and prefix.isspace()):
+        return None  # inside quoted text, or a continuation line (TextLines indents them)
+    if not _MESSAGE.fullmatch(message):
         return None
     fields = {}
-    for key, raw in _FIELD.findall(line[start:]):
-        quoted = raw.startswith('"')
-        fields[key] = re.sub(r"\\(.)", _unescape, raw[1:-1]) if quoted else raw
+    for key, raw in _FIELD.findall(message):
+        fields[key] = _ESCAPED.sub(_unescape, raw[1:-1]) if raw.startswith('"') else raw
     return fields
 
 
 def _unescape(match: re.Match[str]) -> str:
-    return "\n" if match.group(1) == "n" else match.group(1)
+    escaped = match.group(1)
+    if len(escaped) > 1:
+        return chr(int(escaped[1:], 16))
+    return _UNESCAPES.get(escaped, escaped)
 
 
 def events_in(text: str, event: str | None = None) -> Iterator[dict[str, str]]:
-    """Every lifecycle event in a log (of ``event`` only, when given), in order."""
-    for line in text.splitlines():
+    """Every lifecycle event in a log (of ``event`` only, when given), in order. Lines end at
+    ``\n`` only: what else some readers take for a line break is never one here."""
+    for line in text.split("\n"):
         fields = parse(line)
         if fields is not None and (event is None or fields.get("event") == event):
             yield fields
@@ -107,7 +147,22 @@ class JsonLines(logging.Formatter):
             entry["message"] = record.getMessage()
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return msgspec.json.encode(entry, enc_hook=str).decode()
+        line = msgspec.json.encode(entry, enc_hook=str).decode()
+        # Valid JSON, but line breaks to str.splitlines and to JavaScript before ES2019.
+        return line.replace("\x85", "\\u0085").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+
+
+class TextLines(logging.Formatter):
+    """``uwsgi_es [pid N] LEVEL message`` (``UWSGI_ES_LOG_FORMAT=text``). Whatever a message or a
+    traceback holds, control characters are escaped and continuation lines are indented: no record
+    writes a line that another could be read as."""
+
+    def __init__(self) -> None:
+        super().__init__("uwsgi_es [pid %(process)d] %(levelname)s %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = _UNSAFE.sub(lambda found: _escape(found.group()), super().format(record))
+        return text.replace("\n", "\n    ")
 
 
 def configure_logging(log_format: str | None = None) -> None:
@@ -124,6 +179,6 @@ def configure_logging(log_format: str | None = None) -> None:
     if log_format == "json":
         handler.setFormatter(JsonLines())
     else:
-        handler.setFormatter(logging.Formatter("uwsgi_es [pid %(process)d] %(levelname)s %(message)s"))
+        handler.setFormatter(TextLines())
     root.addHandler(handler)
     root.setLevel(logging.INFO)

@@ -7,6 +7,9 @@ Celery) every answer is the neutral one: worker 0, one process, one thread.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from types import ModuleType
 
 uwsgi: ModuleType | None
@@ -104,10 +107,32 @@ def options(name: str) -> list[str]:
     return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
 
 
+# Set while this context (a request's greenlet) holds a pooled database connection across its own
+# work: it must not yield then (see ``holding_connection``).
+_holding = ContextVar("uwsgi_es_holding_connection", default=False)
+
+
+@contextmanager
+def holding_connection() -> Iterator[None]:
+    """Inside, ``pause`` sleeps without yielding: a greenlet that yielded while holding a connection
+    could leave the worker's other greenlets waiting for the pool, which only it can refill."""
+    token = _holding.set(True)
+    try:
+        yield
+    finally:
+        _holding.reset(token)
+
+
+def holds_connection() -> bool:
+    """Whether this context is inside ``holding_connection`` (it must not yield)."""
+    return _holding.get()
+
+
 def pause(seconds: float) -> None:
     """Wait without holding up this process's other requests: under uWSGI's gevent loop
-    (uwsgi.ini) ``time.sleep`` would stop every greenlet of the worker; gevent's sleep yields."""
-    if option("gevent"):
+    (uwsgi.ini) ``time.sleep`` would stop every greenlet of the worker; gevent's sleep yields
+    (unless this context holds a connection: ``holding_connection``)."""
+    if option("gevent") and not _holding.get():
         import gevent  # only under the gevent loop, where it is loaded already
 
         gevent.sleep(seconds)

@@ -12,6 +12,15 @@ single-process server, gunicorn with one worker), and 503 under any server that 
 
 Recording never raises and never touches a database; a request costs three additions under one
 process-local lock (about 1 µs).
+
+A slot holds 511 numbers, and a request series takes 16 (a counter per status, 14 latency buckets
+and a sum per method and route), so no client may choose labels: routes are the application's
+patterns (any other path is ``unmatched``), a method outside the usual seven is ``other`` and HEAD
+counts as GET (it runs GET's handler), a status the API does not answer is its class (``4xx``).
+And whatever the application's routes add up to, the last ``RESERVED`` entries of a slot are kept
+for answers the server chose, 5xx: once a slot is that full, a request whose 2xx-4xx series is new
+is counted under method ``other``, route ``unmatched`` and its status class, so an outage's 503
+series always find room.
 """
 
 from __future__ import annotations
@@ -79,6 +88,13 @@ FAMILIES = {
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # Methods named in labels; any other is "other" (a client chooses the method: labels stay few).
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# Statuses named in labels (what uwsgi_es and a JSON API answer); any other is its class, "4xx".
+STATUSES = frozenset(
+    {200, 201, 202, 204, 301, 302, 304, 400, 401, 403, 404, 405, 408, 409, 410, 411, 413, 415, 422, 429}
+    | {500, 501, 502, 503, 504}
+)
+UNMATCHED_ROUTE = "unmatched"  # uwsgi_es.web.http.UNMATCHED: the route of a path no pattern matches
+RESERVED = 64  # entries kept for new 5xx series: a 503 on 60 routes seen before (one entry each)
 
 
 class MetricsUnavailableError(Exception):
@@ -204,16 +220,35 @@ def _request_numbers(
 ) -> tuple[int, tuple[int, ...], int]:
     if len(here.requests) > 10_000:  # bounded even if a caller lets clients choose routes
         here.requests.clear()
-    shown = method if method in METHODS else "other"
-    table = here.table
+    table, asked = here.table, (method, route, status)
+    shown, seen_status = labels_of(method, route, status)
+    if status < 500 and table.room() < RESERVED and not _known(table, shown, route, seen_status):
+        shown, route, seen_status = "other", UNMATCHED_ROUTE, f"{status // 100}xx"  # see the docstring
     buckets = tuple(table.where(key(DURATION, shown, route, index)) for index in range(len(BUCKETS) + 1))
     where = (
-        table.where(key(REQUESTS, shown, route, status)),
+        table.where(key(REQUESTS, shown, route, seen_status)),
         buckets,
         table.where(key(DURATION_SUM, shown, route)),
     )
-    here.requests[(method, route, status)] = where
+    here.requests[asked] = where
     return where
+
+
+def labels_of(method: str, route: str, status: int) -> tuple[str, str]:
+    """The method and status a request is counted under (its route is the matched pattern)."""
+    shown = "GET" if method == "HEAD" and route != UNMATCHED_ROUTE else method
+    return (
+        shown if shown in METHODS else "other",
+        str(status) if status in STATUSES else f"{status // 100}xx",
+    )
+
+
+def _known(table: SlotTable, method: str, route: str, status: str) -> bool:
+    """Whether this series is in the slot already (counting it takes no new entry)."""
+    return (
+        key(REQUESTS, method, route, status) in table.index
+        and key(DURATION_SUM, method, route) in table.index
+    )
 
 
 def command_run(outcome: str) -> None:

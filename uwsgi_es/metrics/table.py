@@ -57,6 +57,10 @@ class SlotTable:
             at = self.index.get(key)
             return self._append(key) if at is None else at
 
+    def room(self) -> int:
+        """Entries still free in this slot."""
+        return self.capacity - min(int(self.values[self.base // 8]), self.capacity)
+
     def totals(self) -> dict[str, float]:
         """Every key's value summed over all slots (what the whole instance counted)."""
         summed: dict[str, float] = {}

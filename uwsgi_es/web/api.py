@@ -14,6 +14,9 @@ Rules it keeps for every request:
   stores nothing (``uwsgi_es.web.idempotency``).
 - A request that stored events answers the feed position of the last one (``X-Event-Position``);
   a read may ask for at least a position (``X-Min-Position``, see ``uwsgi_es.readside.status``).
+- Its database work has a deadline: its arrival plus the store's lock bound, not counting the time
+  it waits for its client's body (``uwsgi_es.stores.deadlines``). A request queued behind this
+  worker's other database waits past it is answered 503 busy at once, and writes nothing.
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ from uwsgi_es.lifecycle import registry
 from uwsgi_es.lifecycle.events import request_id
 from uwsgi_es.metrics import exposition, recorder
 from uwsgi_es.settings import Settings
-from uwsgi_es.stores.base import RequestScope
-from uwsgi_es.web.bodies import BadRequestError, answered, read_json_object
+from uwsgi_es.stores import deadlines
+from uwsgi_es.stores.base import IdempotentWrites, RequestScope
+from uwsgi_es.web.bodies import BadRequestError, answered, read_body, read_json_object
 from uwsgi_es.web.http import Handler, MethodNotAllowed, NotFound, Request, Response, Router
 from uwsgi_es.web.idempotency import answer_idempotently, key_of
 from uwsgi_es.web.ops import (
@@ -103,7 +107,8 @@ class JsonApi:
     def body(self, request: Request) -> dict[str, Any]:
         """The JSON object body, within ``UWSGI_ES_MAX_BODY_BYTES``."""
         self.application(request)
-        return read_json_object(request, self.settings().max_body_bytes)
+        with deadlines.not_counted():  # waiting for the client is not waiting for the database
+            return read_json_object(request, self.settings().max_body_bytes)
 
     @staticmethod
     def min_position(request: Request) -> int:
@@ -124,6 +129,7 @@ class JsonApi:
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         request = Request(environ)
         started = time.monotonic()
+        clock = deadlines.start()  # the deadline of its database work counts from its arrival
         settings = self.settings()
         identity = identify(request, json_logs=settings.log_format == "json")
         token, named = written_position.set(None), request_id.set(identity)
@@ -138,6 +144,7 @@ class JsonApi:
                 request.method, request.route, response.status_code, time.monotonic() - started
             )
         finally:
+            deadlines.stop(clock)
             written_position.reset(token)
             request_id.reset(named)
             app = environ.get(_APP_KEY)
@@ -159,6 +166,9 @@ class JsonApi:
             if key is None:
                 return handler(request, **arguments)
             app, settings = self.application(request), self.settings()
+            if isinstance(getattr(app, "records", None), IdempotentWrites):
+                with deadlines.not_counted():  # the body, whole, before its database work starts
+                    read_body(request.environ, settings.max_body_bytes)
             return answer_idempotently(
                 request,
                 lambda: handler(request, **arguments),

@@ -23,11 +23,14 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-from collections.abc import Callable, Iterable, Mapping
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from uwsgi_es.errors import UwsgiEsError
-from uwsgi_es.lifecycle import registry
+from uwsgi_es.lifecycle import process, registry
 from uwsgi_es.settings import Settings
 from uwsgi_es.web.http import ClosingIterator, Request
 from uwsgi_es.web.responses import error_response
@@ -67,13 +70,25 @@ def declared_length(environ: WSGIEnvironment, max_bytes: int) -> int:
 
 
 LINGER_BYTES = 1 << 20
+LINGER_SECONDS = 2.0
+# While UWSGI_ES_BODY_READERS requests of a worker are receiving a body, a new one gets this long
+# for its whole body: a client that sent it with its headers is served at once, a slow one is shed.
+CROWDED_SECONDS = 0.05
 _READ = "uwsgi_es.body_read"
 _BODY = "uwsgi_es.body"
+_receiving = 0  # requests of this process receiving a body now (greenlets under gevent)
+_receiving_lock = threading.Lock()
 
 
 def read_body(environ: WSGIEnvironment, max_bytes: int) -> bytes:
     """The whole body, read only once its declared length passed ``declared_length``; kept, so a
-    second reader (the handler after the idempotency digest) gets the same bytes."""
+    second reader (the handler after the idempotency digest) gets the same bytes.
+
+    Slow senders are shed, not waited for: a body must arrive whole within ``UWSGI_ES_BODY_TIMEOUT``
+    (408, or the connection closed), and while ``UWSGI_ES_BODY_READERS`` requests of the worker are
+    receiving one, a new request gets ``CROWDED_SECONDS`` for its body: one sent with its headers is
+    served, a slow one shed at once. A client dribbling a byte a second otherwise holds a request
+    slot for as long as it likes, and a few hundred of them hold every slot."""
     kept = environ.get(_BODY)
     if kept is not None:
         return bytes(kept)
@@ -82,21 +97,96 @@ def read_body(environ: WSGIEnvironment, max_bytes: int) -> bytes:
     if length == 0:
         environ[_BODY] = b""
         return b""
-    stream = environ["wsgi.input"]
+    timeout, readers = _body_policy()
+    with _receiving_slot(readers) as crowded:
+        data = _read_within(
+            environ["wsgi.input"], length, min(timeout, CROWDED_SECONDS) if crowded else timeout
+        )
+    environ[_BODY] = data
+    return data
+
+
+def _body_policy() -> tuple[float, int]:
+    """(UWSGI_ES_BODY_TIMEOUT, UWSGI_ES_BODY_READERS) as this process's application was built."""
+    settings = registry.settings_in_use()
+    if settings is None:
+        return Settings.body_timeout, Settings.body_readers
+    return settings.body_timeout, settings.body_readers
+
+
+@contextlib.contextmanager
+def _receiving_slot(readers: int) -> Iterator[bool]:
+    """Count this request among those receiving a body; say whether ``readers`` were already."""
+    global _receiving
+    with _receiving_lock:
+        crowded = _receiving >= readers
+        _receiving += 1
     try:
-        data: bytes = stream.read(length)
-    except OSError:  # uWSGI raises OSError when the client goes away
+        yield crowded
+    finally:
+        with _receiving_lock:
+            _receiving -= 1
+
+
+def _read_within(stream: Any, length: int, seconds: float) -> bytes:
+    """``length`` bytes of ``stream`` within ``seconds`` (408 past them), or 400 if it ends early."""
+    try:
+        with _deadline(stream, seconds) as passed:
+            data: bytes = stream.read(length)
+    except OSError:  # the client went away, or the deadline shut the connection for reading
+        if passed:
+            raise BadRequestError(
+                f"the body did not arrive within {seconds:g}s (UWSGI_ES_BODY_TIMEOUT)", 408
+            ) from None
         raise BadRequestError("the client sent fewer bytes than its Content-Length", 400) from None
     if len(data) != length:
         raise BadRequestError("the client sent fewer bytes than its Content-Length", 400)
-    environ[_BODY] = data
     return data
+
+
+@contextlib.contextmanager
+def _deadline(stream: Any, seconds: float) -> Iterator[list[bool]]:
+    """Past ``seconds``, shut the client's connection for reading: a read waiting in uWSGI for the
+    next byte then ends with an error, while the answer can still be written (unless the router
+    already sent the next byte into the shut side: the client then sees its connection closed).
+    Raising a timeout into the waiting greenlet instead leaves uWSGI 2.0's gevent watcher on a
+    closed socket, and libev aborts the worker. The timer is stopped before the request ends, so
+    it never touches the next connection that gets the same file descriptor. Yields a list that
+    holds ``True`` once the deadline passed. Under uWSGI's gevent loop only (uwsgi.ini)."""
+    passed: list[bool] = []
+    try:
+        fd = stream.fileno()  # uWSGI's wsgi.input: the client's connection
+    except (AttributeError, OSError, ValueError):  # a file-like body (tests, other servers)
+        fd = -1
+    if not isinstance(fd, int) or fd < 0:
+        yield passed
+        return
+
+    def shut_for_reading() -> None:
+        passed.append(True)
+        with contextlib.suppress(OSError), socket.socket(fileno=os.dup(fd)) as connection:
+            connection.shutdown(socket.SHUT_RD)
+
+    if process.option("gevent"):
+        import gevent  # loaded already under uWSGI's gevent loop
+
+        timer = gevent.get_hub().loop.timer(seconds)
+        timer.start(shut_for_reading)
+        try:
+            yield passed
+        finally:
+            timer.stop()
+            timer.close()
+        return
+    # Without gevent (threads, or behind nginx, which buffers bodies) a timer thread per request
+    # would cost more than it saves: each read is bounded by uWSGI's socket-timeout there.
+    yield passed
 
 
 def discard_unread_body(environ: WSGIEnvironment) -> None:
     """After an answer given without reading the body: read and drop up to ``LINGER_BYTES`` of it,
     so the client, still sending, is not reset before it reads the answer. Bounded in bytes, and
-    in time by the socket timeout of each read; never raises."""
+    in time (``LINGER_SECONDS``); never raises."""
     if environ.get(_READ):
         return
     environ[_READ] = True
@@ -104,12 +194,13 @@ def discard_unread_body(environ: WSGIEnvironment) -> None:
     remaining = min(int(raw), LINGER_BYTES) if raw.isascii() and raw.isdigit() and len(raw) < 19 else 0
     stream = environ.get("wsgi.input")
     try:
-        while remaining > 0 and stream is not None:
-            chunk = stream.read(min(remaining, 65536))
-            if not chunk:
-                return
-            remaining -= len(chunk)
-    except Exception:  # the client went away, or stopped sending: nothing left to do
+        with _deadline(stream, LINGER_SECONDS):  # a client sending at 1 byte/s is not waited for
+            while remaining > 0 and stream is not None:
+                chunk = stream.read(min(remaining, 65536))
+                if not chunk:
+                    return
+                remaining -= len(chunk)
+    except Exception:  # the client went away, stopped sending, or took too long: nothing left to do
         return
 
 
@@ -142,6 +233,12 @@ def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
     if request.mimetype != "application/json":
         got = client_text(request.mimetype, 60) or "no Content-Type"
         raise BadRequestError(f"send the body as JSON with Content-Type: application/json (got {got})", 415)
+    if request.charset not in (None, "utf-8", "utf8"):
+        raise BadRequestError(
+            f"JSON bodies are UTF-8 (RFC 8259), not {client_text(request.charset or '', 40)}: send the "
+            "body encoded as UTF-8, with no charset or charset=utf-8",
+            415,
+        )
     raw = read_body(request.environ, max_bytes)
     if not raw:
         raise BadRequestError("the body is empty: send a JSON object")

@@ -94,6 +94,15 @@ class Request:
     def mimetype(self) -> str:
         return str(self.environ.get("CONTENT_TYPE", "")).split(";", 1)[0].strip().lower()
 
+    @property
+    def charset(self) -> str | None:
+        """The ``charset`` parameter of the Content-Type, lower case (None when it names none)."""
+        for parameter in str(self.environ.get("CONTENT_TYPE", "")).split(";")[1:]:
+            name, _, value = parameter.partition("=")
+            if name.strip().lower() == "charset":
+                return value.strip().strip('"').lower()
+        return None
+
 
 class Response:
     """A complete response: status, headers and the whole body (always built before it is sent)."""

@@ -6,6 +6,12 @@ status only. Process details (pids, worker ids, the pool, why a build failed) ar
 clients whose address is in ``UWSGI_ES_OPERATOR_NETWORKS`` (default: this host's loopback). To
 anyone else ``/worker`` does not exist (404), and ``/health`` and ``/ready`` carry no pid.
 
+``/ready`` is anonymous, so it must not cost a write per call: a worker checks in full (its store
+takes a write, a committed heartbeat; every projection can run) at most once per
+``READY_RECHECK_SECONDS``, and answers from that check in between, touching no database (a ping per
+call, one read, would still cost a flood's worth of round trips). A failure is checked again by the
+next call. A load balancer therefore learns of a fault at most ``READY_LONGEST_SECONDS`` later.
+
 The address is ``REMOTE_ADDR`` as the server gives it: uWSGI's HTTP router and nginx speaking the
 uwsgi protocol pass the real client's. A proxy on this host that speaks HTTP to uWSGI makes every
 client look local: set ``UWSGI_ES_OPERATOR_NETWORKS`` to your admin network (or empty) there.
@@ -17,7 +23,9 @@ import gc
 import ipaddress
 import logging
 import os
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from uwsgi_es.lifecycle.hosting import Hosting
@@ -27,6 +35,10 @@ from uwsgi_es.readside import status as readside
 from uwsgi_es.settings import Networks
 
 log = logging.getLogger("uwsgi_es.web")
+# How long a worker's last full check stands for /ready (see the docstring), and the oldest check an
+# answer may reflect: a request arriving while another re-checks answers the previous result.
+READY_RECHECK_SECONDS = 1.0
+READY_LONGEST_SECONDS = 2 * READY_RECHECK_SECONDS
 
 
 def is_operator(environ: Mapping[str, Any], networks: Networks) -> bool:
@@ -68,14 +80,67 @@ def hosting_of(app: Any) -> Hosting:
 def ready_report(app: Any, operator: bool = True) -> dict[str, Any]:
     """Check that this worker's application (of any kind) can serve, writes included (raises if
     it cannot)."""
-    hosting_of(app).check_ready()
-    projections = readside.check(app)  # a projection stopped at an event: 503 naming it
+    projections = check_ready(hosting_of(app), lambda: readside.check(app))
     if not operator:
         return {"status": "ready"}
     report: dict[str, Any] = {"status": "ready", "pid": os.getpid(), "worker_id": worker_id()}
     if projections:
         report["projections"] = projections  # each one's position and lag
     return report
+
+
+class _Proof:
+    """This process's last full readiness check: of which hosting, when, and what it found (the
+    projections) or raised."""
+
+    def __init__(self) -> None:
+        self.hosting: Hosting | None = None
+        self.pid = 0
+        self.at = 0.0
+        self.projections: dict[str, dict[str, int]] = {}
+        self.failure: Exception | None = None
+        self.checking = threading.Lock()  # one full check at a time; the others answer the last
+
+
+_proof = _Proof()
+
+
+def check_ready(
+    hosting: Hosting, projections: Callable[[], dict[str, dict[str, int]]]
+) -> dict[str, dict[str, int]]:
+    """``hosting.check_ready()`` (a write) and ``projections()`` at most once per
+    ``READY_RECHECK_SECONDS`` in this process, the projections as last found in between; raises as
+    they do. A failure is checked again by the next call. While one request checks, the others
+    answer its predecessor's result if it is younger than ``READY_LONGEST_SECONDS``: no second write
+    at once, and no wait (under gevent a blocking lock would stall the whole worker); else (a worker
+    asked nothing for a while) they check too."""
+    now = time.monotonic()
+    known = _proof.hosting is hosting and _proof.pid == os.getpid()
+    if known and _proof.failure is None and now - _proof.at < READY_RECHECK_SECONDS:
+        return _proof.projections
+    checking = _proof.checking.acquire(blocking=False)
+    if not checking and known and now - _proof.at < READY_LONGEST_SECONDS:
+        # Another request of this worker is checking in full right now.
+        if _proof.failure is not None:
+            raise _proof.failure.with_traceback(None)  # shared: its traceback must not grow per call
+        return _proof.projections
+    try:
+        hosting.check_ready()
+        found = projections()  # a projection stopped at an event: 503 naming it
+    except Exception as exc:
+        _proof.hosting, _proof.pid, _proof.failure = hosting, os.getpid(), exc
+        _proof.at = time.monotonic()
+        raise
+    except BaseException:  # the request is being ended (a timeout, the worker stopping)
+        _proof.hosting = None
+        raise
+    else:
+        _proof.projections, _proof.failure, _proof.at = found, None, time.monotonic()
+        _proof.hosting, _proof.pid = hosting, os.getpid()
+        return found
+    finally:
+        if checking:
+            _proof.checking.release()
 
 
 def worker_report(app: Any) -> dict[str, Any]:

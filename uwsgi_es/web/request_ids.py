@@ -1,8 +1,10 @@
 """Each request's id and the log line of a slow one.
 
-The id is the client's ``X-Request-ID`` when it is a plausible one (1 to 128 printable ASCII
-characters, no spaces), else one made here, unique per process and cheap (a random prefix drawn
-once per process, then a counter). It is echoed in the response, carried by every uwsgi_es log
+The id is the client's ``X-Request-ID`` when it is a plausible one (1 to 128 characters of
+``A-Z a-z 0-9 . _ : -``: what tracing systems send, and nothing a log format must escape, so the id
+can go into uWSGI's JSON request line as it is and never forge a field there), else one made
+here, unique per process and cheap (a random prefix drawn once per process, then a counter),
+which has that form too. It is echoed in the response, carried by every uwsgi_es log
 line written while the request is served (``UWSGI_ES_LOG_FORMAT=json``), and handed to uWSGI's
 request log as the logvars ``%(request_id)``, with ``%(json_uri)`` and ``%(json_method)``
 escaped for a JSON log format (see uwsgi.ini).
@@ -14,6 +16,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import secrets
 import time
 
@@ -22,6 +25,7 @@ from uwsgi_es.web.http import Request
 
 REQUEST_ID_HEADER = "X-Request-ID"
 MAX_LENGTH = 128
+_PLAUSIBLE = re.compile(rf"[A-Za-z0-9._:-]{{1,{MAX_LENGTH}}}")
 _own: tuple[int, str, itertools.count[int]] | None = None  # (pid, prefix, counter)
 
 
@@ -54,7 +58,7 @@ def log_if_slow(request: Request, status: int, started: float, threshold_ms: int
 
 
 def _plausible(sent: str) -> bool:
-    return 0 < len(sent) <= MAX_LENGTH and all("!" <= c <= "~" for c in sent)
+    return _PLAUSIBLE.fullmatch(sent) is not None
 
 
 def _new_id() -> str:
