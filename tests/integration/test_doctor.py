@@ -7,6 +7,7 @@ and 3.13, where the same ini fails differently (py-call-osafterfork aborts every
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -302,3 +303,40 @@ def test_the_project_inis_pass_clean(
         assert "no problems found" in output
         if "postgres" in ini.name or "eventsourcing" in ini.name:
             assert "ok: PostgreSQL connections fit: " in output, output
+
+
+def uwsgi_processes_reading(marker: str) -> list[int]:
+    """The pids of processes whose command line names ``marker`` (a test's own ini)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if marker.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.parametrize("seen", [True, False], ids=["refused", "detached"])
+def test_an_ini_that_daemonizes_is_refused_and_nothing_is_left_running(tmp_path: Path, seen: bool) -> None:
+    """`daemonize = FILE` in an ini the ini includes: the doctor refuses before anything starts,
+    naming the line and the fix. Set where it cannot be read before the boot (an ini uWSGI loads
+    from its environment, UWSGI_INI): the master detaches, and the doctor stops it and its workers,
+    and says why. Either way no uWSGI process is left, and the exit status is 2."""
+    daemon_log = tmp_path / "daemon.log"
+    daemonizing = tmp_path / "daemonize.ini"
+    daemonizing.write_text(f"[uwsgi]\ndaemonize = {daemon_log}\n")
+    ini = tmp_path / "daemonizing.ini"
+    lines = ["[uwsgi]", f"ini = {APPS}/base.ini", f"chdir = {APPS}", "module = hello:application"]
+    ini.write_text("\n".join([*lines, "ini = %ddaemonize.ini"] if seen else lines) + "\n")
+    status, output = doctor(ini, {} if seen else {"UWSGI_INI": str(daemonizing)})
+    assert status == 2, output
+    assert f"{ini} daemonizes uWSGI" in output
+    assert "Run the doctor on a copy of the ini without that line" in output
+    if seen:
+        assert f"`daemonize = {daemon_log}` in {tmp_path / 'daemonize.ini'}" in output
+        assert not daemon_log.exists(), "uWSGI was started"
+    else:
+        assert "its master detached from the doctor" in output
+        assert daemon_log.exists()
+    time.sleep(0.5)  # a worker's exit after its master's
+    assert uwsgi_processes_reading(str(ini)) == []

@@ -6,7 +6,11 @@ instance that does not boot is judged too, on what its master wrote and its log.
 
 The instance binds the ini's own sockets: run the doctor where they are free (for uwsgi.ini,
 ``UWSGI_ES_HTTP`` picks the address). It gets the doctor's environment, as systemd's
-``Environment=`` would give it.
+``Environment=`` would give it. It must run in the foreground, in the doctor's process group, to be
+watched and stopped: an ini that daemonizes (``daemonize``, ``daemonize2``; uWSGI has no option to
+undo them) is refused before anything starts; should one daemonize anyway (an option the doctor
+could not see, e.g. from ``UWSGI_INI``), every process still carrying this run's report variable is
+stopped too, so the doctor never leaves an instance running.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import tempfile
@@ -34,6 +39,8 @@ SETTLE_SECONDS = 0.5  # a thread started in the master may write its record late
 MULE_WATCH_SECONDS = 3.0  # uWSGI reaps a dead mule about once a second: two or three deaths show
 STRAGGLER_SECONDS = 10.0  # a prefork worker not accepting this long after its spawn hangs
 STOP_SECONDS = 5.0  # after SIGINT, before SIGKILL (a hung worker never exits by itself)
+_DAEMONIZE = re.compile(r"^\s*(daemonize2?)\s*=\s*(.*?)\s*$", re.MULTILINE)
+_INCLUDE = re.compile(r"^\s*ini\s*=\s*(\S+)\s*$", re.MULTILINE)
 
 
 @dataclass
@@ -88,6 +95,7 @@ def examine(ini: str | os.PathLike[str], *, timeout: float = 60.0) -> Examinatio
     path = Path(ini)
     if not path.is_file():
         raise ConfigurationError(f"uwsgi-es doctor: no ini file at {path}")
+    _refuse_to_daemonize(path)
     with tempfile.TemporaryDirectory(prefix="uwsgi-es-doctor-") as scratch:
         report, log = Path(scratch) / "report.jsonl", Path(scratch) / "uwsgi.log"
         command = [
@@ -112,9 +120,80 @@ def examine(ini: str | os.PathLike[str], *, timeout: float = 60.0) -> Examinatio
             finally:
                 exit_code = instance.poll()
                 _stop(instance)
+                leftovers = _stop_leftovers(report, instance.pid)
+        if leftovers or (exit_code == 0 and not booted):  # uWSGI exits 0 early only when it detaches
+            stopped = f"; the doctor stopped its processes {leftovers}" if leftovers else ""
+            raise ConfigurationError(_daemonizing(path, f"its master detached from the doctor{stopped}"))
         tail = "\n".join(_log_lines(log)[-40:])
     findings = diagnose(seen) + (list(connection_budget(seen)) if seen.options else [])
     return Examination(path, booted, seconds, exit_code, tail, findings)
+
+
+def _daemonizing(ini: Path, how: str) -> str:
+    return (
+        f"{ini} daemonizes uWSGI ({how}): the doctor must run the instance in the foreground to "
+        "watch it and stop it, and uWSGI has no option to undo that. Run the doctor on a copy of "
+        "the ini without that line (under systemd or an Emperor uWSGI runs in the foreground anyway)."
+    )
+
+
+def _refuse_to_daemonize(ini: Path) -> None:
+    """Refuse an ini (or one it includes, or the environment) that sets ``daemonize(2)``."""
+    for name in ("UWSGI_DAEMONIZE", "UWSGI_DAEMONIZE2"):
+        if os.environ.get(name):
+            raise ConfigurationError(_daemonizing(ini, f"the environment sets {name}"))
+    seen: set[Path] = set()
+    pending = [ini.resolve()]
+    while pending:
+        current = pending.pop()
+        if current in seen or not current.is_file():
+            continue
+        seen.add(current)
+        text = current.read_text(errors="replace")
+        found = _DAEMONIZE.search(text)
+        if found is not None:
+            where = "" if current == ini.resolve() else f" in {current}"
+            raise ConfigurationError(_daemonizing(ini, f"`{found.group(1)} = {found.group(2)}`{where}"))
+        for included in _INCLUDE.findall(text):
+            name = (
+                re.sub(r":[\w-]*$", "", included)
+                .replace("%d", f"{current.parent}/")
+                .replace("%p", str(current))
+            )
+            pending.append((current.parent / name).resolve() if name else current)
+
+
+def _stop_leftovers(report: Path, group: int) -> list[int]:
+    """Stop (SIGINT, then SIGKILL) every process this run started that escaped its process group
+    ``group`` (already killed): each carries the run's own report path in its environment, even one
+    that detached into a session of its own."""
+    marker = f"{REPORT_VARIABLE}={report}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            with contextlib.suppress(OSError):
+                ours = marker in (entry / "environ").read_bytes().split(b"\0")
+                if ours and os.getpgid(int(entry.name)) != group:
+                    found.append(int(entry.name))
+    for sent in (signal.SIGINT, signal.SIGKILL):
+        alive = []
+        for pid in found:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sent)
+                alive.append(pid)
+        deadline = time.monotonic() + (STOP_SECONDS if sent == signal.SIGINT else 0)
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.1)
+            alive = [pid for pid in alive if Path(f"/proc/{pid}").exists() and not _zombie(pid)]
+        if not alive:
+            break
+    return sorted(found)
+
+
+def _zombie(pid: int) -> bool:
+    with contextlib.suppress(OSError):
+        return " Z " in Path(f"/proc/{pid}/stat").read_text().split(")", 1)[-1][:4]
+    return True
 
 
 def _records(report: Path) -> list[dict[str, Any]]:

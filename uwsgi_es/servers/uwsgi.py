@@ -10,6 +10,10 @@ the fork. The only module (with ``lifecycle.process``) that imports ``uwsgi`` or
 The build itself is ``lifecycle.build.build_in_this_process``: it never raises into uWSGI (which
 would print and swallow the exception, leaving a worker serving without an application).
 
+``UWSGI_ES_HTTP`` (the address uwsgi.ini binds) is checked there too, whatever the fail-fast
+setting: uWSGI takes a value without a port for a unix socket path and a port past 65535 modulo
+65536, so a typo would serve nobody, silently. A bad one stops the instance with one line.
+
 With ``UWSGI_ES_FAIL_FAST=true`` the instance stops instead. The settings are validated when
 ``install()`` runs (in the master under prefork: parsing only, no connection), so a bad value
 stops uWSGI at start with a message naming the variable. A worker that cannot build exits with
@@ -31,16 +35,20 @@ Outside uWSGI (plain pytest, gunicorn) ``install()`` does nothing and ``import u
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import logging
 import mmap
 import os
+import re
 import signal
+import stat
 import sys
 import threading
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from uwsgi_es.errors import UwsgiEsError, UwsgiUnavailableError
+from uwsgi_es.errors import ConfigurationError, UwsgiEsError, UwsgiUnavailableError
 from uwsgi_es.lifecycle import build, events, kinds, process, registry
 from uwsgi_es.lifecycle.events import configure_logging
 from uwsgi_es.settings import Settings, resolve
@@ -54,6 +62,10 @@ _closing_registered_in: int | None = None
 # One byte shared by the master and every worker it forks: 1 once a worker failed with fail-fast on.
 _fail_flag: mmap.mmap | None = None
 _early_sigint_in: int | None = None  # the pid of the process that last got SIGINT in _early_sigint
+HTTP_VARIABLE = "UWSGI_ES_HTTP"
+_HOST_NAME = re.compile(
+    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
 
 
 def install(
@@ -69,6 +81,8 @@ def install(
     environment, ``"default"``).
     """
     uwsgi = process.uwsgi
+    if uwsgi is not None:
+        _check_the_listen_address()
     resolved, problem = resolve(settings)  # parsing only, nothing connects
     caller = str(sys._getframe(1).f_globals.get("__name__", "?"))
     if problem is None:
@@ -109,6 +123,42 @@ def install(
             "Add 'master = true' to your ini file (or --master), or use lazy-apps."
         ) from exc
     uwsgidecorators.postfork(lambda: _build_here(factory, settings, name))
+
+
+def _check_the_listen_address() -> None:
+    raw = os.environ.get(HTTP_VARIABLE)
+    try:
+        check_http_address(raw)
+    except ConfigurationError as exc:
+        if raw is not None and raw in process.options("http"):
+            # uWSGI bound it before loading the application: a unix socket file, if it has no port.
+            # Remove it, as `vacuum` would on a clean stop: a refused start leaves nothing behind.
+            with contextlib.suppress(OSError):
+                if stat.S_ISSOCK(os.stat(raw).st_mode):
+                    os.unlink(raw)
+        _refuse_to_start(exc)
+
+
+def check_http_address(raw: str | None) -> None:
+    """Refuse an ``UWSGI_ES_HTTP`` that is not ``host:port`` (unset or blank: the ini's default)."""
+    if raw is None or not raw.strip():
+        return
+    host, colon, port = raw.strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            known = isinstance(ipaddress.ip_address(host[1:-1]), ipaddress.IPv6Address)
+        except ValueError:
+            known = False
+    else:
+        known = host == "" or (_HOST_NAME.fullmatch(host) is not None and len(host) <= 253)
+    valid_port = port.isascii() and port.isdigit() and len(port) <= 5 and 1 <= int(port) <= 65535
+    if colon and known and valid_port:
+        return
+    raise ConfigurationError(
+        f"{HTTP_VARIABLE}={raw!r} is not an address to listen on: use host:port with a port from 1 "
+        "to 65535, e.g. 127.0.0.1:8080, :8080 (every interface) or [::1]:8080. (uWSGI would take "
+        "it for a unix socket path, or a port modulo 65536, and serve nobody.)"
+    )
 
 
 def installed_by(module: str) -> registry.ApplicationFactory | None:
