@@ -20,6 +20,8 @@ ORDER = [
     "projection mules killed under load",
     "LISTEN connection terminated under load",
     "read your writes (1,000 pairs, 8 at a time)",
+    "the feed with an outside transaction open",
+    "anonymous waiting reads vs /health answered",
     "database outage (5 s)",
     "two hosts, three nodes: concurrent deposits and withdrawals",
     "one of three nodes SIGKILLed under load (two hosts)",
@@ -33,15 +35,19 @@ ORDER = [
     "hostile input (hypothesis)",
     "slow clients (uwsgi.ini)",
     "slow clients (deploy/uwsgi-postgres.ini)",
+    "1,000 slow senders reconnecting (uwsgi.ini)",
     "oversized bodies",
     "request size limits",
     "secrets and 503 bodies",
     "lock held on the events table (PostgreSQL)",
     "SQLite write lock held by another process",
+    "request latency with a lock held",
     "SQLite file deleted under the server",
     "SQLite file read-only, then writable",
     "disk full under SQLite",
     "PostgreSQL read-only, then writable",
+    "/ready flood vs deposits",
+    "a stale snapshot refused",
     "clean stop (SIGINT)",
     "clean stop (SIGTERM)",
 ]
@@ -79,6 +85,12 @@ test_hostile_clients.py, test_sick_storage.py):
   connections terminated under load (PostgreSQL): they poll until they listen again, and a read
   asking for its own write is answered. 1,000 write-then-read pairs over 4 workers: every read
   asking for its write's position (`X-Min-Position`) shows it.
+- **The feed with transactions open outside it** (tests/integration/test_feed_horizon.py,
+  PostgreSQL, 4 workers and the mule): sessions that append no event (another database's, idle
+  with a transaction id or in `pg_sleep`; this database's, idle after writing a table of its own)
+  hold neither `/events`, nor the projection, nor reads of one's own writes; a transaction that
+  appends and stays open holds the feed (nothing after it is shown before it ends, nothing is
+  skipped) while `/worker`, `/ready` and `/metrics` count the events stored after it.
 - **Database outage**: the database is stopped for 5 s under load (8 clients, an account each, so
   no command can conflict) and started again. Meanwhile every request gets a JSON 503 saying
   "the event store is unavailable" (the log names the store; never a 500, never a hang) and
@@ -101,7 +113,10 @@ test_hostile_clients.py, test_sick_storage.py):
 - **Hostile input**: 10,000 property-based malformed requests per store (hypothesis, raw sockets):
   zero 5xx, zero worker deaths, and only accepted requests change the store.
 - **Hostile clients** against the shipped inis: 64 clients dribbling bodies and 64 dribbling
-  headers (1 byte/s) while `/health` and deposits are answered within 2 s; declared bodies of
+  headers (1 byte/s) while `/health` and deposits are answered within 2 s, the slow bodies shed
+  (408, or closed) at `UWSGI_ES_BODY_TIMEOUT`, or within 0.05 s once `UWSGI_ES_BODY_READERS` of a
+  worker are receiving theirs; 1,000 such clients reconnecting as soon as they are shed, with
+  `/health` still answering; declared bodies of
   1 GiB and 2^63 bytes answered 413 before a byte of them is sent; the documented header and URL
   limits; passwords in URLs reach no response and no log line, and 503 bodies to anonymous
   clients say one stable sentence.
@@ -109,6 +124,14 @@ test_hostile_clients.py, test_sick_storage.py):
   at most the configured bound, then 503 "busy"; a SQLite file deleted under the server, made
   read-only, or on a full disk, and a read-only PostgreSQL: no write acknowledged that is not
   stored, `/ready` 503 meanwhile, service back without a restart.
+- **Database waits that freeze workers** (tests/integration/test_database_waits.py, `uwsgi.ini`:
+  gevent, 4 workers): 64 clients reading `/balances` with an `X-Min-Position` nobody wrote, again
+  and again, while `/health` and deposits are sent: `/health` and every deposit answer, the reads
+  answer 503 (over `UWSGI_ES_MAX_WAITING_READS` at once, the others after `UWSGI_ES_READ_WAIT`),
+  never a 500, no harakiri. An outside session holds what appends need (PostgreSQL: the events
+  table in SHARE mode; SQLite: its write lock) for 4 times the bound while 32 clients deposit:
+  every answer within the bound from its arrival (plus a margin), `/health` answering meanwhile,
+  and after the release the stored deposits are exactly the acknowledged ones.
 - **Clean stop**: SIGINT and SIGTERM stop the instance within 5 s; each worker closes its
   application (engine disposed, Cassandra cluster shut down) and logs it.
 
