@@ -12,7 +12,7 @@ export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 # (pyenv's, else python3.X on PATH; see tests/support/interpreters.py).
 OTHER_PYTHONS := 3.12 3.13
 
-.PHONY: run test check lint format pytest interpreters dist migrate clean postgres-binaries java-and-maven redis nginx cassandra-up cassandra-down cassandra-cluster-up cassandra-cluster-down reliability bench
+.PHONY: run test check lint format pytest interpreters dist migrate clean postgres-binaries java-and-maven pgbouncer redis nginx cassandra-up cassandra-down cassandra-cluster-up cassandra-cluster-down reliability bench
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,7 +46,7 @@ lint: $(DEV_STAMP)
 	$(BIN)/ruff check uwsgi_es tests bench examples
 	$(BIN)/mypy --strict uwsgi_es
 
-pytest: $(DEV_STAMP) postgres-binaries java-and-maven redis nginx
+pytest: $(DEV_STAMP) postgres-binaries pgbouncer java-and-maven redis nginx
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # The same uWSGI fork, mule and lifecycle tests (marker `interpreters`) on the other supported
@@ -77,7 +77,7 @@ postgres-binaries:
 	fi
 
 ## reliability: the fault-injection scenarios alone, writing their figures to docs/RELIABILITY.md
-reliability: $(DEV_STAMP) postgres-binaries java-and-maven
+reliability: $(DEV_STAMP) postgres-binaries pgbouncer java-and-maven
 	@mkdir -p .cache && rm -f .cache/reliability.jsonl
 	RELIABILITY_REPORT=$(CURDIR)/.cache/reliability.jsonl $(BIN)/pytest -m reliability -q -p no:cacheprovider
 	$(BIN)/python -m tests.support.reliability_report .cache/reliability.jsonl > docs/RELIABILITY.md
@@ -120,6 +120,10 @@ apt-install = if command -v $(1) >/dev/null || [ -x /usr/sbin/$(1) ]; then exit 
 # is used: the tests start their own, on a free port.
 nginx:
 	@$(call apt-install,nginx,nginx-light,the deploy tests)
+
+# The PostgreSQL tests also run through a throwaway PgBouncer (deploy/pgbouncer.ini).
+pgbouncer:
+	@$(call apt-install,pgbouncer,pgbouncer,the PgBouncer tests)
 
 # The RQ and Celery tests run a throwaway redis-server.
 redis:

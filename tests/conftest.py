@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from uwsgi_es import close_application
 from uwsgi_es.cli import migrate
@@ -20,6 +21,7 @@ from uwsgi_es.settings import Settings
 from uwsgi_es.stores import create_record_store
 from uwsgi_es.testing import PostgresServer, free_port
 from uwsgi_es.testing.cassandra import CassandraNode
+from uwsgi_es.testing.pgbouncer import PgBouncer
 from uwsgi_es.testing.postgres import ExistingPostgres
 
 from .support.paths import PROJECT
@@ -75,6 +77,28 @@ def postgres_url(postgres: PostgresServer | ExistingPostgres) -> str:
     url = postgres.create_database(f"test_{os.getpid()}_{next(_database_numbers)}")
     migrate(Settings(database_url=url, application=EXAMPLE))
     return url
+
+
+# The server connections PgBouncer keeps per database: few, so that the suite's clients share
+# them and each transaction may land on another (what transaction pooling is for).
+PGBOUNCER_POOL = "3"
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(postgres: PostgresServer | ExistingPostgres) -> Iterator[PgBouncer]:
+    """PgBouncer in transaction pooling (deploy/pgbouncer.ini) in front of the session's PostgreSQL.
+    Never skipped: if it cannot start, the tests that need it fail with its log."""
+    port = make_url(postgres.url()).port or 5432
+    with PgBouncer(
+        port, PROJECT / "deploy" / "pgbouncer.ini", overrides={"default_pool_size": PGBOUNCER_POOL}
+    ) as bouncer:
+        yield bouncer
+
+
+@pytest.fixture
+def pgbouncer_url(pgbouncer: PgBouncer, postgres_url: str) -> str:
+    """A new, migrated database (``postgres_url``'s), reached through PgBouncer."""
+    return pgbouncer.url(str(make_url(postgres_url).database))
 
 
 @pytest.fixture(scope="session")

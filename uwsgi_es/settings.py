@@ -171,6 +171,19 @@ def with_driver(raw: str) -> str:
     return raw
 
 
+def _listen_url(name: str, raw: str) -> str:
+    """A PostgreSQL URL (``parse_database_url``), or empty: LISTEN on ``UWSGI_ES_DATABASE_URL``."""
+    if not raw.strip():
+        return ""
+    url = parse_database_url(name, raw)
+    if make_url(url).get_backend_name() != "postgresql":
+        raise ConfigurationError(
+            f"{name}={redact_url(url)!r} is not a PostgreSQL URL: only PostgreSQL's read side listens, "
+            f"on a direct connection to the server (e.g. '{POSTGRES_EXAMPLE}'), or leave it empty."
+        )
+    return url
+
+
 def parse_database_url(name: str, raw: str) -> str:
     """``raw`` as uwsgi_es reads it (``with_driver``), checked: a URL SQLAlchemy can read, for a
     backend we support, in a shape its dialect accepts, with its driver's module installed. The
@@ -416,6 +429,14 @@ class Settings:
         "read side: how often an idle projection runner reads the feed on PostgreSQL (appends do "
         "not notify; a read waiting for its own write does), and the longest it waits for SQLite's "
         "data_version to change: how stale a projection may be for readers that do not wait",
+    )
+    listen_url: str = setting(
+        "",
+        _listen_url,
+        "read side, PostgreSQL behind a transaction pooler (PgBouncer): a URL reaching the server "
+        "directly, on which each projection runner LISTENs for wake-ups (one connection per mule); "
+        "empty: LISTEN on the database URL, or, through a pooler (which cannot carry a LISTEN), "
+        "poll every `UWSGI_ES_READSIDE_POLL_INTERVAL`. Shown only with its passwords masked",
     )
     readside_batch: int = setting(
         100, _integer(1, 100_000), "read side: events a projection applies per transaction"

@@ -8,6 +8,8 @@ from collections.abc import Callable
 
 import pytest
 
+VIA = "ES_TEST_VIA"  # names the proxy a scenario's database is reached through, in its report line
+
 
 @pytest.fixture
 def app_env(sqlite_url: str) -> dict[str, str]:
@@ -21,6 +23,17 @@ def backend_env(request: pytest.FixtureRequest) -> dict[str, str]:
     if request.param == "cassandra":
         env: dict[str, str] = request.getfixturevalue("cassandra_env")
         return env
+    return {"UWSGI_ES_DATABASE_URL": request.getfixturevalue(f"{request.param}_url")}
+
+
+@pytest.fixture(params=["sqlite", "postgres", "cassandra", "postgres via PgBouncer"])
+def fault_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """``backend_env``, and PostgreSQL through PgBouncer in transaction pooling: the stores the
+    fault scenarios (killed workers, reloads) run against."""
+    if request.param == "postgres via PgBouncer":
+        return {"UWSGI_ES_DATABASE_URL": request.getfixturevalue("pgbouncer_url"), VIA: "PgBouncer"}
+    if request.param == "cassandra":
+        return dict(request.getfixturevalue("cassandra_env"))
     return {"UWSGI_ES_DATABASE_URL": request.getfixturevalue(f"{request.param}_url")}
 
 
@@ -39,6 +52,8 @@ def report(request: pytest.FixtureRequest) -> Callable[[str, dict[str, str], str
         store = {"sqlite": "SQLite", "postgresql+psycopg": "PostgreSQL", "cassandra": "Cassandra"}.get(
             store, store
         )
+        if VIA in env:
+            store = f"{store} via {env[VIA]}"
         line = f"{scenario} | {store} | {figures}"
         print(line)
         target = os.environ.get("RELIABILITY_REPORT")

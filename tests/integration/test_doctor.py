@@ -278,6 +278,19 @@ def test_pools_that_cannot_fit_the_server(
     assert secret not in output
 
 
+@pytest.mark.pgbouncer
+def test_behind_pgbouncer_the_budget_is_the_poolers(pgbouncer_url: str) -> None:
+    """The same pools through PgBouncer: the server's max_connections bounds PgBouncer's pools,
+    not these, so it is no problem; the doctor names the client connections PgBouncer must take."""
+    env = {"UWSGI_ES_DATABASE_URL": pgbouncer_url, "UWSGI_ES_POOL_SIZE": "100"}
+    status, output = doctor(APPS / "six_workers.ini", env)
+    assert (status, problems(output)) == (0, []), output
+    assert (
+        "ok: PostgreSQL is reached through a connection pooler (PgBouncer): 386 client connections" in output
+    )
+    assert "keep PgBouncer's max_client_conn at 386 or more" in output
+
+
 def test_the_project_inis_pass_clean(
     sqlite_url: str,
     postgres_url: str,

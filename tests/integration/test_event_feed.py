@@ -20,12 +20,15 @@ pytestmark = pytest.mark.integration
 StartServer = Any
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "postgres", "postgres via PgBouncer"])
 def backend(request: pytest.FixtureRequest) -> tuple[str, str]:
-    """(ini, database URL) for each SQL backend; the PostgreSQL server starts on first use."""
+    """(ini, database URL) for each SQL backend, PostgreSQL also through PgBouncer in transaction
+    pooling (deploy/pgbouncer.ini, 3 server connections for the 16 writers); servers start on
+    first use."""
     if request.param == "sqlite":
         return str(INI), request.getfixturevalue("sqlite_url")
-    return str(PROJECT / "deploy" / "uwsgi-postgres.ini"), request.getfixturevalue("postgres_url")
+    url = request.getfixturevalue("postgres_url" if request.param == "postgres" else "pgbouncer_url")
+    return str(PROJECT / "deploy" / "uwsgi-postgres.ini"), url
 
 
 @contextmanager

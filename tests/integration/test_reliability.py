@@ -56,12 +56,12 @@ def kill_a_worker_every_2s(server: UwsgiServer, rng: random.Random) -> list[floa
 
 
 def test_killed_workers_lose_nothing_acknowledged(
-    uwsgi_server: StartServer, backend_env: dict[str, str], report: Any
+    uwsgi_server: StartServer, fault_env: dict[str, str], report: Any
 ) -> None:
     """SIGKILL a random worker every 2 s for 20 s under write load. Only requests in flight at a
     kill may fail (in async mode a worker holds several, so a kill may fail more than one);
     every acknowledged write is stored once; replacements build once."""
-    server = uwsgi_server(INI, env=backend_env, options=["--processes", "4"])
+    server = uwsgi_server(INI, env=fault_env, options=["--processes", "4"])
     # One writer per account: a 409 (conflict retries exhausted, legitimate under contention) cannot
     # hide among the failures a kill may cause, and any 409 here would be the server's own doing.
     load = DepositLoad(server, one_writer_per_account=True).start()
@@ -84,9 +84,7 @@ def test_killed_workers_lose_nothing_acknowledged(
     assert set(server.worker_pids()) <= set(builds)
     assert len(builds) > 4, "no replacement worker was built"
     assert_one_application_per_worker(server, worker_reports(server, 40))
-    report(
-        "killed workers", backend_env, f"{kills} workers SIGKILLed over {KILL_SECONDS:.0f}s; {audit.line()}"
-    )
+    report("killed workers", fault_env, f"{kills} workers SIGKILLed over {KILL_SECONDS:.0f}s; {audit.line()}")
 
 
 def test_chain_reload_replaces_every_worker_without_failing_a_request(
@@ -107,18 +105,16 @@ def test_chain_reload_replaces_every_worker_without_failing_a_request(
 
 
 def test_full_reload_loses_no_acknowledged_write(
-    uwsgi_server: StartServer, backend_env: dict[str, str], report: Any, tmp_path: Path
+    uwsgi_server: StartServer, fault_env: dict[str, str], report: Any, tmp_path: Path
 ) -> None:
     """touch-reload (a full, graceful reload): requests may fail meanwhile, acknowledged ones never."""
     trigger = aged_trigger(tmp_path)
-    server = uwsgi_server(INI, env=backend_env, options=["--processes", "4", "--touch-reload", str(trigger)])
+    server = uwsgi_server(INI, env=fault_env, options=["--processes", "4", "--touch-reload", str(trigger)])
     load, before, after = reload_under_load(server, trigger)
     audit = load.audit()
     audit.check()
     assert after <= set(built_once_each(server))
-    report(
-        "full reload (touch-reload)", backend_env, f"{len(before)} workers replaced at once; {audit.line()}"
-    )
+    report("full reload (touch-reload)", fault_env, f"{len(before)} workers replaced at once; {audit.line()}")
 
 
 def outage_under_load(

@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 import threading
 import time
+from dataclasses import replace
 from uuid import uuid4
 
+import psycopg
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from uwsgi_es.errors import (
@@ -20,9 +23,11 @@ from uwsgi_es.errors import (
 )
 from uwsgi_es.settings import Settings
 from uwsgi_es.stores.sqlalchemy import SQLAlchemyRecordStore
+from uwsgi_es.stores.sqlalchemy.engine import is_pooled
 from uwsgi_es.stores.sqlalchemy.schema import POSITIONS_PER_TRANSACTION, SELECT_AFTER
 from uwsgi_es.stores.sqlalchemy.store import select_all_on
 from uwsgi_es.testing import PostgresServer
+from uwsgi_es.testing.pgbouncer import PgBouncer
 from uwsgi_es.testing.postgres import ExistingPostgres
 
 from .contract import records
@@ -37,6 +42,13 @@ class TestPostgresStore(SQLAlchemyStoreContract, TypedEventsContract, SnapshotsC
     @pytest.fixture
     def database_url(self, postgres_url: str) -> str:
         return postgres_url
+
+
+@pytest.fixture(params=["direct", "through PgBouncer"])
+def reached_url(request: pytest.FixtureRequest) -> str:
+    """A new, migrated database, reached directly and through PgBouncer in transaction pooling
+    (``deploy/pgbouncer.ini``): the rules below hold both ways."""
+    return str(request.getfixturevalue("postgres_url" if request.param == "direct" else "pgbouncer_url"))
 
 
 def test_pool_settings_reach_the_engine(postgres_url: str) -> None:
@@ -97,14 +109,14 @@ def test_unreachable_server_is_unavailable_within_the_connect_timeout(
 
 
 def test_writers_commit_concurrently_and_the_feed_shows_only_what_can_no_longer_change(
-    postgres_url: str,
+    reached_url: str,
 ) -> None:
     """An older transaction has appended and not committed; a newer one appends and commits
     without waiting for it. The feed hides the newer event until the older transaction ends (a
     reader would otherwise move past the older event's position and never see it: the unprotected
     query shows that hole), while the lag counts it (stored, not yet shown); then the feed shows
     both, the older first."""
-    settings = Settings(database_url=postgres_url)
+    settings = Settings(database_url=reached_url)
     slow, fast, reader = (SQLAlchemyRecordStore.from_settings(settings) for _ in range(3))
     start = reader.last_position()
     older, newer = uuid4(), uuid4()
@@ -134,11 +146,11 @@ def test_writers_commit_concurrently_and_the_feed_shows_only_what_can_no_longer_
         store.close()
 
 
-def test_an_append_whose_answer_was_lost_is_stored_once(postgres_url: str) -> None:
+def test_an_append_whose_answer_was_lost_is_stored_once(reached_url: str) -> None:
     """An append runs in autocommit; when its connection drops, it may have been stored or not.
     What the store does then (``_append_unless_stored``): stored as sent, it answers the stored
     position; not stored, it stores; another writer's events there, it is a conflict."""
-    store = SQLAlchemyRecordStore.from_settings(Settings(database_url=postgres_url))
+    store = SQLAlchemyRecordStore.from_settings(Settings(database_url=reached_url))
     originator = uuid4()
     sent = records(originator, range(1, 3))
     position = store.append(sent)  # stored, and (as far as the caller knows) the answer was lost
@@ -153,10 +165,10 @@ def test_an_append_whose_answer_was_lost_is_stored_once(postgres_url: str) -> No
 
 
 def test_one_transaction_appending_twice_keeps_its_positions_unique_and_in_order(
-    postgres_url: str,
+    reached_url: str,
 ) -> None:
     """A keyed request whose command ran twice appends twice in one transaction."""
-    store = SQLAlchemyRecordStore.from_settings(Settings(database_url=postgres_url))
+    store = SQLAlchemyRecordStore.from_settings(Settings(database_url=reached_url))
     start, first, second = store.last_position(), uuid4(), uuid4()
     with store.remembering(f"twice-{first}", "digest", 0.0):
         store.append(records(first, range(1, 3)))
@@ -213,11 +225,11 @@ def test_migrate_upgrades_a_table_numbered_by_its_sequence(
     store.close()
 
 
-def test_a_held_table_lock_is_waited_for_within_the_lock_timeout(postgres_url: str) -> None:
+def test_a_held_table_lock_is_waited_for_within_the_lock_timeout(reached_url: str) -> None:
     """Another session holds the events table in SHARE mode (what CREATE INDEX takes): appends and
     readiness give up after UWSGI_ES_LOCK_TIMEOUT with StoreBusyError instead of hanging."""
-    store = SQLAlchemyRecordStore.from_settings(Settings(database_url=postgres_url, lock_timeout=0.3))
-    holder = create_engine(postgres_url)
+    store = SQLAlchemyRecordStore.from_settings(Settings(database_url=reached_url, lock_timeout=0.3))
+    holder = create_engine(reached_url)
     with holder.connect() as connection:
         connection.execute(text("BEGIN"))
         connection.execute(text("LOCK TABLE integer_sequenced_items IN SHARE MODE"))
@@ -258,10 +270,10 @@ def test_a_read_only_server_is_not_ready_until_it_takes_writes_again(postgres_ur
     store.close()
 
 
-def test_connections_say_whose_they_are_and_carry_the_session_guards(postgres_url: str) -> None:
+def test_connections_say_whose_they_are_and_carry_the_session_guards(reached_url: str) -> None:
     """pg_stat_activity names the process holding each connection; the three guards are set."""
     settings = Settings(
-        database_url=postgres_url, lock_timeout=0.25, statement_timeout=7, idle_in_transaction_timeout=9
+        database_url=reached_url, lock_timeout=0.25, statement_timeout=7, idle_in_transaction_timeout=9
     )
     store = SQLAlchemyRecordStore.from_settings(settings)
     with store.engine.connect() as connection:
@@ -278,13 +290,13 @@ def test_connections_say_whose_they_are_and_carry_the_session_guards(postgres_ur
 
 
 def test_a_stalled_transaction_holding_the_events_table_is_cut_off_and_writers_go_on(
-    postgres_url: str,
+    reached_url: str,
 ) -> None:
     """A session locks the events table against inserts and stalls (a hung request, a debugger):
     the server ends it
     after UWSGI_ES_IDLE_IN_TRANSACTION_TIMEOUT (1 s here), so a writer queued behind it stores its
     events well before the stall ends (8 s), within its own lock timeout (5 s)."""
-    settings = Settings(database_url=postgres_url, idle_in_transaction_timeout=1.0, lock_timeout=5.0)
+    settings = Settings(database_url=reached_url, idle_in_transaction_timeout=1.0, lock_timeout=5.0)
     stalled, writer = (
         SQLAlchemyRecordStore.from_settings(settings),
         SQLAlchemyRecordStore.from_settings(settings),
@@ -319,3 +331,62 @@ def test_a_stalled_transaction_holding_the_events_table_is_cut_off_and_writers_g
     assert "idle-in-transaction timeout" in outcome[0]
     stalled.close()
     writer.close()
+
+
+@pytest.mark.pgbouncer
+class TestPostgresStoreThroughPgBouncer(SQLAlchemyStoreContract, TypedEventsContract, SnapshotsContract):
+    """The whole store contract through PgBouncer in transaction pooling, on 3 server connections."""
+
+    @pytest.fixture
+    def database_url(self, pgbouncer_url: str) -> str:
+        return pgbouncer_url
+
+
+@pytest.mark.pgbouncer
+def test_behind_pgbouncer_nothing_is_prepared_or_left_in_the_session(
+    postgres_url: str, pgbouncer_url: str, pgbouncer: PgBouncer
+) -> None:
+    """The store sees the pooler (and a direct connection as direct). Through it, every transaction
+    carries the store's guards, psycopg prepares nothing (a name prepared on one server connection
+    is unknown on the next: 'prepared statement "_pg3_0" does not exist'), and nothing is left on
+    the server connections for the next client: a plain client holding all of them at once sees
+    PostgreSQL's defaults there."""
+    settings = Settings(lock_timeout=0.25, statement_timeout=7, idle_in_transaction_timeout=9)
+    direct = SQLAlchemyRecordStore.from_settings(replace(settings, database_url=postgres_url))
+    pooled = SQLAlchemyRecordStore.from_settings(replace(settings, database_url=pgbouncer_url))
+    with direct.engine.connect() as connection:
+        assert not is_pooled(connection)
+    originator = uuid4()
+    for version in range(1, 41):  # psycopg would prepare a statement run 5 times
+        pooled.append(records(originator, range(version, version + 1)))
+        assert len(pooled.select(originator)) == version
+    for _ in range(12):
+        with pooled.engine.connect() as connection:
+            assert is_pooled(connection)
+            assert connection.connection.driver_connection.prepare_threshold is None
+            guards = [
+                connection.execute(text(f"SHOW {guard}")).scalar()
+                for guard in ("lock_timeout", "statement_timeout", "idle_in_transaction_session_timeout")
+            ]
+            assert guards == ["250ms", "7s", "9s"]
+            prepared = connection.execute(text("SELECT count(*) FROM pg_prepared_statements")).scalar()
+            assert prepared == 0
+    pooled.close()
+    direct.close()
+    plain = [
+        psycopg.connect(pgbouncer.url(str(make_url(pgbouncer_url).database), driver="postgresql"))
+        for _ in range(3)
+    ]
+    try:
+        seen = {
+            (
+                connection.execute("SELECT pg_backend_pid()").fetchone(),
+                connection.execute("SHOW lock_timeout").fetchone(),
+            )
+            for connection in plain  # each holds its server connection until its transaction ends
+        }
+    finally:
+        for connection in plain:
+            connection.close()
+    assert len(seen) == 3, "PgBouncer should have given each plain client its own server connection"
+    assert {timeout for _, timeout in seen} == {("0",)}

@@ -124,3 +124,17 @@ def test_numbers_are_read_in_ascii_digits_only(variable: str, raw: str) -> None:
     assert (
         Settings.from_environ({"UWSGI_ES_POOL_SIZE": "7", "UWSGI_ES_POOL_TIMEOUT": ".5"}).pool_timeout == 0.5
     )
+
+
+def test_the_listen_url_is_a_postgresql_url_or_nothing() -> None:
+    """UWSGI_ES_LISTEN_URL: empty (LISTEN on the database URL, or poll behind a pooler), or a
+    PostgreSQL URL (postgresql:// read as psycopg 3, as the database URL is); never shown whole."""
+    assert Settings.from_environ({}).listen_url == ""
+    parsed = Settings.from_environ({"UWSGI_ES_LISTEN_URL": "postgresql://app:pw@db:5432/app"}).listen_url
+    assert parsed == "postgresql+psycopg://app:pw@db:5432/app"
+    with pytest.raises(ConfigurationError, match=r"UWSGI_ES_LISTEN_URL=.*is not a PostgreSQL URL") as refused:
+        Settings.from_environ({"UWSGI_ES_LISTEN_URL": "sqlite:///var/x.sqlite3"})
+    assert "only PostgreSQL's read side listens" in str(refused.value)
+    with pytest.raises(ConfigurationError) as unreadable:
+        Settings.from_environ({"UWSGI_ES_LISTEN_URL": "postgresql://app:s3cret@db:notaport/app"})
+    assert "s3cret" not in str(unreadable.value)

@@ -69,13 +69,26 @@ def connection_budget(seen: Observed) -> Iterator[Finding]:
     demand = seen.processes * per_worker + mules * min(pool.size + pool.overflow, CONNECTIONS_PER_MULE)
     where = redact_url(pool.url)
     try:
-        maximum, reserved, in_use = _server_limits(pool.url)
+        maximum, reserved, in_use, pooled = _server_limits(pool.url)
     except Exception as exc:
         yield Finding(
             True,
             "PostgreSQL did not answer the doctor",
             f"{where}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
             "check the URL and that the server is up: the workers could not connect either",
+        )
+        return
+    if pooled:
+        yield Finding(
+            False,
+            f"PostgreSQL is reached through a connection pooler (PgBouncer): {demand} client connections",
+            f"{where} hands out server connections per transaction, so the server's max_connections "
+            f"({maximum}) bounds the pooler's pools, not these: {demand} client connections at most "
+            f"({seen.processes} workers x {per_worker}"
+            + (f", {mules} projection mule(s)" if mules else "")
+            + ")",
+            f"keep PgBouncer's max_client_conn at {demand} or more for this instance, and its "
+            "default_pool_size within max_connections (deploy/pgbouncer.ini)",
         )
         return
     available = maximum - reserved - in_use
@@ -101,10 +114,17 @@ def connection_budget(seen: Observed) -> Iterator[Finding]:
         yield Finding(False, f"PostgreSQL connections fit: {demand} of {available}", sum_text)
 
 
-def _server_limits(url: URL) -> tuple[int, int, int]:
-    engine = create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": 5})
+def _server_limits(url: URL) -> tuple[int, int, int, bool]:
+    """max_connections, the superusers' reserve, other clients now, and whether a pooler answers
+    (the backend key it gave names no process of the server: see the SQL store's engine)."""
+    engine = create_engine(
+        url, poolclass=NullPool, connect_args={"connect_timeout": 5, "prepare_threshold": None}
+    )
     try:
         with engine.connect() as connection:
+            backend = connection.execute(text("SELECT pg_backend_pid()")).scalar_one()
+            driver = connection.connection.driver_connection
+            pooled = driver is not None and backend != driver.info.backend_pid
             maximum = int(connection.execute(text("SHOW max_connections")).scalar_one())
             reserved = int(connection.execute(text("SHOW superuser_reserved_connections")).scalar_one())
             in_use = connection.execute(
@@ -113,6 +133,6 @@ def _server_limits(url: URL) -> tuple[int, int, int]:
                     "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
                 )
             ).scalar_one()
-        return maximum, reserved, int(in_use)
+        return maximum, reserved, int(in_use), pooled
     finally:
         engine.dispose()

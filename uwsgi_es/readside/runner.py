@@ -97,6 +97,7 @@ class ProjectionRunner:
         settings = settings or app.settings
         self.batch = settings.readside_batch
         self.poll_interval = settings.readside_poll_interval
+        self.listen_url = settings.listen_url
         self.limit = self.batch
         self.stopped_at: int | None = None
         self.handles = _handled(projection)
@@ -146,7 +147,7 @@ class ProjectionRunner:
             application=type(self.app).__qualname__,
             store=self.store.describe(),
         )
-        waker = waker_for(self.store.engine, self.poll_interval)
+        waker = waker_for(self.store.engine, self.poll_interval, self.listen_url)
         backoff, failures = 0.0, 0
         try:
             while not stop.is_set():

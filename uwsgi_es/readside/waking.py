@@ -8,7 +8,9 @@ connection) costs at most that interval, never an event.
   a connection of its own (``application_name`` "uwsgi_es readside") for ``NOTIFY
   uwsgi_es_events``, which a read waiting for its own write sends (``X-Min-Position``). Appends
   do not notify: notifying transactions commit one at a time, and writers must never queue. If
-  the LISTEN connection dies, the runner polls until it is back.
+  the LISTEN connection dies, the runner polls until it is back. Through a transaction pooler
+  (PgBouncer) a LISTEN is lost with the transaction that sent it: the runner LISTENs on
+  ``UWSGI_ES_LISTEN_URL`` (a direct connection) when set, and otherwise only polls, and says so.
 - SQLite has no notifications: the runner asks ``PRAGMA data_version`` every 10 ms, which changes
   when another connection commits (a read of shared memory, no disk access).
 
@@ -23,10 +25,12 @@ import threading
 import time
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, create_engine
+from sqlalchemy.pool import NullPool
 
 from uwsgi_es.lifecycle import events
 from uwsgi_es.stores.base import FEED_CHANNEL
+from uwsgi_es.stores.sqlalchemy.engine import is_pooled
 
 LISTENER_NAME = "uwsgi_es readside"
 SQLITE_CHECK_SECONDS = 0.01
@@ -43,8 +47,10 @@ class Waker(Protocol):
     def close(self) -> None: ...
 
 
-def waker_for(engine: Engine, poll_interval: float) -> Waker:
+def waker_for(engine: Engine, poll_interval: float, listen_url: str = "") -> Waker:
     if engine.dialect.name == "postgresql":
+        if listen_url:
+            return PostgresWaker(create_engine(listen_url, poolclass=NullPool), poll_interval, owned=True)
         return PostgresWaker(engine, poll_interval)
     if engine.dialect.name == "sqlite":
         return SqliteWaker(engine, poll_interval)
@@ -70,16 +76,35 @@ class PollingWaker:
 class PostgresWaker:
     """LISTEN on the feed's channel, on a connection of its own (autocommit)."""
 
-    def __init__(self, engine: Engine, poll_interval: float) -> None:
+    def __init__(self, engine: Engine, poll_interval: float, *, owned: bool = False) -> None:
         self.engine = engine
         self.poll_interval = poll_interval
+        self._owned = owned  # an engine of its own (UWSGI_ES_LISTEN_URL), disposed on close
         self._connection: Connection | None = None
+        self._polling_only = False  # the engine goes through a transaction pooler
+
+    def _pooled(self, connection: Connection) -> bool:
+        if not is_pooled(connection):
+            return False
+        self._polling_only = True
+        events.emit(
+            "readside_polling",
+            logging.WARNING,
+            reason="the database URL goes through a transaction pooler (PgBouncer): "
+            "a LISTEN would not outlast its transaction",
+            consequence=f"reading the feed every {self.poll_interval}s; set UWSGI_ES_LISTEN_URL to a "
+            "direct URL to be woken at once",
+        )
+        return True
 
     def _driver(self) -> Any:
         """The psycopg connection that LISTENs, made (again) when there is none."""
         if self._connection is None:
             connection = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
             try:
+                if self._pooled(connection):
+                    connection.close()
+                    return None
                 connection.exec_driver_sql(f"SET application_name = '{LISTENER_NAME}'")
                 connection.exec_driver_sql(f"LISTEN {FEED_CHANNEL}")
             except BaseException:
@@ -92,8 +117,13 @@ class PostgresWaker:
     def arm(self) -> None:
         """Listen (again, if the connection was lost) and drop the wake-ups already delivered: the
         read that follows sees what they announced."""
+        if self._polling_only:
+            return
         try:
-            for _ in self._driver().notifies(timeout=0, stop_after=None):
+            driver = self._driver()
+            if driver is None:
+                return
+            for _ in driver.notifies(timeout=0, stop_after=None):
                 pass
         except Exception as exc:  # psycopg.OperationalError (terminated), SQLAlchemy errors, OSError
             self._lost(exc)
@@ -135,6 +165,8 @@ class PostgresWaker:
                 # invalidation; close the driver's own so nothing is left to the garbage collector.
                 if driver is not None and not driver.closed:
                     driver.close()
+        if self._owned:  # a disposed engine connects again when asked: a lost LISTEN comes back
+            self.engine.dispose()
 
 
 class SqliteWaker:

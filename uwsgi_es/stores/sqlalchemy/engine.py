@@ -14,6 +14,14 @@
   transaction (holding the append lock) is ended by the server after
   ``UWSGI_ES_IDLE_IN_TRANSACTION_TIMEOUT``, so the other writers go on. Each connection's
   ``application_name`` says whose it is (``uwsgi_es worker 3 pid 1234``) in ``pg_stat_activity``.
+- PostgreSQL behind a transaction pooler (PgBouncer ``pool_mode = transaction``): each transaction
+  may run on another server connection, so nothing may rely on session state. A connection is
+  known to be pooled when the backend key the pooler gave it names another process than the one
+  answering (``pg_backend_pid()``): PostgreSQL itself always gives the answering backend's pid.
+  Then psycopg prepares no statements (a name prepared on one server connection is unknown, or
+  names another statement, on the next), no guard is set for the session, and every transaction
+  starts by setting the three guards for itself (``SET LOCAL``); the store runs no statement in
+  autocommit there (``is_pooled``).
 - Both: the wait of each statement for a lock is capped at what is left of its request's deadline
   (``uwsgi_es.stores.deadlines``: PostgreSQL's ``lock_timeout``, SQLite's busy timeout, changed
   only when the cap differs), and a statement that would start past it is not sent
@@ -47,7 +55,7 @@ from uwsgi_es.errors import (
     StoreReadOnlyError,
     StoreUnavailableError,
 )
-from uwsgi_es.lifecycle import process
+from uwsgi_es.lifecycle import events, process
 from uwsgi_es.metrics import recorder
 from uwsgi_es.redaction import redact_url
 from uwsgi_es.settings import PREFIX, Settings, missing_driver, parse_database_url
@@ -58,6 +66,8 @@ FILE_IDENTITY = "uwsgi_es_file"  # connection info key: (device, inode) of the f
 LOCK_BOUND = "uwsgi_es_lock_bound"  # engine execution option: seconds a request may wait for locks
 _WAIT_MS = "uwsgi_es_wait_ms"  # connection info key: the session's lock wait bound now (ms)
 _LOCAL_WAIT_MS = "uwsgi_es_local_wait_ms"  # ... (transaction, ms) set for one transaction only
+POOLED = "uwsgi_es_pooled"  # connection info key: reached through a transaction pooler (PgBouncer)
+_GUARDED = "uwsgi_es_guarded"  # connection info key: the transaction whose guards were set (pooled)
 # A cap within this many ms of the one in force is left as it is (no round trip to change it).
 _CAP_SLACK_MS = 20
 # How often a wait for a free pooled connection looks again, under gevent.
@@ -175,14 +185,13 @@ def _create_postgres_engine(settings: Settings, url: URL) -> Engine:
         )
     except ImportError as exc:  # checked by parse_database_url already; kept for a driver's late import
         raise ConfigurationError(missing_driver(f"{PREFIX}DATABASE_URL", url, exc)) from exc
-    guards = "; ".join(
-        f"SET {name} = {milliseconds}"
-        for name, milliseconds in (
-            ("lock_timeout", max(1, round(settings.lock_timeout * 1000))),
-            ("statement_timeout", round(settings.statement_timeout * 1000)),
-            ("idle_in_transaction_session_timeout", round(settings.idle_in_transaction_timeout * 1000)),
-        )
+    bound_ms = max(1, round(settings.lock_timeout * 1000))
+    other_guards = (
+        ("statement_timeout", round(settings.statement_timeout * 1000)),
+        ("idle_in_transaction_session_timeout", round(settings.idle_in_transaction_timeout * 1000)),
     )
+    guards = "; ".join(f"SET {name} = {ms}" for name, ms in (("lock_timeout", bound_ms), *other_guards))
+    local_guards = "".join(f"; SET LOCAL {name} = {ms}" for name, ms in other_guards)
 
     @event.listens_for(engine, "handle_error")
     def _on_error(context: ExceptionContext) -> None:
@@ -193,16 +202,7 @@ def _create_postgres_engine(settings: Settings, url: URL) -> Engine:
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
-        cursor = dbapi_connection.cursor()
-        try:
-            cursor.execute(guards)  # one round trip for the three session guards
-        finally:
-            cursor.close()
-        dbapi_connection.commit()  # psycopg opened a transaction for the SET: end it
-        record.info[_WAIT_MS] = bound_ms
-        record.info.pop(_LOCAL_WAIT_MS, None)
-
-    bound_ms = max(1, round(settings.lock_timeout * 1000))
+        _set_up_postgres_connection(dbapi_connection, record, url, guards, bound_ms)
 
     @event.listens_for(engine, "before_cursor_execute")
     def _cap_lock_wait(conn: Connection, cursor: Any, statement: str, *_: Any) -> None:
@@ -210,8 +210,17 @@ def _create_postgres_engine(settings: Settings, url: URL) -> Engine:
             return
         wanted = _capped_wait_ms(settings.lock_timeout, f"{PREFIX}LOCK_TIMEOUT", url)
         info = conn.info
-        session_ms = int(info.get(_WAIT_MS, bound_ms))
         dbapi_connection = cursor.connection
+        if info.get(POOLED):
+            if dbapi_connection.autocommit:  # nothing set now would last: the store avoids this
+                return
+            root = conn.get_transaction()
+            if info.get(_GUARDED) is not root:  # the transaction's first statement
+                dbapi_connection.execute(f"SET LOCAL lock_timeout = {wanted}{local_guards}")
+                info[_GUARDED] = root
+                info[_LOCAL_WAIT_MS] = (conn.get_nested_transaction() or root, wanted)
+                return
+        session_ms = int(info.get(_WAIT_MS, bound_ms))
         if dbapi_connection.autocommit:  # one statement, its own transaction: set it for the session
             if abs(session_ms - wanted) > _CAP_SLACK_MS:
                 dbapi_connection.execute(f"SET lock_timeout = {wanted}")
@@ -226,6 +235,62 @@ def _create_postgres_engine(settings: Settings, url: URL) -> Engine:
             info[_LOCAL_WAIT_MS] = (transaction, wanted)
 
     return engine
+
+
+def _set_up_postgres_connection(
+    dbapi_connection: Any, record: ConnectionPoolEntry, url: URL, guards: str, bound_ms: int
+) -> None:
+    """A new connection: the session guards set once, or, behind a pooler, nothing kept in it."""
+    record.info.pop(_LOCAL_WAIT_MS, None)
+    record.info.pop(_GUARDED, None)
+    pooled = _behind_pooler(dbapi_connection)
+    record.info[POOLED] = pooled
+    if pooled:  # session state would stay on a server connection others get next
+        dbapi_connection.prepare_threshold = None
+        _report_pooler(url)
+        return
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(guards)  # one round trip for the three session guards
+    finally:
+        cursor.close()
+    dbapi_connection.commit()  # psycopg opened a transaction for the SET: end it
+    record.info[_WAIT_MS] = bound_ms
+
+
+def is_pooled(connection: Connection) -> bool:
+    """Whether ``connection`` reaches PostgreSQL through a transaction pooler (see the docstring)."""
+    return bool(connection.info.get(POOLED))
+
+
+def _behind_pooler(dbapi_connection: Any) -> bool:
+    """PostgreSQL sends the answering backend's pid as the connection's key; a pooler sends its own."""
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("SELECT pg_backend_pid()")
+        row = cursor.fetchone()
+    finally:
+        cursor.close()
+    dbapi_connection.commit()
+    return bool(row is not None and row[0] != dbapi_connection.info.backend_pid)
+
+
+_pooler_reported: set[str] = set()
+
+
+def _report_pooler(url: URL) -> None:
+    """Say once per process and database what changes behind a transaction pooler."""
+    where = describe_url(url)
+    if where in _pooler_reported:
+        return
+    _pooler_reported.add(where)
+    events.emit(
+        "postgres_pooler_detected",
+        pid=os.getpid(),
+        database=where,
+        consequence="no prepared statements; lock, statement and idle timeouts set in every "
+        "transaction; no statement in autocommit",
+    )
 
 
 def connection_name() -> str:

@@ -82,6 +82,7 @@ from uwsgi_es.stores.sqlalchemy.engine import (
     WRITE,
     create_engine_from_settings,
     file_identity,
+    is_pooled,
     lock_bound,
     pool_exhausted,
     sqlite_path,
@@ -533,6 +534,7 @@ class SQLAlchemyRecordStore(RecordStore):
         an ORM session on the hot path, and the connection is back in the pool when it returns.
         On PostgreSQL a statement run ``alone`` (every operation but readiness) runs in autocommit:
         one statement is its own transaction, so BEGIN and COMMIT would only add round trips.
+        Behind a transaction pooler it runs in a transaction all the same, which sets its guards.
         """
         unit = _unit.get()
         if unit is not None and unit[0] is self:
@@ -549,15 +551,15 @@ class SQLAlchemyRecordStore(RecordStore):
                 with session.begin_nested():
                     yield session
                 return
-        if alone and self._is_postgres:
-            with self.engine.connect() as connection:
+        with self.engine.connect() as connection:
+            if alone and self._is_postgres and not is_pooled(connection):
                 connection.execution_options(isolation_level="AUTOCOMMIT")
                 if write:
                     _committing.set(True)  # the statement commits itself: a failure may come after
                 yield connection
-            return
-        with self.engine.connect() as connection, self._in_transaction(connection, write=write):
-            yield connection
+                return
+            with self._in_transaction(connection, write=write):
+                yield connection
 
     @contextmanager
     def _in_transaction(self, connection: Connection, *, write: bool) -> Iterator[None]:
