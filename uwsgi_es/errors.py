@@ -96,8 +96,9 @@ class QuorumLostError(StoreUnavailableError):
 class OutcomeUnknownError(StoreUnavailableError):
     """A write was sent and no one can say whether it was stored (it got no answer, and neither
     did the repeats that would settle it). Unlike every other 5xx of ours, this one may
-    have stored: 504. Only Cassandra raises it, and Cassandra cannot keep an ``Idempotency-Key``
-    with its events, so the client must look before it sends the write again."""
+    have stored: 504. Cassandra raises it (it cannot keep an ``Idempotency-Key`` with its events,
+    so the client must look before it sends the write again), and PostgreSQL when an append's
+    connection broke unanswered and no server could be asked after (a primary killed mid-commit)."""
 
     public_reason = (
         "the event store did not confirm the write: it may have been stored; read it back before "

@@ -12,10 +12,12 @@ Standard library only: databases are created with the server's own ``createdb``.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import Mapping
@@ -117,6 +119,49 @@ class PostgresServer(StartStop):
             "start",
         )
 
+    def start_standby_of(self, primary: PostgresServer) -> Self:
+        """A streaming standby of ``primary`` (``pg_basebackup -R``), on a free port; it replays
+        the primary's WAL and takes no writes until ``promote()``."""
+        self.port = free_port()
+        self.folder = Path(tempfile.mkdtemp(prefix="uwsgi_es-pg-standby-"))
+        if self._as_postgres:
+            shutil.chown(self.folder, "postgres", "postgres")
+        self._run(
+            "pg_basebackup", "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres",
+            "-D", str(self.data), "-R", "-X", "stream", "--checkpoint=fast",
+        )  # fmt: skip
+        self.start_server()
+        return self
+
+    def promote(self) -> None:
+        """End recovery: this standby becomes a primary and takes writes (``pg_ctl promote``)."""
+        self._run("pg_ctl", "-D", str(self.data), "-w", "-t", "60", "promote")
+
+    def kill(self) -> None:
+        """SIGKILL the postmaster and every backend (a crashed host, as far as clients can tell);
+        the data folder stays, for ``start_server`` or ``rejoin_as_standby_of``."""
+        first_line = (self.data / "postmaster.pid").read_text().split("\n", 1)[0]
+        postmaster = int(first_line)
+        children = [
+            int(entry.name)
+            for entry in Path("/proc").iterdir()
+            if entry.name.isdigit() and _parent_of(entry) == postmaster
+        ]
+        for pid in (postmaster, *children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def rejoin_as_standby_of(self, primary: PostgresServer) -> None:
+        """Start this (old, stopped or killed) primary again as a standby of ``primary``, the
+        documented way back after a failover: in recovery it takes no writes, so clients whose URL
+        says ``target_session_attrs=read-write`` pass it by."""
+        (self.data / "standby.signal").touch()
+        with (self.data / "postgresql.auto.conf").open("a") as conf:
+            conf.write(f"primary_conninfo = 'host=127.0.0.1 port={primary.port} user=postgres'\n")
+        if self._as_postgres:
+            shutil.chown(self.data / "standby.signal", "postgres", "postgres")
+        self.start_server()
+
     def stop_server(self) -> None:
         """Stop the server (fast shutdown: clients are disconnected) but keep its data."""
         self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
@@ -127,7 +172,8 @@ class PostgresServer(StartStop):
             return
         try:
             if (self.data / "postmaster.pid").exists():
-                self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+                with contextlib.suppress(PostgresUnavailableError):  # killed: nothing left to stop
+                    self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
         finally:
             shutil.rmtree(self.folder, ignore_errors=True)
             self.folder = None
@@ -154,6 +200,13 @@ class PostgresServer(StartStop):
                 f"{program} failed with exit code {result.returncode}: {output}"
                 f"\n--- server log ---\n{self.log()[-4000:]}"
             )
+
+
+def _parent_of(process: Path) -> int | None:
+    try:
+        return int((process / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 class ExistingPostgres:

@@ -59,6 +59,7 @@ from uwsgi_es.errors import (
     ConcurrencyError,
     DeadlinePassedError,
     DuplicateRequestError,
+    OutcomeUnknownError,
     PoolExhaustedError,
     SchemaMissingError,
     StoreBusyError,
@@ -204,6 +205,13 @@ def _lock_not_available(error: StoreBusyError) -> bool:
     return isinstance(cause, DBAPIError) and getattr(cause.orig, "sqlstate", None) == "55P03"
 
 
+def _answered(error: StoreUnavailableError) -> bool:
+    """Whether the server answered the failed statement with an error (a SQLSTATE: it was not
+    committed), rather than the connection breaking with no answer."""
+    cause = error.__cause__
+    return isinstance(cause, DBAPIError) and getattr(cause.orig, "sqlstate", None) is not None
+
+
 def _dropped(error: StoreUnavailableError) -> bool:
     """Whether the error is the server dropping the connection (SQLAlchemy then retires it)."""
     cause = error.__cause__
@@ -291,7 +299,19 @@ class SQLAlchemyRecordStore(RecordStore):
             if not (self._is_postgres and _dropped(exc) and not self._joined()):
                 raise
             log.info("an append's connection was dropped; checking what was stored: %s", exc)
-        return self._append_unless_stored(records)
+            refused = _answered(exc)
+        try:
+            return self._append_unless_stored(records)
+        except StoreUnavailableError as unanswered:
+            if refused:  # the server refused the statement: nothing of it was committed
+                raise
+            # The connection broke with no answer (a server killed, a failover): the INSERT may
+            # have committed, and no server can say now. Only 504 says "may have been stored".
+            raise OutcomeUnknownError(
+                f"{self.describe()}: the connection broke before an append was answered, and the "
+                f"store could not be asked whether it was stored ({unanswered}); read it back, or "
+                "send it again with its Idempotency-Key, once the database answers."
+            ) from unanswered
 
     def _append_unless_stored(self, records: Sequence[StoredRecord]) -> int:
         """After an append whose connection dropped: its records if they are stored as sent (the
