@@ -23,6 +23,8 @@ ORDER = [
     "the feed with an outside transaction open",
     "anonymous waiting reads vs /health answered",
     "database outage (5 s)",
+    "failover to a standby (synchronous replication)",
+    "failover to a standby (asynchronous replication)",
     "two hosts, three nodes: concurrent deposits and withdrawals",
     "one of three nodes SIGKILLed under load (two hosts)",
     "two of three nodes down (two hosts)",
@@ -68,6 +70,10 @@ test_hostile_clients.py, test_sick_storage.py):
   acknowledged deposit is stored exactly once; versions stay 1..n; every replacement builds once.
 - **Reloads**: `touch-chain-reload` (lazy-apps) replaces every worker under load with zero failed
   requests; a full `touch-reload` may fail requests in flight but loses no acknowledged write.
+- **PostgreSQL through PgBouncer** (`pool_mode = transaction`, deploy/pgbouncer.ini, 3 server
+  connections): the killed-workers and full-reload scenarios again, rows "PostgreSQL via
+  PgBouncer"; the store contract, 16 writers with a tailing reader and the shipped launch with its
+  mule run through it too (tests/stores/test_postgres.py, test_event_feed.py, test_pgbouncer.py).
 - **Clients that retry with an `Idempotency-Key`**: the same kills and full reload (SQLite and
   PostgreSQL), each deposit sent with a key of its own and sent again after any failure until
   answered. A first attempt may be stored while its answer is lost (the rows count them): its
@@ -96,6 +102,13 @@ test_hostile_clients.py, test_sick_storage.py):
   "the event store is unavailable" (the log names the store; never a 500, never a hang) and
   `/ready` fails; the workers serve again within 5 s of the database answering, without
   restarting uWSGI.
+- **A standby takes over** (tests/integration/test_failover.py): the shipped launch on a primary
+  and a streaming standby, a URL naming both with `target_session_attrs=read-write`, 8 clients
+  depositing; the primary's postmaster and backends are SIGKILLed and the standby promoted 1 s
+  later. Synchronous replication: nothing acknowledged lost. Either: nothing stored twice, nothing
+  answered 503 stored (504 "may have been stored" when an append's connection broke unanswered),
+  no 500, writes resume without restarting uWSGI, a tailing reader's feed stays in order, the mule
+  resumes, and the old primary rejoined as a standby takes no writes.
 - **Beyond one machine** (tests/integration/test_cluster.py, docs/SCALING.md): three real
   Cassandra nodes on 127.0.0.1-3, a keyspace replicated 3 times, LOCAL_QUORUM / LOCAL_SERIAL,
   two uWSGI instances ("hosts") writing to shared accounts. One node SIGKILLed under load: only
