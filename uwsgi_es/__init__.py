@@ -11,6 +11,11 @@ from __future__ import annotations
 
 import importlib.metadata
 
+# First: in a lazy-apps worker, a stop request during the imports below ends it quietly (process's
+# stop_at_once_while_importing, run as it is imported).
+from uwsgi_es.lifecycle import process as _process  # noqa: F401
+
+# isort: split
 from uwsgi_es.application import Application, EventStore, PersistencePolicy, PubSub, Repository, pubsub
 from uwsgi_es.domain import Aggregate, DomainEvent, register_topic
 from uwsgi_es.errors import (

@@ -6,6 +6,8 @@ Celery) every answer is the neutral one: worker 0, one process, one thread.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +19,23 @@ try:
     import uwsgi  # type: ignore[no-redef]  # exists only inside a uWSGI process
 except ImportError:
     uwsgi = None
+
+
+def stop_at_once_while_importing() -> None:
+    """In a uWSGI worker that imports the application itself (lazy-apps): until its build takes
+    Python's SIGINT handler back, a SIGINT (the master destroying the instance, e.g. ``need-app``
+    after another worker failed) ends this worker at once, rather than as a KeyboardInterrupt
+    traceback from the middle of an import. Run as this module is imported, which ``import
+    uwsgi_es`` does first."""
+    if uwsgi is None or not worker_id() or not is_lazy():
+        return
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, exit_now)
+
+
+def exit_now(signum: int, frame: object) -> None:
+    """The SIGINT handler of ``stop_at_once_while_importing``."""
+    os._exit(0)
 
 
 def in_uwsgi() -> bool:
@@ -138,3 +157,6 @@ def pause(seconds: float) -> None:
         gevent.sleep(seconds)
     else:
         time.sleep(seconds)
+
+
+stop_at_once_while_importing()

@@ -220,6 +220,8 @@ def _report_inherited_threads() -> None:
 def _take_back_sigint() -> None:
     """After the fork: Python's SIGINT handler again instead of the master's early one, and the
     KeyboardInterrupt of a SIGINT this process got in between (the master stopping already)."""
+    if signal.getsignal(signal.SIGINT) is process.exit_now:  # a lazy worker's import is over
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     if signal.getsignal(signal.SIGINT) is _early_sigint:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         if _early_sigint_in == os.getpid():
