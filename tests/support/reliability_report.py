@@ -99,9 +99,10 @@ test_hostile_clients.py, test_sick_storage.py):
   skipped) while `/worker`, `/ready` and `/metrics` count the events stored after it.
 - **Database outage**: the database is stopped for 5 s under load (8 clients, an account each, so
   no command can conflict) and started again. Meanwhile every request gets a JSON 503 saying
-  "the event store is unavailable" (the log names the store; never a 500, never a hang) and
-  `/ready` fails; the workers serve again within 5 s of the database answering, without
-  restarting uWSGI.
+  "the event store is unavailable" (the log names the store; never a 500, never a hang; none of
+  them stored) and `/ready` fails; the workers serve again within 5 s of the database answering,
+  without restarting uWSGI. A write whose connection broke after it was sent and before its
+  answer (at most one per client, as the server went away) answers 504 "it may have been stored".
 - **A standby takes over** (tests/integration/test_failover.py): the shipped launch on a primary
   and a streaming standby, a URL naming both with `target_session_attrs=read-write`, 8 clients
   depositing; the primary's postmaster and backends are SIGKILLed and the standby promoted 1 s
