@@ -1,10 +1,19 @@
 """uwsgi_es: one event-sourced application per worker process, built after the fork.
 
-The public API is re-exported here: the event-sourcing core (``Aggregate``, ``Application``...),
-the registry (``init_application``, ``get_application``...), the settings and every error. Server
-hooks are in ``uwsgi_es.servers`` (``uwsgi_es.hooks.install`` is the uWSGI one), frameworks in
-``uwsgi_es.integrations``, the test harness in ``uwsgi_es.testing``. Importing it connects to
-nothing and works outside uWSGI.
+The front door: what a user calls is exported here. ``install`` (the uWSGI hook: one application
+per worker, built after the fork), the event-sourcing core (``Aggregate``, ``Application``...), the
+registry (``init_application``, ``get_application``...), the JSON web API (``JsonApi``, ``Request``,
+``Response``), the settings and every error. The other servers' hooks are in ``uwsgi_es.servers``
+(gunicorn, Celery; RQ jobs call ``get_application_lazily``), frameworks in
+``uwsgi_es.integrations`` (Flask, Django, the eventsourcing library), the test harness in
+``uwsgi_es.testing``. Importing it connects to nothing and works outside uWSGI.
+
+The layers, from the bottom: ``runtime`` (process facts, the structured log) and the leaf modules
+(``errors``, ``redaction``, ``settings``, ``transcoding``, ``domain``); ``stores`` and ``metrics``;
+``snapshots`` and ``application`` (the core); ``lifecycle`` (the registry and the build) and
+``servers`` (the hooks that call it); ``readside`` and ``web``; ``integrations``, ``example``,
+``cli`` and ``doctor`` at the top. Every import points down
+(``tests/unit/test_architecture.py`` holds it to that).
 """
 
 from __future__ import annotations
@@ -13,7 +22,7 @@ import importlib.metadata
 
 # First: in a lazy-apps worker, a stop request during the imports below ends it quietly (process's
 # stop_at_once_while_importing, run as it is imported).
-from uwsgi_es.lifecycle import process as _process  # noqa: F401
+from uwsgi_es.runtime import process as _process  # noqa: F401
 
 # isort: split
 from uwsgi_es.application import Application, EventStore, PersistencePolicy, PubSub, Repository, pubsub
@@ -26,17 +35,30 @@ from uwsgi_es.errors import (
     CommandRejectedError,
     ConcurrencyError,
     ConfigurationError,
+    DeadlinePassedError,
+    DuplicateRequestError,
     DuplicateSubscriptionError,
     ForkedApplicationError,
     InitialisationFailedError,
+    OutcomeUnknownError,
+    PoolExhaustedError,
+    ProjectionCannotRunError,
+    ProjectionLagError,
+    ProjectionStoppedError,
     QuorumLostError,
+    ReadModelMissingError,
+    ReadSideUnavailableError,
     SchemaMissingError,
     StoreBusyError,
     StoreReadOnlyError,
     StoreUnavailableError,
+    TooManyWaitingReadsError,
+    TopicError,
     TranscodingError,
     UnreadableEventError,
+    UnsupportedOperationError,
     UwsgiEsError,
+    UwsgiUnavailableError,
 )
 from uwsgi_es.lifecycle.registry import (
     close_application,
@@ -44,8 +66,10 @@ from uwsgi_es.lifecycle.registry import (
     get_application_lazily,
     init_application,
 )
+from uwsgi_es.servers.uwsgi import install
 from uwsgi_es.settings import Settings
 from uwsgi_es.transcoding import register_type
+from uwsgi_es.web import BadRequestError, JsonApi, Request, Response
 
 
 def _installed_version() -> str:
@@ -66,31 +90,49 @@ __all__ = [
     "ApplicationAlreadyInitialisedError",
     "ApplicationClosedError",
     "ApplicationNotInitialisedError",
+    "BadRequestError",
     "CommandRejectedError",
     "ConcurrencyError",
     "ConfigurationError",
+    "DeadlinePassedError",
     "DomainEvent",
+    "DuplicateRequestError",
     "DuplicateSubscriptionError",
     "EventStore",
     "ForkedApplicationError",
     "InitialisationFailedError",
+    "JsonApi",
+    "OutcomeUnknownError",
     "PersistencePolicy",
+    "PoolExhaustedError",
+    "ProjectionCannotRunError",
+    "ProjectionLagError",
+    "ProjectionStoppedError",
     "PubSub",
     "QuorumLostError",
+    "ReadModelMissingError",
+    "ReadSideUnavailableError",
     "Repository",
+    "Request",
+    "Response",
     "SchemaMissingError",
     "Settings",
     "StoreBusyError",
     "StoreReadOnlyError",
     "StoreUnavailableError",
+    "TooManyWaitingReadsError",
+    "TopicError",
     "TranscodingError",
     "UnreadableEventError",
+    "UnsupportedOperationError",
     "UwsgiEsError",
+    "UwsgiUnavailableError",
     "__version__",
     "close_application",
     "get_application",
     "get_application_lazily",
     "init_application",
+    "install",
     "pubsub",
     "register_topic",
     "register_type",

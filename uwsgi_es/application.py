@@ -32,8 +32,8 @@ from uwsgi_es.errors import (
     TopicError,
     UnreadableEventError,
 )
-from uwsgi_es.lifecycle import process
 from uwsgi_es.metrics import recorder
+from uwsgi_es.runtime import process
 from uwsgi_es.settings import Settings
 from uwsgi_es.snapshots import Snapshots
 from uwsgi_es.stores import GlobalFeed, RecordStore, RequestScope, StoredRecord, create_record_store
@@ -362,7 +362,7 @@ class Application:
             raise ForkedApplicationError(
                 f"{type(self).__qualname__} was built in process {self.built_in_pid} and is used in "
                 f"process {pid}. An application must be built after the fork, once in each worker: "
-                "use uwsgi_es.hooks.install() under uWSGI, or init_application() in a post-fork hook."
+                "use uwsgi_es.install() under uWSGI, or init_application() in a post-fork hook."
             )
 
     def save(self, *aggregates: Aggregate) -> int | None:

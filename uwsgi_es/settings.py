@@ -310,7 +310,7 @@ class Settings:
         "",
         _import_string,
         "`module:Class` (or `module:function` taking the settings) built in each process; required "
-        "unless your code passes a factory (`hooks.install(Carts)`). The example: "
+        "unless your code passes a factory (`uwsgi_es.install(Carts)`). The example: "
         "`uwsgi_es.example.domain:BankAccounts`",
         shown="(none)",
     )

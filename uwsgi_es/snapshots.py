@@ -36,7 +36,7 @@ from uuid import UUID
 
 from uwsgi_es.domain import Aggregate, DomainEvent, aggregate_classes, resolve_topic, topic_of
 from uwsgi_es.errors import TopicError, TranscodingError, UwsgiEsError
-from uwsgi_es.lifecycle.events import emit
+from uwsgi_es.runtime.log import emit
 from uwsgi_es.settings import Settings
 from uwsgi_es.stores import RecordStore, Snapshot, SnapshotStore, StoredRecord
 from uwsgi_es.transcoding import AggregateCodec, aggregate_codec_for

@@ -14,7 +14,7 @@ from uuid import uuid4
 
 import pytest
 
-from uwsgi_es.lifecycle.events import events_in
+from uwsgi_es.runtime.log import events_in
 from uwsgi_es.testing import lifecycle_events
 
 from ..support.paths import INI

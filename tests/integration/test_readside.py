@@ -21,7 +21,7 @@ from sqlalchemy import create_engine, func, select
 
 from uwsgi_es.cli import migrate
 from uwsgi_es.example.balances import balances_table
-from uwsgi_es.lifecycle.process import PROJECTION_MULE
+from uwsgi_es.runtime.process import PROJECTION_MULE
 from uwsgi_es.settings import Settings
 from uwsgi_es.stores.sqlalchemy.schema import records_table, tracking_table
 from uwsgi_es.testing import UwsgiServer, lifecycle_events

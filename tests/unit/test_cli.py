@@ -129,7 +129,7 @@ def user_project(root: Path) -> Path:
     (package / "__init__.py").write_text("")
     (package / "domain.py").write_text(SHOP)
     (package / "wsgi.py").write_text(
-        "from uwsgi_es.hooks import install\nfrom uwsgi_es.web import JsonApi\n"
+        "from uwsgi_es import install\nfrom uwsgi_es.web import JsonApi\n"
         "from myshop.domain import Things\n\ninstall(Things)\napplication = JsonApi(Things)\n"
     )
     return root

@@ -6,7 +6,7 @@ import json
 import logging
 import re
 
-from uwsgi_es.lifecycle.events import JsonLines, parse, render, request_id
+from uwsgi_es.runtime.log import JsonLines, parse, render, request_id
 from uwsgi_es.web import request_ids
 from uwsgi_es.web.http import Request
 

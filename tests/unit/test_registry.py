@@ -8,9 +8,7 @@ import time
 
 import pytest
 
-from uwsgi_es import registry
 from uwsgi_es.application import Application, constructions_in_this_process
-from uwsgi_es.bank import BankAccounts
 from uwsgi_es.errors import (
     ApplicationAlreadyInitialisedError,
     ApplicationNotInitialisedError,
@@ -19,7 +17,8 @@ from uwsgi_es.errors import (
     InitialisationFailedError,
     SchemaMissingError,
 )
-from uwsgi_es.lifecycle import registry as lifecycle_registry
+from uwsgi_es.example.domain import BankAccounts
+from uwsgi_es.lifecycle import kinds, registry
 from uwsgi_es.settings import Settings
 from uwsgi_es.stores import create_record_store
 
@@ -30,7 +29,7 @@ pytestmark = pytest.mark.interpreters
 
 
 def test_get_before_init_says_how_to_fix_it() -> None:
-    with pytest.raises(ApplicationNotInitialisedError, match=r"install\(\)"):
+    with pytest.raises(ApplicationNotInitialisedError, match=r"uwsgi_es\.install\(YourApp\)"):
         registry.get_application()
 
 
@@ -59,7 +58,7 @@ def test_close_is_idempotent_and_allows_a_new_init(settings: Settings) -> None:
 def test_factory_defaults_to_the_configured_class(monkeypatch: pytest.MonkeyPatch, sqlite_url: str) -> None:
     """With no factory the class comes from UWSGI_ES_APPLICATION, settings from the environment."""
     monkeypatch.setenv("UWSGI_ES_DATABASE_URL", sqlite_url)
-    monkeypatch.setenv("UWSGI_ES_APPLICATION", "uwsgi_es.bank:BankAccounts")
+    monkeypatch.setenv("UWSGI_ES_APPLICATION", "uwsgi_es.example.domain:BankAccounts")
     assert isinstance(registry.init_application(), BankAccounts)
 
 
@@ -67,13 +66,13 @@ def test_factory_defaults_to_the_configured_class(monkeypatch: pytest.MonkeyPatc
     ("value", "expected"),
     [
         ("no_such_module_xyz:App", "cannot import 'no_such_module_xyz'"),
-        ("uwsgi_es.bank:Nothing", "has no attribute 'Nothing'"),
-        ("uwsgi_es.bank:BankAccount", "not an Application subclass"),
+        ("uwsgi_es.example.domain:Nothing", "has no attribute 'Nothing'"),
+        ("uwsgi_es.example.domain:BankAccount", "not an Application subclass"),
     ],
 )
 def test_bad_application_setting_is_explained(value: str, expected: str) -> None:
     with pytest.raises(ConfigurationError, match=expected):
-        registry.load_factory(value)
+        kinds.load_factory(value)
 
 
 def test_lazy_getter_builds_once_under_concurrent_threads(settings: Settings) -> None:
@@ -202,7 +201,7 @@ def test_several_named_applications_share_a_process_when_their_events_do_not_ove
     shipping = registry.init_application(Shipping, settings=settings, name="shipping")
     assert registry.get_application() is audit
     assert registry.get_application("shipping") is shipping
-    assert {h.name for h in lifecycle_registry.hosted_applications()} == {"default", "shipping"}
+    assert {h.name for h in registry.hosted_applications()} == {"default", "shipping"}
     with pytest.raises(DuplicateSubscriptionError):
         registry.init_application(Everything, settings=settings, name="everything")
     registry.close_application()

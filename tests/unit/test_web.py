@@ -9,8 +9,8 @@ from uuid import UUID, uuid4
 import pytest
 from werkzeug.test import Client, TestResponse
 
-from uwsgi_es import registry
 from uwsgi_es.application import constructions_in_this_process
+from uwsgi_es.lifecycle import registry
 from uwsgi_es.stores.sqlalchemy import SQLAlchemyRecordStore
 from uwsgi_es.web import JsonApi
 from uwsgi_es.wsgi import application

@@ -19,6 +19,9 @@
 They read the same configuration the workers read, import your code from the current directory
 (or the ini's ``chdir``) as uWSGI does, and exit 1 with one clear line on error (2 for an error we
 did not foresee, still one line, never a traceback). No line ever holds a password.
+
+The rule: the top floor, it may import anything in the package; nothing imports it (the console
+scripts name it), and it never runs inside a worker.
 """
 
 from __future__ import annotations

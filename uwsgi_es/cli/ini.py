@@ -70,7 +70,7 @@ def init(module: str, output: str, *, force: bool = False) -> str:
     factory = installed_by(module_name) or registry.declared()
     if factory is None:
         raise ConfigurationError(
-            f"{module_name} does not name its application: call uwsgi_es.hooks.install(YourApp) in it "
+            f"{module_name} does not name its application: call uwsgi_es.install(YourApp) in it "
             "(it builds one application per worker, after the fork)."
         )
     projections = [cls.name for cls in projection_classes(factory)]

@@ -12,10 +12,10 @@ import threading
 from typing import Any
 
 from uwsgi_es.lifecycle import kinds, registry
-from uwsgi_es.lifecycle.events import configure_logging
 from uwsgi_es.readside.projection import Projection, read_model_missing
 from uwsgi_es.readside.runner import ProjectionRunner
 from uwsgi_es.readside.status import missing_tables, projection_classes, projection_named
+from uwsgi_es.runtime.log import configure_logging
 from uwsgi_es.settings import Settings
 from uwsgi_es.stores import create_record_store
 from uwsgi_es.stores.sqlalchemy import SQLAlchemyRecordStore

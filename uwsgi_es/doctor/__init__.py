@@ -11,4 +11,8 @@ servers, with the fix for each.
 - ``mules``: fork hooks beside a mule, mules that cannot start or die during the boot;
 - ``logs``: what uWSGI's log says (crashes, an address in use);
 - ``budget``: the database pools against PostgreSQL's ``max_connections``.
+
+The rule: near the top, it imports ``servers.uwsgi_ini``, ``runtime`` and the leaves; only the
+``probe`` runs inside uWSGI, and it only looks (it builds nothing, opens no database connection of
+its own in the master).
 """

@@ -13,8 +13,8 @@ from sqlalchemy.pool import NullPool
 
 from uwsgi_es.doctor.observed import Finding, Observed
 from uwsgi_es.errors import ConfigurationError
-from uwsgi_es.lifecycle.process import runs_projections
 from uwsgi_es.redaction import redact_url
+from uwsgi_es.runtime.process import runs_projections
 from uwsgi_es.settings import Settings
 
 # A projection runner holds one connection, and a second while a reader wakes it.

@@ -18,7 +18,7 @@ from uwsgi_es.doctor.sockets import Socket
 __all__ = ["RULES", "Finding", "Observed", "diagnose"]
 
 AFTER_THE_FORK = (
-    "open it after the fork: in a post-fork hook (uwsgi_es.hooks.install() builds a uwsgi_es or "
+    "open it after the fork: in a post-fork hook (uwsgi_es.install() builds a uwsgi_es or "
     "eventsourcing application there), lazily on first use in the worker, or under `lazy-apps = true`"
 )
 
@@ -73,7 +73,7 @@ def connections_in_the_master(seen: Observed) -> Iterator[Finding]:
                 True,
                 f"an application ({event['application']}) was built in the master {when}",
                 f"at {event['where']}: built before the fork, every worker would share its connections",
-                "call uwsgi_es.hooks.install() at import, never init_application(): it builds in each worker",
+                "call uwsgi_es.install() at import, never init_application(): it builds in each worker",
             )
 
 

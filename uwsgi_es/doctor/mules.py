@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 from uwsgi_es.doctor.logs import first_exception, mule_crash_lines, mule_respawns
 from uwsgi_es.doctor.observed import Finding, Observed
-from uwsgi_es.lifecycle.process import runs_projections
+from uwsgi_es.runtime.process import runs_projections
 
 OUTSIDE_UWSGI = "run the projections outside uWSGI instead: `uwsgi-es project NAME` (systemd, a container)"
 

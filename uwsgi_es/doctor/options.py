@@ -54,7 +54,7 @@ def risky_options(seen: Observed) -> Iterator[Finding]:
             f"with lazy-apps each worker imports the application after its fork, so the post-fork "
             f"hooks registered at import (seen in workers {listed(hooked)}) have no fork left to follow: "
             "what they would build is never built",
-            "build at import under lazy-apps (uwsgi_es.hooks.install() notices and does), or drop lazy-apps",
+            "build at import under lazy-apps (uwsgi_es.install() notices and does), or drop lazy-apps",
         )
 
 

@@ -33,7 +33,7 @@ from typing import Any
 from uwsgi_es.doctor.logs import configuration
 from uwsgi_es.doctor.observed import mule_kind
 from uwsgi_es.doctor.sockets import inet_sockets, socket_inodes, thread_count
-from uwsgi_es.lifecycle import process
+from uwsgi_es.runtime import process
 
 REPORT_VARIABLE = "UWSGIES_DOCTOR_REPORT"  # not UWSGI_*: uWSGI reads those as its options
 LOG_VARIABLE = "UWSGIES_DOCTOR_LOG"  # uWSGI's log, which begins with its options (--show-config)

@@ -1,7 +1,8 @@
-"""An application's life in a forked process: ``process`` (what uWSGI says this process is),
-``registry`` (the applications of this process), ``kinds`` and ``hosting`` (what it can host and
-how), ``build`` (the one post-fork build every server calls), ``events`` (its structured log).
+"""An application's life in a forked process: ``registry`` (the applications of this process),
+``kinds`` and ``hosting`` (what it can host and how), ``build`` (the one post-fork build every
+server calls).
 
-This package's ``__init__`` imports nothing, so its modules can import each other's siblings
-without an import circle through it.
+The rule: this is the top of the runtime. It may import the core, the stores, the metrics and
+``uwsgi_es.runtime``; nothing below it (``application``, ``stores``, ``metrics``, ``snapshots``)
+imports it. Its ``__init__`` imports nothing, so its modules import each other without a circle.
 """

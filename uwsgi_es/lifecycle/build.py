@@ -1,6 +1,6 @@
 """THE build of a process's application, and its close: every server calls these right after its
 fork (uWSGI workers and mules, gunicorn's ``post_fork``, Celery's ``worker_process_init``, the
-Django helper through ``hooks.install``), so the fork rules, the failure handling and the log
+Django helper through ``uwsgi_es.install``), so the fork rules, the failure handling and the log
 event live in one place.
 
 ``build_in_this_process`` never raises into the server (uWSGI would print and swallow it, gunicorn
@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from uwsgi_es.errors import ApplicationAlreadyInitialisedError, ConfigurationError, StoreUnavailableError
-from uwsgi_es.lifecycle import events, process, registry
+from uwsgi_es.lifecycle import registry
+from uwsgi_es.runtime import log, process
 from uwsgi_es.settings import Settings, resolve
 
 # Failures whose message says it all: logged without a traceback.
@@ -63,7 +64,7 @@ def build_in_this_process(
         return Outcome(registry.get_application(name), None, settings)
     except Exception as exc:
         fail_fast = settings.fail_fast and stop_instance is not None
-        events.emit(
+        log.emit(
             "build_failed",
             logging.ERROR,
             exc_info=not isinstance(exc, EXPECTED_FAILURES),
@@ -76,7 +77,7 @@ def build_in_this_process(
             stop_instance()
         return Outcome(None, exc, settings)
     hosted = next(h for h in registry.hosted_applications() if h.name == name)
-    events.emit(
+    log.emit(
         "build",
         **where(),
         name=name,
@@ -104,9 +105,9 @@ def close_in_this_process() -> None:
         try:
             registry.close_application(hosted.name)
         except Exception as exc:  # closing is best effort: say so, and go on with the others
-            events.emit("close_failed", logging.WARNING, **where(), name=hosted.name, error=repr(exc))
+            log.emit("close_failed", logging.WARNING, **where(), name=hosted.name, error=repr(exc))
             continue
-        events.emit("close", **where(), name=hosted.name, released=released)
+        log.emit("close", **where(), name=hosted.name, released=released)
 
 
 def freeze_inherited_objects() -> None:

@@ -90,7 +90,7 @@ def load_factory(import_string: str) -> Any:
         raise ConfigurationError(
             "UWSGI_ES_APPLICATION is not set, and no factory was passed in code: name your "
             "application class, e.g. UWSGI_ES_APPLICATION=myapp.domain:Carts (the bank example is "
-            "uwsgi_es.example.domain:BankAccounts), or pass it: hooks.install(Carts)."
+            "uwsgi_es.example.domain:BankAccounts), or pass it: uwsgi_es.install(Carts)."
         )
     module_name, _, attribute = import_string.partition(":")
     try:

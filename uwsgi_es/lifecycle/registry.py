@@ -33,13 +33,12 @@ from uwsgi_es.errors import (
     ForkedApplicationError,
     InitialisationFailedError,
 )
-from uwsgi_es.lifecycle import events, kinds, process
+from uwsgi_es.lifecycle import kinds
 from uwsgi_es.lifecycle.hosting import Hosting
 from uwsgi_es.metrics import recorder
 from uwsgi_es.redaction import redact_url
+from uwsgi_es.runtime import log, process
 from uwsgi_es.settings import Settings
-
-log = logging.getLogger(__name__)
 
 DEFAULT = "default"
 ApplicationFactory = type | Callable[[Settings], Any]
@@ -263,7 +262,7 @@ def _forget_inherited() -> None:
     for name, hosted in list(_slots.items()):
         if hosted.pid != pid:
             del _slots[name]
-            events.emit(
+            log.emit(
                 "forgot_inherited",
                 logging.WARNING,
                 role=process.role(),
@@ -284,7 +283,7 @@ def _explain_missing(hosted: Hosted | None, name: str | None) -> NoReturn:
         raise ForkedApplicationError(
             f"{type(hosted.app).__qualname__} was built in process {hosted.pid} and is used in "
             f"process {pid}. An application must be built after the fork, once in each worker: "
-            "use uwsgi_es.hooks.install() under uWSGI, or init_application() in a post-fork hook."
+            "use uwsgi_es.install() under uWSGI, or init_application() in a post-fork hook."
         )
     if name is None and len(_slots) > 1:
         raise ConfigurationError(
@@ -295,8 +294,8 @@ def _explain_missing(hosted: Hosted | None, name: str | None) -> NoReturn:
     if failure is not None and failure.pid == pid:
         raise _failed(failure)
     raise ApplicationNotInitialisedError(
-        f"Process {pid} has no application{f' named {name!r}' if name else ''} yet. Under uWSGI import "
-        "uwsgi_es.hooks and call install() in your WSGI module (it builds after each fork); "
+        f"Process {pid} has no application{f' named {name!r}' if name else ''} yet. Under uWSGI call "
+        "uwsgi_es.install(YourApp) in your WSGI module (it builds after each fork); "
         "elsewhere call init_application() once per process, or use get_application_lazily()."
     )
 

@@ -29,8 +29,8 @@ import bisect
 import os
 from dataclasses import dataclass, field
 
-from uwsgi_es.lifecycle import process
 from uwsgi_es.metrics.table import SLOT_BYTES, SlotTable
+from uwsgi_es.runtime import process
 
 SEPARATOR = "\x1f"  # between a key's family and its label values (never in a label we write)
 

@@ -12,6 +12,11 @@ uWSGI mules (``mule = %b-es-mule.py``) or by ``uwsgi-es project NAME``.
   ``/ready`` and ``/worker``; reads that wait for a position (read your writes) and never answer
   500 for the database;
 - ``mule``: the uWSGI entry point.
+
+The rule: projections and their runner sit on the core and the stores (a global feed, a
+transactional store); only ``mule`` (the uWSGI entry point) imports ``lifecycle`` and ``servers``.
+The web layer reads ``status``; nothing here imports the web layer, and nothing runs in a worker
+except the bounded wait of a read that asks for a position.
 """
 
 from __future__ import annotations

@@ -28,10 +28,11 @@ import time
 from typing import Any, NoReturn
 
 from uwsgi_es.errors import UwsgiEsError
-from uwsgi_es.lifecycle import build, events, kinds, process, registry
-from uwsgi_es.lifecycle.events import configure_logging
+from uwsgi_es.lifecycle import build, kinds, registry
 from uwsgi_es.readside.runner import ProjectionRunner
 from uwsgi_es.readside.status import projection_classes
+from uwsgi_es.runtime import log, process
+from uwsgi_es.runtime.log import configure_logging
 from uwsgi_es.servers import uwsgi as uwsgi_server
 from uwsgi_es.settings import Settings, resolve
 
@@ -115,7 +116,7 @@ def _application() -> Any:
 def _idle(reason: str) -> NoReturn:
     """Say why this mule runs nothing, then wait to be stopped (exiting would make uWSGI respawn
     it, again and again)."""
-    events.emit("projection_runner_idle", role=process.role(), reason=reason)
+    log.emit("projection_runner_idle", role=process.role(), reason=reason)
     while True:
         _stop_if_the_instance_failed()
         time.sleep(IDLE_CHECK_SECONDS)

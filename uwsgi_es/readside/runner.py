@@ -49,11 +49,11 @@ from uwsgi_es.errors import (
     UnreadableEventError,
     UwsgiEsError,
 )
-from uwsgi_es.lifecycle import events, process
 from uwsgi_es.metrics import recorder
 from uwsgi_es.readside.projection import Projection, absent_tables, read_model_missing
 from uwsgi_es.readside.tracking import advance, clear_trouble, lock, read, record_stop, record_trouble
 from uwsgi_es.readside.waking import waker_for
+from uwsgi_es.runtime import log, process
 from uwsgi_es.settings import Settings
 from uwsgi_es.stores.base import StoredRecord
 from uwsgi_es.stores.sqlalchemy.engine import translate
@@ -126,7 +126,7 @@ class ProjectionRunner:
         recorder.projected(self.name, len(records))
         if records and (self.stopped_at is None or (records[-1].id or 0) >= self.stopped_at):
             if self.stopped_at is not None:
-                events.emit("projection_resumed", projection=self.name, position=records[-1].id)
+                log.emit("projection_resumed", projection=self.name, position=records[-1].id)
             self.limit, self.stopped_at = self.batch, None
         return len(records)
 
@@ -139,7 +139,7 @@ class ProjectionRunner:
 
     def run(self, stop: threading.Event) -> None:
         """Follow the feed until ``stop`` is set, never raising: failures are logged and retried."""
-        events.emit(
+        log.emit(
             "projection_runner",
             role=process.role(),
             pid=os.getpid(),
@@ -158,7 +158,7 @@ class ProjectionRunner:
                     backoff = min(MAX_BACKOFF, max(1.0, backoff * 2))
                     if isinstance(exc, StoreUnavailableError):
                         failures += 1
-                        events.emit(
+                        log.emit(
                             "projection_waiting",
                             logging.WARNING,
                             projection=self.name,
@@ -219,7 +219,7 @@ class ProjectionRunner:
             except TopicError:
                 self._classes[topic] = None
                 if not self.handles:
-                    events.emit(
+                    log.emit(
                         "projection_passed_over",
                         logging.WARNING,
                         projection=self.name,
@@ -238,7 +238,7 @@ class ProjectionRunner:
             with self._translated(), self.store.write_transaction() as connection:
                 record_trouble(connection, self.name, f"{type(error).__name__}: {error}"[:4000])
         except UwsgiEsError as exc:
-            events.emit(
+            log.emit(
                 "projection_cause_unrecorded",
                 logging.WARNING,
                 projection=self.name,
@@ -261,7 +261,7 @@ class ProjectionRunner:
             )
         if first_time:
             fix = "repair the stored event" if _unreadable(type(cause).__name__) else "fix the code, restart"
-            events.emit(
+            log.emit(
                 "projection_stopped",
                 logging.ERROR,
                 exc_info=cause,

@@ -46,10 +46,10 @@ from uwsgi_es.errors import (
     TooManyWaitingReadsError,
     UnsupportedOperationError,
 )
-from uwsgi_es.lifecycle import process
 from uwsgi_es.readside.projection import Projection, absent_tables, read_model_missing
 from uwsgi_es.readside.runner import database_error, feed_store, is_database_error, stopped_message
 from uwsgi_es.readside.tracking import read
+from uwsgi_es.runtime import process
 from uwsgi_es.stores import deadlines
 from uwsgi_es.stores.sqlalchemy.engine import pool_exhausted
 from uwsgi_es.stores.sqlalchemy.store import SQLAlchemyRecordStore

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from sqlalchemy import Connection, Engine, create_engine
 from sqlalchemy.pool import NullPool
 
-from uwsgi_es.lifecycle import events
+from uwsgi_es.runtime import log
 from uwsgi_es.stores.base import FEED_CHANNEL
 from uwsgi_es.stores.sqlalchemy.engine import is_pooled
 
@@ -87,7 +87,7 @@ class PostgresWaker:
         if not is_pooled(connection):
             return False
         self._polling_only = True
-        events.emit(
+        log.emit(
             "readside_polling",
             logging.WARNING,
             reason="the database URL goes through a transaction pooler (PgBouncer): "
@@ -111,7 +111,7 @@ class PostgresWaker:
                 connection.close()
                 raise
             self._connection = connection
-            events.emit("readside_listening", channel=FEED_CHANNEL)
+            log.emit("readside_listening", channel=FEED_CHANNEL)
         return self._connection.connection.driver_connection
 
     def arm(self) -> None:
@@ -143,7 +143,7 @@ class PostgresWaker:
             stop.wait(max(0.0, deadline - time.monotonic()))
 
     def _lost(self, exc: BaseException) -> None:
-        events.emit(
+        log.emit(
             "readside_listener_lost",
             logging.WARNING,
             error=f"{type(exc).__name__}: {exc}".strip(),
@@ -159,7 +159,7 @@ class PostgresWaker:
                 connection.invalidate()  # never back into the pool: it may be broken, and it LISTENs
                 connection.close()
             except Exception as exc:  # a dead connection may fail to close: it is gone either way
-                events.emit("readside_listener_closed", logging.DEBUG, error=type(exc).__name__)
+                log.emit("readside_listener_closed", logging.DEBUG, error=type(exc).__name__)
             finally:
                 # A connection the server terminated is not always closed by the pool's
                 # invalidation; close the driver's own so nothing is left to the garbage collector.

@@ -26,7 +26,7 @@ from typing import Any
 from celery.signals import task_prerun, worker_process_init, worker_process_shutdown
 
 from uwsgi_es.lifecycle import build, registry
-from uwsgi_es.lifecycle.events import configure_logging
+from uwsgi_es.runtime.log import configure_logging
 
 log = logging.getLogger(__name__)
 _factory: registry.ApplicationFactory | None = None

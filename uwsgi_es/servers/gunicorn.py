@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from uwsgi_es.lifecycle import build
-from uwsgi_es.lifecycle.events import configure_logging
+from uwsgi_es.runtime.log import configure_logging
 
 
 def post_fork(server: Any, worker: Any) -> None:

@@ -1,5 +1,5 @@
 """uWSGI: ``install()`` arranges for the application to be built exactly once in every worker, after
-the fork. The only module (with ``lifecycle.process``) that imports ``uwsgi`` or ``uwsgidecorators``.
+the fork. The only module (with ``runtime.process``) that imports ``uwsgi`` or ``uwsgidecorators``.
 
 - prefork (the default): the WSGI module is imported in the master, so ``install()`` registers a
   ``@postfork`` function; uWSGI runs it in each worker, and again in every respawned one.
@@ -49,8 +49,9 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from uwsgi_es.errors import ConfigurationError, UwsgiEsError, UwsgiUnavailableError
-from uwsgi_es.lifecycle import build, events, kinds, process, registry
-from uwsgi_es.lifecycle.events import configure_logging
+from uwsgi_es.lifecycle import build, kinds, registry
+from uwsgi_es.runtime import log, process
+from uwsgi_es.runtime.log import configure_logging
 from uwsgi_es.settings import Settings, resolve
 
 FAILED_APP_EXIT_CODE = 22  # uWSGI's UWSGI_FAILED_APP_CODE: with lazy-apps + need-app, the instance stops
@@ -205,7 +206,7 @@ def _report_inherited_threads() -> None:
     current = threading.current_thread()
     inherited = sorted(t.name for t in threading.enumerate() if t.ident != current.ident)
     if inherited:
-        events.emit(
+        log.emit(
             "threads_inherited",
             logging.WARNING,
             role=process.role(),

@@ -3,6 +3,10 @@
 ``create_record_store`` picks the backend the settings name. The backends are named here as
 strings and imported on first use, so a deployment only needs the drivers of the store it uses,
 and the core never imports an integration (the Django store lives with the Django integration).
+
+The rule: a store may import the leaves (``errors``, ``settings``, ``redaction``), ``runtime`` and
+``metrics``, never the core (``application``, ``domain``), the web layer or the lifecycle; it never
+connects at import time, and a store built before a fork refuses to be used after it.
 """
 
 from __future__ import annotations

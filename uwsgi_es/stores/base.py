@@ -100,7 +100,7 @@ class RecordStore(abc.ABC):
             raise ForkedApplicationError(
                 f"This {self.describe()} was built in process {self.built_in_pid} and is used in "
                 f"process {pid}, a forked child. Its connections belong to the parent; using them "
-                "here corrupts both. Build the application after the fork: uwsgi_es.hooks.install() "
+                "here corrupts both. Build the application after the fork: uwsgi_es.install() "
                 "under uWSGI, or init_application() in your server's post-fork hook."
             )
 

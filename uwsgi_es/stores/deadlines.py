@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
 
-from uwsgi_es.lifecycle import process
+from uwsgi_es.runtime import process
 
 # The longest one blocking wait lasts under gevent, when the store runs the operation again after it.
 SLICE_SECONDS = 0.05

@@ -7,6 +7,11 @@
 - ``status``: the one error → HTTP status table, and the log line a 5xx leaves;
 - ``ops``: the bodies of ``/health``, ``/ready`` and ``/worker``, and who is an operator;
 - ``responses`` and ``text``: answers that can always be written, client text that is safe to echo.
+
+The rule: the web layer may import the core, the stores' contract, the read side's status, the
+lifecycle's registry (this process's application) and ``runtime``; never a framework (the Flask and
+Django layers live in ``integrations`` and reuse ``status`` and ``bodies``), and no request ever
+answers 500 or a traceback: every error goes through ``status``.
 """
 
 from __future__ import annotations

@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 from uwsgi_es.application import written_position
 from uwsgi_es.lifecycle import registry
-from uwsgi_es.lifecycle.events import request_id
 from uwsgi_es.metrics import exposition, recorder
+from uwsgi_es.runtime.log import request_id
 from uwsgi_es.settings import Settings
 from uwsgi_es.stores import deadlines
 from uwsgi_es.stores.base import IdempotentWrites, RequestScope

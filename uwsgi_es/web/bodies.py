@@ -30,7 +30,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from uwsgi_es.errors import UwsgiEsError
-from uwsgi_es.lifecycle import process, registry
+from uwsgi_es.lifecycle import registry
+from uwsgi_es.runtime import process
 from uwsgi_es.settings import Settings
 from uwsgi_es.web.http import ClosingIterator, Request
 from uwsgi_es.web.responses import error_response

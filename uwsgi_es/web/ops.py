@@ -29,9 +29,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from uwsgi_es.lifecycle.hosting import Hosting
-from uwsgi_es.lifecycle.process import worker_id
 from uwsgi_es.lifecycle.registry import hosted_applications
 from uwsgi_es.readside import status as readside
+from uwsgi_es.runtime.process import worker_id
 from uwsgi_es.settings import Networks
 
 log = logging.getLogger("uwsgi_es.web")

@@ -20,7 +20,7 @@ import re
 import secrets
 import time
 
-from uwsgi_es.lifecycle import events, process
+from uwsgi_es.runtime import log, process
 from uwsgi_es.web.http import Request
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -47,7 +47,7 @@ def log_if_slow(request: Request, status: int, started: float, threshold_ms: int
     """One ``event=slow_request`` line for a request slower than ``threshold_ms`` (0: never)."""
     elapsed = (time.monotonic() - started) * 1000
     if threshold_ms and elapsed >= threshold_ms:
-        events.emit(
+        log.emit(
             "slow_request",
             logging.WARNING,
             method=request.method[:20],

@@ -3,7 +3,7 @@ store on the Django ORM, a WSGI helper that builds the application after the for
 base. (``"uwsgi_es.adapters.django"``, its former path, still works in ``INSTALLED_APPS``.)
 
 - ``uwsgi_es.integrations.django.wsgi.get_wsgi_application(factory)``: Django's WSGI handler plus
-  ``uwsgi_es.hooks.install`` — use it in your project's ``wsgi.py``.
+  ``uwsgi_es.install`` — use it in your project's ``wsgi.py``.
 - ``UWSGI_ES_STORE=django`` stores events in the ``integer_sequenced_items`` table through the ORM
   (migrate it with ``manage.py migrate``), on the project's own database and transactions.
 - ``uwsgi_es.integrations.django.testing.EventSourcedTestCase`` builds the application in

@@ -2,7 +2,7 @@
 servers, exactly as uwsgi_es's own: one per worker, built after the fork.
 
 An ``eventsourcing.application.Application`` subclass is a factory like any other:
-``hooks.install(Dogs)``, ``UWSGI_ES_APPLICATION=myapp.domain:Dogs``, gunicorn's and Celery's hooks,
+``uwsgi_es.install(Dogs)``, ``UWSGI_ES_APPLICATION=myapp.domain:Dogs``, gunicorn's and Celery's hooks,
 the lazy getter and the test harness all build it through ``uwsgi_es.lifecycle``, which finds
 this module by the name of the library's base class. This module:
 

@@ -20,7 +20,8 @@ from typing import ParamSpec, TypeVar
 from eventsourcing.persistence import RecordConflictError
 
 from uwsgi_es.errors import ConcurrencyError
-from uwsgi_es.lifecycle import process, registry
+from uwsgi_es.lifecycle import registry
+from uwsgi_es.runtime import process
 from uwsgi_es.settings import Settings
 
 P = ParamSpec("P")

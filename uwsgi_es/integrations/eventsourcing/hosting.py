@@ -163,7 +163,7 @@ class LibraryHosting:
         if os.getpid() != self.built_in_pid:
             raise ForkedApplicationError(
                 f"{self.app.name} was built in process {self.built_in_pid} and is used in process "
-                f"{os.getpid()}: build it after the fork (uwsgi_es.hooks.install)."
+                f"{os.getpid()}: build it after the fork (uwsgi_es.install)."
             )
         try:
             yield

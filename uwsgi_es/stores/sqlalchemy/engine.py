@@ -55,9 +55,9 @@ from uwsgi_es.errors import (
     StoreReadOnlyError,
     StoreUnavailableError,
 )
-from uwsgi_es.lifecycle import events, process
 from uwsgi_es.metrics import recorder
 from uwsgi_es.redaction import redact_url
+from uwsgi_es.runtime import log, process
 from uwsgi_es.settings import PREFIX, Settings, missing_driver, parse_database_url
 from uwsgi_es.stores import deadlines
 
@@ -284,7 +284,7 @@ def _report_pooler(url: URL) -> None:
     if where in _pooler_reported:
         return
     _pooler_reported.add(where)
-    events.emit(
+    log.emit(
         "postgres_pooler_detected",
         pid=os.getpid(),
         database=where,

@@ -66,8 +66,8 @@ from uwsgi_es.errors import (
     StoreReadOnlyError,
     StoreUnavailableError,
 )
-from uwsgi_es.lifecycle import process
 from uwsgi_es.redaction import redact_url, secrets_of
+from uwsgi_es.runtime import process
 from uwsgi_es.settings import Settings
 from uwsgi_es.stores import deadlines
 from uwsgi_es.stores.base import (

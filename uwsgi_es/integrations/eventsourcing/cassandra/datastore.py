@@ -124,7 +124,7 @@ class CassandraDatastore:
         if os.getpid() != self.built_in_pid:
             raise OperationalError(
                 f"This Cassandra session belongs to process {self.built_in_pid}, not {os.getpid()}: "
-                "build the application after the fork (uwsgi_es.hooks.install)."
+                "build the application after the fork (uwsgi_es.install)."
             )
         session = self._session
         if session is None:

@@ -33,7 +33,7 @@ from typing import Any
 
 import msgspec
 
-from uwsgi_es.lifecycle import process
+from uwsgi_es.runtime import process
 
 log = logging.getLogger("uwsgi_es.lifecycle")
 # The id of the request this context (thread, greenlet) is serving, set by the web layer.
@@ -172,7 +172,7 @@ def configure_logging(log_format: str | None = None) -> None:
     if root.handlers or logging.getLogger().handlers:
         return
     if log_format is None:
-        from uwsgi_es.settings import resolve  # settings import the store layer: not at import time
+        from uwsgi_es.settings import resolve  # runtime/ imports nothing of ours at import time
 
         log_format = resolve()[0].log_format
     handler = logging.StreamHandler(sys.stderr)

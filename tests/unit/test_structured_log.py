@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from uwsgi_es.lifecycle.events import TextLines, emit, events_in, parse, render
+from uwsgi_es.runtime.log import TextLines, emit, events_in, parse, render
 
 
 def test_fields_round_trip_through_a_log_line() -> None:
