@@ -28,12 +28,11 @@ from uwsgi_es.errors import (
     ApplicationClosedError,
     ConcurrencyError,
     DuplicateSubscriptionError,
-    ForkedApplicationError,
     TopicError,
     UnreadableEventError,
 )
 from uwsgi_es.metrics import recorder
-from uwsgi_es.runtime import process
+from uwsgi_es.runtime import fork, process
 from uwsgi_es.settings import Settings
 from uwsgi_es.snapshots import Snapshots
 from uwsgi_es.stores import GlobalFeed, RecordStore, RequestScope, StoredRecord, create_record_store
@@ -357,13 +356,7 @@ class Application:
             raise ApplicationClosedError(
                 f"{type(self).__qualname__} was closed; build a new one (init_application) instead."
             )
-        pid = os.getpid()
-        if pid != self.built_in_pid:
-            raise ForkedApplicationError(
-                f"{type(self).__qualname__} was built in process {self.built_in_pid} and is used in "
-                f"process {pid}. An application must be built after the fork, once in each worker: "
-                "use uwsgi_es.install() under uWSGI, or init_application() in a post-fork hook."
-            )
+        fork.refuse_if_forked(type(self).__qualname__, self.built_in_pid)
 
     def save(self, *aggregates: Aggregate) -> int | None:
         """Publish the aggregates' new events; the persistence policy stores them atomically.

@@ -30,14 +30,13 @@ from uwsgi_es.errors import (
     ApplicationAlreadyInitialisedError,
     ApplicationNotInitialisedError,
     ConfigurationError,
-    ForkedApplicationError,
     InitialisationFailedError,
 )
 from uwsgi_es.lifecycle import kinds
 from uwsgi_es.lifecycle.hosting import Hosting
 from uwsgi_es.metrics import recorder
 from uwsgi_es.redaction import redact_url
-from uwsgi_es.runtime import log, process
+from uwsgi_es.runtime import fork, log, process
 from uwsgi_es.settings import Settings
 
 DEFAULT = "default"
@@ -140,10 +139,10 @@ def get_application_lazily(
     it would silently be another application than the one asked for.
     """
     hosted = _slots.get(name)
-    if hosted is None or hosted.pid != os.getpid():
+    if hosted is None or fork.inherited(hosted.pid):
         with _lock:
             hosted = _slots.get(name)
-            if hosted is None or hosted.pid != os.getpid():
+            if hosted is None or fork.inherited(hosted.pid):
                 _forget_inherited()
                 failure = _failures.get(name)
                 if failure is not None and time.monotonic() < failure.retry_at:
@@ -280,11 +279,7 @@ def _forget_inherited() -> None:
 def _explain_missing(hosted: Hosted | None, name: str | None) -> NoReturn:
     pid = os.getpid()
     if hosted is not None:
-        raise ForkedApplicationError(
-            f"{type(hosted.app).__qualname__} was built in process {hosted.pid} and is used in "
-            f"process {pid}. An application must be built after the fork, once in each worker: "
-            "use uwsgi_es.install() under uWSGI, or init_application() in a post-fork hook."
-        )
+        fork.refuse_if_forked(type(hosted.app).__qualname__, hosted.pid)
     if name is None and len(_slots) > 1:
         raise ConfigurationError(
             f"Process {pid} hosts several applications ({', '.join(sorted(_slots))}): "

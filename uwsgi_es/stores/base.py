@@ -28,8 +28,9 @@ from contextlib import AbstractContextManager
 from typing import NamedTuple, Protocol, runtime_checkable
 from uuid import UUID
 
-from uwsgi_es.errors import ConcurrencyError, ForkedApplicationError, StoreUnavailableError
+from uwsgi_es.errors import ConcurrencyError, StoreUnavailableError
 from uwsgi_es.redaction import scrub
+from uwsgi_es.runtime import fork
 
 HEARTBEAT_TABLE = "uwsgi_es_heartbeat"
 TRACKING_TABLE = "uwsgi_es_tracking"  # the read side's positions (uwsgi_es.readside.tracking)
@@ -95,14 +96,7 @@ class RecordStore(abc.ABC):
 
     def check_process(self) -> None:
         """Refuse to be used from a process other than the one that built this store."""
-        pid = os.getpid()
-        if pid != self.built_in_pid:
-            raise ForkedApplicationError(
-                f"This {self.describe()} was built in process {self.built_in_pid} and is used in "
-                f"process {pid}, a forked child. Its connections belong to the parent; using them "
-                "here corrupts both. Build the application after the fork: uwsgi_es.install() "
-                "under uWSGI, or init_application() in your server's post-fork hook."
-            )
+        fork.refuse_if_forked(f"This {self.describe()}", self.built_in_pid)
 
     @abc.abstractmethod
     def describe(self) -> str:
@@ -143,7 +137,7 @@ class RecordStore(abc.ABC):
         if self._closed:
             return
         self._closed = True
-        if os.getpid() != self.built_in_pid:
+        if fork.inherited(self.built_in_pid):
             self._forget()
         else:
             self._release()

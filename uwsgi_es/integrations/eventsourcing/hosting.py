@@ -33,13 +33,13 @@ from eventsourcing.utils import Environment, strtobool
 
 from uwsgi_es.errors import (
     ConfigurationError,
-    ForkedApplicationError,
     SchemaMissingError,
     StoreReadOnlyError,
     StoreUnavailableError,
 )
 from uwsgi_es.integrations.eventsourcing.commands import counts
 from uwsgi_es.redaction import redact_url, scrub
+from uwsgi_es.runtime import fork
 
 # What each persistence module reads that may be a secret (never shown, scrubbed from messages).
 _SECRET_KEYS = ("POSTGRES_PASSWORD", "SQLALCHEMY_URL", "CIPHER_KEY", "CASSANDRA_PASSWORD")
@@ -160,11 +160,7 @@ class LibraryHosting:
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
-        if os.getpid() != self.built_in_pid:
-            raise ForkedApplicationError(
-                f"{self.app.name} was built in process {self.built_in_pid} and is used in process "
-                f"{os.getpid()}: build it after the fork (uwsgi_es.install)."
-            )
+        fork.refuse_if_forked(self.app.name, self.built_in_pid)
         try:
             yield
         except PersistenceError as exc:
@@ -235,7 +231,7 @@ class LibraryHosting:
         if self._closed:
             return
         self._closed = True
-        if os.getpid() != self.built_in_pid:
+        if fork.inherited(self.built_in_pid):
             _inherited.append(self.app)  # the parent's connections: keep them, untouched, for good
             return
         self.app.close()

@@ -33,6 +33,7 @@ from cassandra.query import PreparedStatement
 from eventsourcing.persistence import OperationalError, PersistenceError, ProgrammingError
 from eventsourcing.utils import Environment
 
+from uwsgi_es.runtime import fork
 from uwsgi_es.stores.cassandra import DRIVER_ERRORS, maybe_applied
 
 _IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,47}")
@@ -121,11 +122,7 @@ class CassandraDatastore:
         self._lock = threading.Lock()
 
     def session(self) -> Session:
-        if os.getpid() != self.built_in_pid:
-            raise OperationalError(
-                f"This Cassandra session belongs to process {self.built_in_pid}, not {os.getpid()}: "
-                "build the application after the fork (uwsgi_es.install)."
-            )
+        fork.refuse_if_forked("This Cassandra session", self.built_in_pid)
         session = self._session
         if session is None:
             with self._lock:
@@ -224,7 +221,7 @@ class CassandraDatastore:
             self.session().execute(ddl)
 
     def close(self) -> None:
-        if os.getpid() != self.built_in_pid:
+        if fork.inherited(self.built_in_pid):
             return  # inherited across fork: the driver's threads and sockets are the parent's
         with self._lock:
             cluster, self._cluster, self._session = self._cluster, None, None
