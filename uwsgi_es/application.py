@@ -13,7 +13,6 @@ counter. Both are keyed to the current process where it matters; nothing here do
 from __future__ import annotations
 
 import os
-import random
 import threading
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
@@ -32,7 +31,7 @@ from uwsgi_es.errors import (
     UnreadableEventError,
 )
 from uwsgi_es.metrics import recorder
-from uwsgi_es.runtime import fork, process
+from uwsgi_es.runtime import fork, retry
 from uwsgi_es.settings import Settings
 from uwsgi_es.snapshots import Snapshots
 from uwsgi_es.stores import GlobalFeed, RecordStore, RequestScope, StoredRecord, create_record_store
@@ -381,29 +380,30 @@ class Application:
         Retrying re-runs the whole command on fresh state; it never re-sends the same events.
         After ``settings.conflict_retries`` retries the ``ConcurrencyError`` propagates.
         """
-        retries = self.settings.conflict_retries
-        attempt = 0
-        while True:
-            try:
-                result = run()
-            except ConcurrencyError:
-                self.conflicts += 1
-                recorder.conflict()
-                if attempt >= retries:
-                    recorder.command_run("conflict")
-                    raise
-                attempt += 1
-                self.retries += 1
-                recorder.retried()
-                # Exponential back-off with full jitter: writers that collided spread out
-                # instead of colliding again in step (2 ms, 4 ms, ... capped at 100 ms).
-                process.pause(random.uniform(0, min(0.1, 0.001 * 2**attempt)))
-            except BaseException:
-                recorder.command_run("failed")
-                raise
-            else:
-                recorder.command_run("done")
-                return result
+        try:
+            result = retry.retry_on_conflict(
+                run,
+                conflict=ConcurrencyError,
+                retries=self.settings.conflict_retries,
+                on_conflict=self._count_conflict,
+                on_retry=self._count_retry,
+            )
+        except ConcurrencyError:
+            recorder.command_run("conflict")
+            raise
+        except BaseException:
+            recorder.command_run("failed")
+            raise
+        recorder.command_run("done")
+        return result
+
+    def _count_conflict(self) -> None:
+        self.conflicts += 1
+        recorder.conflict()
+
+    def _count_retry(self) -> None:
+        self.retries += 1
+        recorder.retried()
 
     def close(self) -> None:
         """Unsubscribe the persistence policy and release connections. Idempotent."""

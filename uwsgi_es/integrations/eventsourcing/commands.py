@@ -12,7 +12,6 @@ uwsgi_es web layer answers with 409.
 from __future__ import annotations
 
 import functools
-import random
 import threading
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
@@ -21,7 +20,7 @@ from eventsourcing.persistence import RecordConflictError
 
 from uwsgi_es.errors import ConcurrencyError
 from uwsgi_es.lifecycle import registry
-from uwsgi_es.runtime import process
+from uwsgi_es.runtime import retry
 from uwsgi_es.settings import Settings
 
 P = ParamSpec("P")
@@ -43,19 +42,18 @@ def retry_on_conflict(command: Callable[P, T]) -> Callable[P, T]:
     @functools.wraps(command)
     def retrying(*args: P.args, **kwargs: P.kwargs) -> T:
         retries = (registry.settings_in_use() or Settings()).conflict_retries
-        attempt = 0
-        while True:
-            try:
-                return command(*args, **kwargs)
-            except RecordConflictError as exc:
-                _count("conflicts")
-                if attempt >= retries:
-                    raise ConcurrencyError(
-                        f"{command.__qualname__} met a concurrent change {attempt + 1} times in a row; "
-                        "nothing of it was stored."
-                    ) from exc
-                attempt += 1
-                _count("retries")
-                process.pause(random.uniform(0, min(0.1, 0.001 * 2**attempt)))
+        try:
+            return retry.retry_on_conflict(
+                functools.partial(command, *args, **kwargs),
+                conflict=RecordConflictError,
+                retries=retries,
+                on_conflict=functools.partial(_count, "conflicts"),
+                on_retry=functools.partial(_count, "retries"),
+            )
+        except RecordConflictError as exc:
+            raise ConcurrencyError(
+                f"{command.__qualname__} met a concurrent change {retries + 1} times in a row; "
+                "nothing of it was stored."
+            ) from exc
 
     return retrying

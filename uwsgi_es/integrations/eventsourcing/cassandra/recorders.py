@@ -37,8 +37,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import random
-import time
 from collections.abc import Sequence
 from threading import Event, Thread
 from typing import Any, Literal
@@ -60,6 +58,7 @@ from eventsourcing.persistence import (
 )
 
 from uwsgi_es.integrations.eventsourcing.cassandra.datastore import CassandraDatastore
+from uwsgi_es.runtime import retry
 from uwsgi_es.stores.cassandra import DRIVER_ERRORS, one_partition, settle
 
 BUCKET = 1000  # notification ids per partition of the notifications table
@@ -372,7 +371,7 @@ class CassandraApplicationRecorder(CassandraAggregateRecorder, ApplicationRecord
                 self._write(_decode(pending), batch_id)
                 self._clear(batch_id)
                 return list(range(last + 1, last + 1 + len(events)))
-            time.sleep(random.uniform(0, min(0.05, 0.001 * 2 ** min(attempt, 6))))
+            retry.back_off(attempt + 1, cap=0.05)  # yields under gevent, unlike time.sleep
         raise OperationalError(
             f"Could not claim a place in the log of {self.prefix} after {MAX_CLAIMS} tries."
         )
