@@ -131,7 +131,9 @@ def _identifier(name: str, raw: str) -> str:
     return raw
 
 
-def _replication(name: str, raw: str) -> dict[str, str]:
+def replication_map(name: str, raw: str) -> dict[str, str]:
+    """A keyspace's replication as CQL wants it ({'class': 'SimpleStrategy', ...}), or the error
+    naming ``name``, the variable it was read from."""
     strategy, _, spec = raw.partition(":")
     if strategy == "SimpleStrategy" and spec.isascii() and spec.isdigit() and int(spec) > 0:
         return {"class": "SimpleStrategy", "replication_factor": spec}
@@ -146,7 +148,7 @@ def _replication(name: str, raw: str) -> dict[str, str]:
 
 
 def _checked_replication(name: str, raw: str) -> str:
-    _replication(name, raw)
+    replication_map(name, raw)
     return raw
 
 
@@ -526,15 +528,6 @@ class Settings:
     def is_sqlite_memory(self) -> bool:
         url = make_url(self.database_url)
         return self.is_sqlite and url.database in (None, "", ":memory:")
-
-    @property
-    def cassandra_host_list(self) -> list[str]:
-        return [host.strip() for host in self.cassandra_hosts.split(",") if host.strip()]
-
-    @property
-    def cassandra_replication_map(self) -> dict[str, str]:
-        """The keyspace's replication as CQL wants it, e.g. {'class': 'SimpleStrategy', ...}."""
-        return _replication("UWSGI_ES_CASSANDRA_REPLICATION", self.cassandra_replication)
 
     def describe_store(self) -> str:
         """The store and database, with any password hidden: safe for logs and error messages."""

@@ -14,7 +14,8 @@ from uwsgi_es.domain import topic_of
 from uwsgi_es.errors import ConcurrencyError, OutcomeUnknownError, SchemaMissingError, StoreUnavailableError
 from uwsgi_es.settings import Settings
 from uwsgi_es.stores.base import SNAPSHOTS_TABLE, RecordStore, StoredRecord
-from uwsgi_es.stores.cassandra import CAS_WRITE_UNKNOWN, TABLE, CassandraRecordStore, _ours, maybe_applied
+from uwsgi_es.stores.cassandra.datastore import CAS_WRITE_UNKNOWN, maybe_applied
+from uwsgi_es.stores.cassandra.store import TABLE, CassandraRecordStore, _ours
 from uwsgi_es.testing.cassandra import CassandraNode
 
 from .contract import RecordStoreContract, records

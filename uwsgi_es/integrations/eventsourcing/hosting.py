@@ -114,6 +114,9 @@ def _secrets(env: Environment | dict[str, str]) -> tuple[str, ...]:
 
 
 def _translate(exc: BaseException, where: str, secrets: tuple[str, ...]) -> StoreUnavailableError:
+    ours = exc.__cause__
+    if isinstance(ours, StoreUnavailableError):  # our Cassandra datastore's, which says more
+        return type(ours)(" ".join(scrub(str(ours), secrets).split()))
     message = " ".join(scrub(str(exc), secrets).split())
     lowered = message.lower()
     missing = "does not exist" in lowered and any(w in lowered for w in ("relation", "table", "keyspace"))

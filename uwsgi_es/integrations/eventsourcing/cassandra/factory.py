@@ -1,7 +1,9 @@
 """``CassandraFactory``: the library's infrastructure factory for Cassandra.
 
 Tables are named after the application (``<name>_events``, ``_snapshots``, ``_notifications``,
-``_head``, ``_tracking``), in ``CASSANDRA_KEYSPACE``. ``CREATE_TABLE`` (default yes, as in the
+``_head``, ``_tracking``), in ``CASSANDRA_KEYSPACE``. The settings are ours (``UWSGI_ES_CASSANDRA_*``),
+each also read under the library's name (``CASSANDRA_HOSTS``..., and with the application's name
+as a prefix), which wins; the keyspace defaults to ``eventsourcing``. ``CREATE_TABLE`` (default yes, as in the
 library) creates the keyspace and tables when a recorder is made; uwsgi_es's workers build with
 it off and ``uwsgi-es migrate`` builds once with it on. Nothing connects until first use.
 """
@@ -9,21 +11,20 @@ it off and ``uwsgi-es migrate`` builds once with it on. Nothing connects until f
 from __future__ import annotations
 
 import re
-import socket
 from typing import Any, Literal, cast
 
 from eventsourcing.persistence import InfrastructureFactory
 from eventsourcing.utils import Environment, EnvType, resolve_topic, strtobool
 
-from uwsgi_es.integrations.eventsourcing.cassandra.datastore import CassandraConfig, CassandraDatastore
 from uwsgi_es.integrations.eventsourcing.cassandra.recorders import (
     CassandraAggregateRecorder,
     CassandraApplicationRecorder,
     CassandraProcessRecorder,
     CassandraTrackingRecorder,
+    LibraryDatastore,
 )
-
-HEARTBEAT_TABLE = "uwsgi_es_heartbeat"
+from uwsgi_es.settings import resolve
+from uwsgi_es.stores.cassandra.datastore import CassandraConfig
 
 
 class CassandraFactory(InfrastructureFactory[CassandraTrackingRecorder]):
@@ -37,7 +38,7 @@ class CassandraFactory(InfrastructureFactory[CassandraTrackingRecorder]):
 
     def __init__(self, env: Environment | EnvType | None) -> None:
         super().__init__(env)
-        self.datastore = CassandraDatastore(CassandraConfig.from_env(self.env))
+        self.datastore = LibraryDatastore(CassandraConfig.from_library_env(self.env.get, resolve()[0]))
         id_type = str(self.env.get(self.ORIGINATOR_ID_TYPE, "uuid")).lower()
         if id_type not in ("uuid", "text"):
             raise OSError(f"Invalid {self.ORIGINATOR_ID_TYPE} {id_type!r}: use 'uuid' or 'text'")
@@ -93,16 +94,9 @@ class CassandraFactory(InfrastructureFactory[CassandraTrackingRecorder]):
 
     def check_writable(self) -> None:
         """What /ready asks: a write at the configured consistency goes through (a counter in
-        its own table, never on a partition the recorders write with lightweight transactions)."""
-        table = f"{self.datastore.config.keyspace}.{HEARTBEAT_TABLE}"
-        if self.env_create_table():  # `uwsgi-es migrate` checks the store it migrated: made here
-            self.datastore.create_table(
-                f"CREATE TABLE IF NOT EXISTS {table} (host text PRIMARY KEY, beats counter)"
-            )
-        self.datastore.execute(
-            f"UPDATE {table} SET beats = beats + 1 WHERE host = ?",  # noqa: S608
-            (socket.gethostname()[:200],),
-        )
+        its own table, never on a partition the recorders write with lightweight transactions).
+        `uwsgi-es migrate` checks the store it migrated: the table is made then."""
+        self.datastore.beat(create=self.env_create_table())
 
     def close(self) -> None:
         self.datastore.close()

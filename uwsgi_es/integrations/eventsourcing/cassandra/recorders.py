@@ -3,7 +3,7 @@
 ``CassandraAggregateRecorder`` (snapshots, and events of applications without a log): one partition
 per aggregate (``originator_id`` partition key, ``originator_version`` clustering key); a batch is
 one conditional (``IF NOT EXISTS``) batch in that partition, all or nothing; a write that got no
-answer is settled by sending it again (``uwsgi_es.stores.cassandra.settle``). A batch over several
+answer is settled by sending it again (``uwsgi_es.stores.cassandra.datastore``). A batch over several
 aggregates is refused: Cassandra cannot make writes to several partitions atomic, and half a
 batch stored would be worse than none.
 
@@ -42,6 +42,7 @@ from threading import Event, Thread
 from typing import Any, Literal
 from uuid import UUID, uuid4
 
+from cassandra import InvalidRequest
 from eventsourcing.persistence import (
     AggregateRecorder,
     ApplicationRecorder,
@@ -51,15 +52,30 @@ from eventsourcing.persistence import (
     NotSupportedError,
     OperationalError,
     ProcessRecorder,
+    ProgrammingError,
     StoredEvent,
     Subscription,
     Tracking,
     TrackingRecorder,
 )
 
-from uwsgi_es.integrations.eventsourcing.cassandra.datastore import CassandraDatastore
+from uwsgi_es.errors import UwsgiEsError
 from uwsgi_es.runtime import retry
-from uwsgi_es.stores.cassandra import DRIVER_ERRORS, one_partition, settle
+from uwsgi_es.stores.cassandra.datastore import CassandraDatastore, one_partition
+
+
+class LibraryDatastore(CassandraDatastore):
+    """The Cassandra datastore answering in the library's exception types, as its recorders'
+    contract says (``ProgrammingError`` for a statement Cassandra refused, else
+    ``OperationalError``), with our error, which says more (a lost quorum, a missing table, an
+    unknown outcome), as the cause: the hosting answers with ours."""
+
+    def error(self, ours: UwsgiEsError) -> Exception:
+        kind = ProgrammingError if isinstance(ours.__cause__, InvalidRequest) else OperationalError
+        error = kind(str(ours))
+        error.__cause__ = ours
+        return error
+
 
 BUCKET = 1000  # notification ids per partition of the notifications table
 MAX_CLAIMS = 200  # attempts to claim the head before giving up (with jittered back-off)
@@ -83,7 +99,8 @@ class CassandraRecorder:
 
     def create_table(self) -> None:
         for ddl in self.ddl():
-            self.datastore.create_table(ddl)
+            self.datastore.create_keyspace()
+            self.datastore.execute_ddl(ddl)
 
     def ddl(self) -> list[str]:
         return []
@@ -121,10 +138,9 @@ class CassandraAggregateRecorder(CassandraRecorder, AggregateRecorder):
                 "recorder; save them one aggregate at a time, or use the application recorder."
             )
         statement = self._conditional_write(stored_events)
-        try:
-            applied = self.datastore.execute_raw(statement).was_applied
-        except DRIVER_ERRORS as exc:  # only those after which it may have been applied
-            applied = self._settle_write(statement, stored_events, exc)
+        applied = self.datastore.write_conditionally(
+            statement, self._ours(stored_events), _what(stored_events), first=_applied
+        )
         if not applied:
             raise IntegrityError(
                 f"Version {stored_events[0].originator_version} of {stored_events[0].originator_id} "
@@ -144,25 +160,22 @@ class CassandraAggregateRecorder(CassandraRecorder, AggregateRecorder):
         )
 
     def _settle_write(self, statement: Any, stored_events: Sequence[StoredEvent], exc: Exception) -> bool:
-        """A conditional write that got no answer may have been applied: ``settle`` it. Not applied,
-        the result holds the rows in the way: ours if they hold these very events (the library's
-        events carry their timestamp, so no other write stores the same bytes)."""
-        ours = {(e.originator_version, e.topic, e.state) for e in stored_events}
-        session = self.datastore.session()
+        """A conditional write that got no answer (``exc``), settled as ``insert_events`` settles it."""
+        return self.datastore.settle_write(statement, self._ours(stored_events), _what(stored_events), exc)
 
-        def send(again: Any) -> bool:
-            result = session.execute(again)
+    @staticmethod
+    def _ours(stored_events: Sequence[StoredEvent]) -> Any:
+        """Whether a conditional write's result means these events are stored: applied, or not
+        applied because the rows in the way hold these very events (the library's events carry
+        their timestamp, so no other write stores the same bytes)."""
+        ours = {(e.originator_version, e.topic, e.state) for e in stored_events}
+
+        def stored(result: Any) -> bool:
             return bool(result.was_applied) or any(
                 (row.originator_version, row.topic, bytes(row.state)) in ours for row in result
             )
 
-        outcome = settle(statement, send)
-        if outcome is None:
-            raise OperationalError(
-                f"A conditional write got no answer ({exc}) and sending it again did not settle it: "
-                "whether it was stored is unknown."
-            )
-        return outcome
+        return stored
 
     def select_events(
         self,
@@ -190,6 +203,15 @@ class CassandraAggregateRecorder(CassandraRecorder, AggregateRecorder):
             StoredEvent(originator_id, row.originator_version, row.topic, bytes(row.state))
             for row in self.datastore.execute(cql, params)
         ]
+
+
+def _applied(result: Any) -> bool:
+    """A first answer, read as the library wants it: the same event stored twice is a conflict."""
+    return bool(result.was_applied)
+
+
+def _what(stored_events: Sequence[StoredEvent]) -> str:
+    return f"a conditional write to {stored_events[0].originator_id}"
 
 
 def _check_one_batch(stored_events: Sequence[StoredEvent]) -> None:
@@ -304,10 +326,7 @@ class CassandraApplicationRecorder(CassandraAggregateRecorder, ApplicationRecord
                 "VALUES (?, ?, ?, ?) IF NOT EXISTS"
             )
             params = (HEAD_KEY, count, batch_id, pending)
-        try:
-            return bool(self.datastore.execute_raw(self.datastore.prepare(cql).bind(params)).was_applied)
-        except DRIVER_ERRORS:  # only those after which it may have been applied
-            return None
+        return self.datastore.try_write(self.datastore.prepare(cql).bind(params))
 
     def _claimed(self, last: int, batch_id: UUID) -> bool:
         """After a timed-out claim: was it applied? (Its batch is pending, or already written.)"""
