@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Sequence
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, ClassVar, Self, TypeVar
@@ -34,13 +33,19 @@ from uwsgi_es.metrics import recorder
 from uwsgi_es.runtime import fork, retry
 from uwsgi_es.settings import Settings
 from uwsgi_es.snapshots import Snapshots
-from uwsgi_es.stores import GlobalFeed, RecordStore, RequestScope, StoredRecord, create_record_store
+from uwsgi_es.stores import (
+    GlobalFeed,
+    RecordStore,
+    RequestScope,
+    StoredRecord,
+    create_record_store,
+    unit_of_work,
+)
 from uwsgi_es.transcoding import codec_for
 
 T = TypeVar("T")
 # The feed position of the last event this request (thread, greenlet) stored: a client that reads
 # a projection can ask for at least it (the web layer answers it as X-Event-Position).
-written_position: ContextVar[int | None] = ContextVar("uwsgi_es_written_position", default=None)
 A = TypeVar("A", bound=Aggregate)
 Handler = Callable[[Sequence[DomainEvent]], None]
 
@@ -251,7 +256,7 @@ class PersistencePolicy:
         position = self.event_store.put(events)
         recorder.events_stored(len(events))
         if position is not None:
-            written_position.set(position)
+            unit_of_work.stored_at(position)
 
     def close(self) -> None:
         self.bus.unsubscribe(self.subscription)
@@ -364,11 +369,11 @@ class Application:
         events = [event for aggregate in aggregates for event in aggregate.collect_events()]
         if not events:
             return None
-        written_position.set(None)
+        unit_of_work.stored_at(None)
         self.bus.publish(events)
         if self.snapshots.store is not None:
             self.snapshots.after_save(aggregates, events, self.event_store.to_record)
-        return written_position.get()
+        return unit_of_work.current().position
 
     def get(self, aggregate_id: UUID, aggregate_type: type[A]) -> A:
         self.check_usable()

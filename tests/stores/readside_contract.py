@@ -16,7 +16,6 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import func, select
 
-from uwsgi_es.application import written_position
 from uwsgi_es.domain import resolve_topic
 from uwsgi_es.errors import (
     ProjectionLagError,
@@ -30,6 +29,7 @@ from uwsgi_es.readside import ProjectionRunner, projected
 from uwsgi_es.readside import status as readside
 from uwsgi_es.readside.waking import waker_for
 from uwsgi_es.settings import Settings
+from uwsgi_es.stores import unit_of_work
 
 from ..apps.readside_app import Bank, Effects, effects_table
 
@@ -100,9 +100,9 @@ class ReadSideContract:
 
     def test_writes_answer_their_feed_position(self, app: Bank) -> None:
         account = app.open_account("ann")
-        first = written_position.get()
+        first = unit_of_work.current().position
         app.deposit(account.id, 3)
-        second = written_position.get()
+        second = unit_of_work.current().position
         assert first is not None
         assert second is not None
         assert second > first
@@ -155,7 +155,7 @@ class ReadSideContract:
     def test_a_read_waits_for_the_position_it_asks_for(self, app: Bank) -> None:
         account = app.open_account("reader")
         app.deposit(account.id, 7)
-        position = written_position.get()
+        position = unit_of_work.current().position
         assert position is not None
         lagging = rf"'balances' is at position 0, before the position {position} asked for"
         with pytest.raises(ProjectionLagError, match=lagging), projected(app, Balances, position):
@@ -181,7 +181,7 @@ class ReadSideContract:
         try:
             time.sleep(0.3)  # it is now waiting
             account = app.open_account("woken")
-            position = written_position.get()
+            position = unit_of_work.current().position
             with projected(app, Balances, position or 0) as connection:
                 assert Balances.one(connection, account.id) is not None
         finally:

@@ -85,4 +85,4 @@ class SQLAlchemyStoreContract(RecordStoreContract):
         store.append(records(originator, range(1, 3)))
         assert len(store.select(originator)) == 2
         assert store.pool_status()["checked_out"] == 0
-        assert store._sessions is None
+        assert store.datastore._sessions is None  # no ORM session was made

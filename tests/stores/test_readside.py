@@ -9,11 +9,11 @@ import time
 import pytest
 from sqlalchemy import create_engine
 
-from uwsgi_es.application import written_position
 from uwsgi_es.example.balances import Balances
 from uwsgi_es.readside import ProjectionRunner
 from uwsgi_es.readside import status as readside
 from uwsgi_es.settings import Settings
+from uwsgi_es.stores import unit_of_work
 
 from ..support.listeners import count_listeners, terminate_listeners
 from .readside_contract import Bank, ReadSideContract
@@ -45,7 +45,7 @@ class TestReadSideOnPostgres(ReadSideContract):
             time.sleep(0.5)
             assert terminate_listeners(admin) == [True]
             app.open_account("after the kill")
-            position = written_position.get() or 0
+            position = unit_of_work.current().position or 0
             started = time.monotonic()
             while readside.report(app)["balances"]["position"] < position:
                 assert time.monotonic() - started < 2.5, "not applied within the poll interval (1 s)"

@@ -55,9 +55,9 @@ from uwsgi_es.readside.tracking import advance, clear_trouble, lock, read, recor
 from uwsgi_es.readside.waking import waker_for
 from uwsgi_es.runtime import log, process
 from uwsgi_es.settings import Settings
-from uwsgi_es.stores.base import StoredRecord
+from uwsgi_es.stores.base import ProjectionFeed, StoredRecord
 from uwsgi_es.stores.sqlalchemy.engine import translate
-from uwsgi_es.stores.sqlalchemy.store import SQLAlchemyRecordStore, select_all_on
+from uwsgi_es.stores.sqlalchemy.store import select_all_on
 
 MAX_BACKOFF = 30.0
 _UNDEFINED_TABLE = "42P01"
@@ -73,10 +73,10 @@ class _Stopped(Exception):
         self.cause = cause
 
 
-def feed_store(app: Application, what: str) -> SQLAlchemyRecordStore:
+def feed_store(app: Application, what: str) -> ProjectionFeed:
     """The application's store, if it can feed projections (a global order of events)."""
     store = app.records
-    if not isinstance(store, SQLAlchemyRecordStore):
+    if not isinstance(store, ProjectionFeed):
         raise ReadSideUnavailableError(
             f"{what} cannot run on {store.describe()}: projections read the events in one global "
             "order, which only uwsgi_es's SQL store keeps (SQLite, PostgreSQL). Cassandra keeps no "
@@ -285,7 +285,7 @@ class ProjectionRunner:
 
 
 def database_error(
-    store: SQLAlchemyRecordStore, projection: type[Projection] | None, exc: DBAPIError
+    store: ProjectionFeed, projection: type[Projection] | None, exc: DBAPIError
 ) -> StoreUnavailableError:
     """The store's error for a driver's (scrubbed of secrets), naming the projection's missing
     tables and the fix when the table missing is one of its read model's."""

@@ -51,8 +51,8 @@ from uwsgi_es.readside.runner import database_error, feed_store, is_database_err
 from uwsgi_es.readside.tracking import read
 from uwsgi_es.runtime import process
 from uwsgi_es.stores import deadlines
+from uwsgi_es.stores.base import ProjectionFeed
 from uwsgi_es.stores.sqlalchemy.engine import pool_exhausted
-from uwsgi_es.stores.sqlalchemy.store import SQLAlchemyRecordStore
 
 # How often a waiting read looks at the tracking record again (and wakes the runners).
 WAIT_STEP_SECONDS = 0.005
@@ -154,9 +154,7 @@ def check(app: Any) -> dict[str, dict[str, int]]:
     return {name: {"position": s["position"], "lag": s["lag"]} for name, s in reported.items()}
 
 
-def missing_tables(
-    store: SQLAlchemyRecordStore, projections: Iterable[type[Projection]]
-) -> dict[str, list[str]]:
+def missing_tables(store: ProjectionFeed, projections: Iterable[type[Projection]]) -> dict[str, list[str]]:
     """For each of ``projections`` whose read-model tables are not all in the store's database, the
     names of those missing (``uwsgi-es check``; ``/ready``); {} when every table exists."""
     found = _tables_found.setdefault(store.engine, set())
@@ -171,7 +169,7 @@ def missing_tables(
     return missing
 
 
-def _unverified(store: SQLAlchemyRecordStore, app: Any) -> list[type[Projection]]:
+def _unverified(store: ProjectionFeed, app: Any) -> list[type[Projection]]:
     """The application's projections whose tables this process has not yet seen exist."""
     found = _tables_found.get(store.engine, set())
     return [cls for cls in projection_classes(app) if cls.name not in found]
@@ -183,7 +181,7 @@ def _type_of(error: str) -> str:
 
 
 @contextmanager
-def _translated(store: SQLAlchemyRecordStore) -> Iterator[None]:
+def _translated(store: ProjectionFeed) -> Iterator[None]:
     """The store's errors for the driver's: a 503 naming the cause, never a 500."""
     try:
         yield
@@ -199,7 +197,7 @@ def _translated(store: SQLAlchemyRecordStore) -> Iterator[None]:
 def projected(app: Application, projection: type[Projection], at_least: int = 0) -> Iterator[Connection]:
     """A connection to read ``projection``'s tables once it has applied position ``at_least``. The
     database's errors of the reads made through it are the store's (a 503 naming the cause)."""
-    if not isinstance(app.records, SQLAlchemyRecordStore):
+    if not isinstance(app.records, ProjectionFeed):
         raise UnsupportedOperationError(
             f"The read model {projection.name!r} is not kept on this deployment: projections need "
             "the global order of events of the SQL store."
@@ -222,9 +220,7 @@ def projected(app: Application, projection: type[Projection], at_least: int = 0)
         raise store.unavailable(exc) from exc
 
 
-def _wait_for(
-    app: Application, store: SQLAlchemyRecordStore, projection: type[Projection], at_least: int
-) -> None:
+def _wait_for(app: Application, store: ProjectionFeed, projection: type[Projection], at_least: int) -> None:
     """Return once the projection has applied ``at_least``, holding no connection in between;
     ``ProjectionLagError`` past ``UWSGI_ES_READ_WAIT``, ``TooManyWaitingReadsError`` when this
     process already has ``UWSGI_ES_MAX_WAITING_READS`` reads waiting."""
@@ -246,7 +242,7 @@ def _wait_for(
             position = _position(store, projection, at_least)
 
 
-def _position(store: SQLAlchemyRecordStore, projection: type[Projection], at_least: int) -> int:
+def _position(store: ProjectionFeed, projection: type[Projection], at_least: int) -> int:
     """The projection's position, read on a short-lived connection unless this process read it
     less than ``WAIT_STEP_SECONDS`` ago or another read is looking now (one looks at a time, so
     waiting threads take one connection, not one each); short of ``at_least``, the runners are
@@ -292,6 +288,6 @@ def _waiting_place(bound: int) -> Iterator[None]:
 
 def _names(app: Any) -> Sequence[str]:
     """The projections to report on: none when the store cannot feed them (a mule says why)."""
-    if not isinstance(app, Application) or not isinstance(app.records, SQLAlchemyRecordStore):
+    if not isinstance(app, Application) or not isinstance(app.records, ProjectionFeed):
         return ()
     return [cls.name for cls in projection_classes(app)]

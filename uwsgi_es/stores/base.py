@@ -22,21 +22,42 @@ from __future__ import annotations
 
 import abc
 import os
+import shutil
 import socket
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from typing import NamedTuple, Protocol, runtime_checkable
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
 from uuid import UUID
 
-from uwsgi_es.errors import ConcurrencyError, StoreUnavailableError
+from uwsgi_es.errors import ConcurrencyError, StoreReadOnlyError, StoreUnavailableError
 from uwsgi_es.redaction import scrub
 from uwsgi_es.runtime import fork
+
+if TYPE_CHECKING:  # the contract names SQLAlchemy's types; only an SQL store imports SQLAlchemy
+    from sqlalchemy import Connection, Engine
 
 HEARTBEAT_TABLE = "uwsgi_es_heartbeat"
 TRACKING_TABLE = "uwsgi_es_tracking"  # the read side's positions (uwsgi_es.readside.tracking)
 SNAPSHOTS_TABLE = "uwsgi_es_snapshots"  # the latest snapshot of each aggregate (uwsgi_es.snapshots)
 IDEMPOTENCY_TABLE = "uwsgi_es_idempotency"  # answers of keyed requests (uwsgi_es.web.idempotency)
 FEED_CHANNEL = "uwsgi_es_events"  # PostgreSQL: NOTIFY'd by reads waiting for a projection; runners LISTEN
+
+
+# SQLite checkpoints its write-ahead log at 1000 pages (4 MiB): below that much free space, appends
+# start failing with "database or disk is full" while small writes still fit in its free frames.
+MIN_FREE_BYTES = 4 * 1024 * 1024
+
+
+def require_room_for_the_log(directory: Path, store: str) -> None:
+    """Raise ``StoreReadOnlyError`` when the disk holding an SQLite database (``directory``) has
+    less room than its write-ahead log needs before a checkpoint: not ready for writes."""
+    free = shutil.disk_usage(directory).free
+    if free < MIN_FREE_BYTES:
+        raise StoreReadOnlyError(
+            f"{store} cannot take writes: its disk has {free} bytes free, under the "
+            f"{MIN_FREE_BYTES} a write-ahead log needs before a checkpoint. Free some space."
+        )
 
 
 def heartbeat_name() -> str:
@@ -157,6 +178,39 @@ class GlobalFeed(Protocol):
     def select_all(self, after_id: int, limit: int) -> list[StoredRecord]:
         """Records of every originator with ``id > after_id``, in id order, at most ``limit``."""
         ...
+
+
+@runtime_checkable
+class ProjectionFeed(GlobalFeed, Protocol):
+    """What the read side runs on: a global feed whose SQL database lends the projections its
+    write transactions (a batch of events applied with its tracking record, in one), its engine
+    (tracking reads, wake-ups) and its errors. uwsgi_es's SQL store offers it; the read side asks
+    for the capability, never for a class."""
+
+    @property
+    def engine(self) -> Engine: ...
+
+    def write_transaction(self) -> AbstractContextManager[Connection]:
+        """A write transaction of its own, as the store's appends take theirs."""
+        ...
+
+    def count_after(self, position: int, cap: int) -> int:
+        """How many events are stored after ``position``, counted up to ``cap``."""
+        ...
+
+    def wake_projections(self, connection: Connection) -> None:
+        """Wake the runners now and end ``connection``'s transaction."""
+        ...
+
+    def describe(self) -> str: ...
+
+    def scrub(self, message: object) -> str: ...
+
+    def unavailable(self, error: object) -> StoreUnavailableError: ...
+
+    def ping(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 @runtime_checkable

@@ -27,12 +27,11 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from uwsgi_es.application import written_position
 from uwsgi_es.lifecycle import registry
 from uwsgi_es.metrics import exposition, recorder
 from uwsgi_es.runtime.log import request_id
 from uwsgi_es.settings import Settings
-from uwsgi_es.stores import deadlines
+from uwsgi_es.stores import deadlines, unit_of_work
 from uwsgi_es.stores.base import IdempotentWrites, RequestScope
 from uwsgi_es.web.bodies import BadRequestError, answered, read_body, read_json_object
 from uwsgi_es.web.http import Handler, MethodNotAllowed, NotFound, Request, Response, Router
@@ -132,10 +131,11 @@ class JsonApi:
         clock = deadlines.start()  # the deadline of its database work counts from its arrival
         settings = self.settings()
         identity = identify(request, json_logs=settings.log_format == "json")
-        token, named = written_position.set(None), request_id.set(identity)
+        named = request_id.set(identity)
         try:
-            response = self.dispatch(request)
-            position = written_position.get()
+            with unit_of_work.begin():
+                response = self.dispatch(request)
+                position = unit_of_work.current().position
             if position is not None and response.status_code < 400:
                 response.headers[POSITION_HEADER] = str(position)
             response.headers[REQUEST_ID_HEADER] = identity
@@ -145,7 +145,6 @@ class JsonApi:
             )
         finally:
             deadlines.stop(clock)
-            written_position.reset(token)
             request_id.reset(named)
             app = environ.get(_APP_KEY)
             if app is not None and _is_request_scoped(type(app)):
@@ -176,7 +175,7 @@ class JsonApi:
                 key=key,
                 ttl=settings.idempotency_ttl,
                 max_body_bytes=settings.max_body_bytes,
-                position=written_position.get,
+                position=lambda: unit_of_work.current().position,
             )
         except BadRequestError as exc:
             return error_response(str(exc), exc.status)

@@ -15,7 +15,6 @@ the sockets both processes hold (psycopg says goodbye on the socket when a conne
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,11 +39,11 @@ from uwsgi_es.errors import (
 from uwsgi_es.integrations.eventsourcing.commands import counts
 from uwsgi_es.redaction import redact_url, scrub
 from uwsgi_es.runtime import fork
+from uwsgi_es.stores.base import require_room_for_the_log
 
 # What each persistence module reads that may be a secret (never shown, scrubbed from messages).
 _SECRET_KEYS = ("POSTGRES_PASSWORD", "SQLALCHEMY_URL", "CIPHER_KEY", "CASSANDRA_PASSWORD")
 # SQLite checkpoints its write-ahead log at 1000 pages (4 MiB): below that much free space, writes fail.
-_MIN_FREE_BYTES = 4 * 1024 * 1024
 
 _lock = threading.Lock()
 _constructions: dict[int, int] = {}
@@ -199,11 +198,7 @@ class LibraryHosting:
         dbname = str(self.env.get("SQLITE_DBNAME") or "")
         if dbname and ":memory:" not in dbname and "mode=memory" not in dbname:
             path = Path(dbname.removeprefix("file:").split("?")[0])
-            free = shutil.disk_usage(path.parent if path.parent.exists() else Path.cwd()).free
-            if free < _MIN_FREE_BYTES:
-                raise StoreReadOnlyError(
-                    f"{self.describe()} cannot take writes: {free} bytes free on its disk."
-                )
+            require_room_for_the_log(path.parent if path.parent.exists() else Path.cwd(), self.describe())
         # A write inside a transaction that is rolled back: a read-only file refuses it, and
         # nothing of the user's changes (the header's user_version is written back as it was).
         with factory.datastore.transaction(commit=False) as cursor:

@@ -2,12 +2,11 @@
 
 Why it looks the way it does:
 
-- The engine is created by ``SQLAlchemyRecordStore.from_settings`` in the process that uses it
-  (after the fork); nothing here connects at import time.
-- The store's own statements run on a pooled Core connection held for one transaction only, or
-  join the request's ``scoped_session`` when the view already opened a transaction in it. The web
-  layer calls ``end_request()`` after every request (also after errors) so a session never
-  outlives its request and the pool is back to zero.
+- Connections, transactions, the retry on a dropped connection, the SQLite file's identity and the
+  driver's errors are the datastore's (``stores.sqlalchemy.datastore``); this module holds the
+  statements. The engine is created by ``from_settings`` in the process that uses it (after the
+  fork); the web layer calls ``end_request()`` after every request (also after errors) so a
+  session never outlives its request and the pool is back to zero.
 - The unique index on (originator_id, originator_version) is the optimistic-concurrency lock: a
   batch with an existing version violates it, the transaction rolls back, nothing is stored.
 - The global feed (``select_all``) must never skip an event. Positions are handed out at insert
@@ -29,65 +28,42 @@ Why it looks the way it does:
   command is re-run), and its answer is inserted under the key before the one commit. Events and
   answer are stored together or not at all; a second request that stored the same key first makes
   this one roll back whole (``DuplicateRequestError``).
-- SQLite: a write is acknowledged only if, after its commit, the database path still names the
-  file the connection wrote to. A file deleted or replaced under a running server would otherwise
-  take acknowledged writes with it; instead they answer 503 until the file is back.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-import random
-import shutil
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from contextvars import ContextVar
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, cast
-from urllib.parse import unquote
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from sqlalchemy import Connection, Engine, inspect
-from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.exc import IntegrityError
 
 from uwsgi_es.errors import (
     CommandRejectedError,
     ConcurrencyError,
-    DeadlinePassedError,
     DuplicateRequestError,
     OutcomeUnknownError,
-    PoolExhaustedError,
     SchemaMissingError,
-    StoreBusyError,
-    StoreReadOnlyError,
     StoreUnavailableError,
 )
-from uwsgi_es.redaction import redact_url, secrets_of
 from uwsgi_es.runtime import process
 from uwsgi_es.settings import Settings
-from uwsgi_es.stores import deadlines
 from uwsgi_es.stores.base import (
     SNAPSHOTS_TABLE,
     RecordStore,
     Snapshot,
     StoredRecord,
     heartbeat_name,
+    require_room_for_the_log,
     version_conflict,
 )
+from uwsgi_es.stores.sqlalchemy.datastore import SQLAlchemyDatastore, answered, dropped, retry_once
 from uwsgi_es.stores.sqlalchemy.engine import (
-    FILE_IDENTITY,
-    WRITE,
     create_engine_from_settings,
-    file_identity,
-    is_pooled,
-    lock_bound,
-    pool_exhausted,
-    sqlite_path,
-    translate,
 )
 from uwsgi_es.stores.sqlalchemy.postgres_feed import UNANNOUNCED
 from uwsgi_es.stores.sqlalchemy.schema import (
@@ -109,7 +85,6 @@ from uwsgi_es.stores.sqlalchemy.schema import (
     SELECT_AFTER,
     SELECT_AFTER_PG,
     SELECT_ANSWER,
-    SELECT_ANY,
     SELECT_LAST_ID,
     SELECT_LAST_ID_PG,
     SELECT_ONE,
@@ -120,18 +95,11 @@ from uwsgi_es.stores.sqlalchemy.schema import (
     UPSERT_SNAPSHOT,
     metadata,
 )
-from uwsgi_es.stores.sqlalchemy.writers import WriterQueue
 
 if TYPE_CHECKING:  # the ORM is imported only when a view asks for a session (see `sessions`)
     from sqlalchemy.orm import Session, scoped_session
 
 log = logging.getLogger(__name__)
-# SQLite checkpoints its write-ahead log at 1000 pages (4 MiB): below that much free space, appends
-# start failing with "database or disk is full".
-MIN_FREE_BYTES = 4 * 1024 * 1024
-# Set when an operation's own transaction reached COMMIT: a failure from there on is not retried.
-_committing: ContextVar[bool] = ContextVar("uwsgi_es_committing", default=False)
-Operation = TypeVar("Operation", bound=Callable[..., Any])
 # Where a transaction's next append places its events (see ``_claim_places``).
 _PLACES = "uwsgi_es_positions_claimed"
 # PostgreSQL: an append finds no position base (the function undefined, or the trigger that sets
@@ -139,83 +107,6 @@ _PLACES = "uwsgi_es_positions_claimed"
 _NOT_ANNOUNCING = frozenset({"42883", UNANNOUNCED})
 # Expired answers are swept at most this often per process, in a keyed request's transaction.
 SWEEP_INTERVAL = 60.0
-# The write transaction of the keyed request this context (thread, greenlet) is serving, and the
-# store it belongs to: that store's statements join it (see ``remembering``).
-_unit: ContextVar[tuple[SQLAlchemyRecordStore, Connection] | None] = ContextVar(
-    "uwsgi_es_unit_of_work", default=None
-)
-
-
-def _once_more_if_the_server_went_away(operation: Operation) -> Operation:
-    """Run a store operation again, once, when its pooled connection turned out to be dead (the
-    server restarted, or ended the session) before anything was committed.
-
-    This replaces a ping before every checkout (one round trip per request) with nothing on the
-    hot path: a connection the server dropped fails its first statement, SQLAlchemy retires it and
-    every connection pooled before it, and the second attempt runs on a new one. Never retried: a
-    failure at COMMIT (it may have been stored), and work in a transaction someone else began (a
-    keyed request's, a view's session), which must fail whole.
-
-    Within a request under uWSGI's gevent loop, an operation of its own also waits for a lock in
-    slices (``uwsgi_es.stores.deadlines``): after a slice timed out it runs again, after a yield
-    that holds no connection, until the request's deadline. The worker's other requests run
-    meanwhile, instead of queueing behind the whole wait."""
-
-    @functools.wraps(operation)
-    def attempt(store: SQLAlchemyRecordStore, *args: Any, **kwargs: Any) -> Any:
-        bound = lock_bound(store.engine)
-        if bound is None or not deadlines.slices_waits() or store._joined() or process.holds_connection():
-            return once_more(store, *args, **kwargs)
-        while True:  # its waits in slices, taking turns with the process's other requests
-            with deadlines.turn(bound) as timed_out:
-                try:
-                    with deadlines.sliceable():
-                        return once_more(store, *args, **kwargs)
-                except StoreBusyError as exc:
-                    timed_out[0] = _sliced_wait_timed_out(exc)
-                    if not timed_out[0] or deadlines.left(bound) <= deadlines.SLICE_SECONDS:
-                        raise
-            process.pause(random.uniform(0.5, 1.0) * deadlines.SLICE_SECONDS)  # no connection held
-
-    def once_more(store: SQLAlchemyRecordStore, *args: Any, **kwargs: Any) -> Any:
-        _committing.set(False)
-        try:
-            return operation(store, *args, **kwargs)
-        except StoreUnavailableError as exc:
-            if not _dropped(exc) or _committing.get() or store._joined():
-                raise
-            log.info("retrying once on a new connection: %s", exc)
-            return operation(store, *args, **kwargs)
-
-    return cast(Operation, attempt)
-
-
-def _sliced_wait_timed_out(error: StoreBusyError) -> bool:
-    """Whether ``error`` ends a wait for a lock that wrote nothing, so the operation may run again:
-    not the refusal past the deadline, not the pool's own bounded wait, not a wait that may have
-    written (SQLite's COMMIT)."""
-    if isinstance(error, DeadlinePassedError | PoolExhaustedError):
-        return False
-    return not _committing.get() or _lock_not_available(error)
-
-
-def _lock_not_available(error: StoreBusyError) -> bool:
-    """PostgreSQL's lock_timeout: the statement never ran, so nothing was written."""
-    cause = error.__cause__
-    return isinstance(cause, DBAPIError) and getattr(cause.orig, "sqlstate", None) == "55P03"
-
-
-def _answered(error: StoreUnavailableError) -> bool:
-    """Whether the server answered the failed statement with an error (a SQLSTATE: it was not
-    committed), rather than the connection breaking with no answer."""
-    cause = error.__cause__
-    return isinstance(cause, DBAPIError) and getattr(cause.orig, "sqlstate", None) is not None
-
-
-def _dropped(error: StoreUnavailableError) -> bool:
-    """Whether the error is the server dropping the connection (SQLAlchemy then retires it)."""
-    cause = error.__cause__
-    return isinstance(cause, DBAPIError) and cause.connection_invalidated
 
 
 class SQLAlchemyRecordStore(RecordStore):
@@ -232,34 +123,22 @@ class SQLAlchemyRecordStore(RecordStore):
         writer_timeout: float = 5.0,
     ) -> None:
         super().__init__()
+        self.datastore = SQLAlchemyDatastore(
+            engine, sessions=sessions, owns_engine=owns_engine, url=url, writer_timeout=writer_timeout
+        )
         self.engine = engine
-        self.url = url or engine.url.render_as_string(hide_password=False)
-        self.secrets = secrets_of(self.url)
-        # Sessions given by someone else (Flask-SQLAlchemy's db.session) are theirs to remove.
-        self._owns_sessions = sessions is None
-        self._sessions = sessions
-        self._sessions_lock = threading.Lock()
-        self._owns_engine = owns_engine
-        self._is_sqlite = engine.dialect.name == "sqlite"
-        self._is_postgres = engine.dialect.name == "postgresql"
-        self.path = _database_file(engine) if self._is_sqlite else None
-        self._writers = WriterQueue(f"{self.path}.writers", writer_timeout) if self.path else None
+        self.url = self.datastore.url
+        self.secrets = self.datastore.secrets
+        self.path = self.datastore.path
+        self._is_sqlite = self.datastore.is_sqlite
+        self._is_postgres = self.datastore.is_postgres
         self._swept = 0.0
 
     @property
     def sessions(self) -> scoped_session[Session]:
-        """The request's ORM session, for views that do their own work in the store's database.
-
-        Made on first use: the store's own statements run on Core connections, so a worker that
-        never asks for a session never imports the ORM (about 6 MB per worker).
-        """
-        if self._sessions is None:
-            with self._sessions_lock:
-                if self._sessions is None:
-                    from sqlalchemy.orm import scoped_session, sessionmaker
-
-                    self._sessions = scoped_session(sessionmaker(bind=self.engine))
-        return self._sessions
+        """The request's ORM session (the datastore's), for views that do their own work in the
+        store's database."""
+        return self.datastore.sessions
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SQLAlchemyRecordStore:
@@ -270,15 +149,11 @@ class SQLAlchemyRecordStore(RecordStore):
         )
 
     def describe(self) -> str:
-        return f"SQLAlchemy store at {redact_url(self.url)}"
+        return self.datastore.describe()
 
     def create_schema(self) -> None:
-        if self.path is not None:
-            # Workers open the file with mode=rw and never create it; migrate does (an empty file
-            # is an empty SQLite database).
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.touch(exist_ok=True)
-        with self._errors():
+        self.datastore.create_file()
+        with self.datastore.errors():
             metadata.create_all(self.engine, checkfirst=True)
             _upgrade_snapshots(self.engine)
             if self._is_postgres:
@@ -286,7 +161,7 @@ class SQLAlchemyRecordStore(RecordStore):
                     _upgrade_positions(connection)
                     _announce_writers(connection)
 
-    @_once_more_if_the_server_went_away
+    @retry_once
     def append(self, records: Sequence[StoredRecord]) -> int | None:
         if not records:
             return None
@@ -296,10 +171,10 @@ class SQLAlchemyRecordStore(RecordStore):
         except StoreUnavailableError as exc:
             # On PostgreSQL the INSERT commits itself: if its connection died with it, it may or
             # may not be stored. The rows say which; a new connection stores them if not.
-            if not (self._is_postgres and _dropped(exc) and not self._joined()):
+            if not (self._is_postgres and dropped(exc) and not self.datastore.joined()):
                 raise
             log.info("an append's connection was dropped; checking what was stored: %s", exc)
-            refused = _answered(exc)
+            refused = answered(exc)
         try:
             return self._append_unless_stored(records)
         except StoreUnavailableError as unanswered:
@@ -339,7 +214,7 @@ class SQLAlchemyRecordStore(RecordStore):
 
     def _append(self, records: Sequence[StoredRecord]) -> int:
         try:
-            with self._errors(), self._transaction(write=True) as session:
+            with self.datastore.errors(), self.datastore.transaction(write=True) as session:
                 if self._is_postgres and len(records) == 1:  # positions: see the module docstring
                     values = {**_row(records[0]), "first": _claim_places(session, 1)}
                     return int(session.execute(INSERT_ONE_PG, values).scalar_one())
@@ -364,7 +239,7 @@ class SQLAlchemyRecordStore(RecordStore):
                 ) from exc
             raise
 
-    @_once_more_if_the_server_went_away
+    @retry_once
     def select(
         self, originator_id: UUID, *, after_version: int = 0, limit: int | None = None
     ) -> list[StoredRecord]:
@@ -378,7 +253,7 @@ class SQLAlchemyRecordStore(RecordStore):
             }
         else:
             statement, params = SELECT_ONE, {"originator_id": originator_id}
-        with self._errors(), self._transaction(write=False) as session:
+        with self.datastore.errors(), self.datastore.transaction(write=False) as session:
             rows = session.execute(statement, params).all()
         # The id is known: not reading it back spares a UUID conversion per row.
         return [
@@ -386,28 +261,28 @@ class SQLAlchemyRecordStore(RecordStore):
             for version, topic, state, row_id in rows
         ]
 
-    @_once_more_if_the_server_went_away
+    @retry_once
     def select_all(self, after_id: int, limit: int) -> list[StoredRecord]:
         self.check_process()
-        with self._errors(), self._transaction(write=False) as session:
+        with self.datastore.errors(), self.datastore.transaction(write=False) as session:
             return select_all_on(session, after_id, limit)
 
-    @_once_more_if_the_server_went_away
+    @retry_once
     def last_position(self) -> int:
         """The feed position of the last record the feed shows (0 when there is none)."""
         self.check_process()
         statement = SELECT_LAST_ID_PG if self._is_postgres else SELECT_LAST_ID
-        with self._errors(), self._transaction(write=False) as session:
+        with self.datastore.errors(), self.datastore.transaction(write=False) as session:
             return int(session.execute(statement).scalar() or 0)
 
-    @_once_more_if_the_server_went_away
+    @retry_once
     def count_after(self, position: int, cap: int) -> int:
         """How many events are stored after ``position``, counted up to ``cap``: a lag in events
         (positions are not contiguous on PostgreSQL, so they cannot be subtracted). On PostgreSQL
         it counts those the feed does not show yet too (committed after a transaction that appends
         and is still open): a lag measured below the horizon would say 0 while they pile up."""
         self.check_process()
-        with self._errors(), self._transaction(write=False) as session:
+        with self.datastore.errors(), self.datastore.transaction(write=False) as session:
             return int(session.execute(COUNT_AFTER, {"after_id": position, "cap": cap}).scalar_one())
 
     def wake_projections(self, connection: Connection) -> None:
@@ -415,7 +290,7 @@ class SQLAlchemyRecordStore(RecordStore):
         transaction (PostgreSQL NOTIFY, sent by a read waiting for its own write: appends send
         none: notifying transactions commit one at a time, and writers must not queue)."""
         self.check_process()
-        with self._errors():
+        with self.datastore.errors():
             if self._is_postgres:
                 connection.execute(NOTIFY)
                 connection.commit()
@@ -428,30 +303,30 @@ class SQLAlchemyRecordStore(RecordStore):
         in the writers' queue with ``BEGIN IMMEDIATE``, the file checked before and after the
         commit. The read side applies a batch of events and its tracking record in one."""
         self.check_process()
-        with self.engine.connect() as connection, self._in_transaction(connection, write=True):
+        with self.engine.connect() as connection, self.datastore.in_transaction(connection, write=True):
             yield connection
 
-    @_once_more_if_the_server_went_away
+    @retry_once
     def save_snapshot(self, snapshot: Snapshot) -> None:
         self.check_process()
         values = {**_row(StoredRecord(*snapshot[:4])), "last_event": snapshot.last_event}
-        with self._errors(), self._transaction(write=True) as session:
+        with self.datastore.errors(), self.datastore.transaction(write=True) as session:
             session.execute(UPSERT_SNAPSHOT, values)
 
-    @_once_more_if_the_server_went_away
+    @retry_once
     def latest_snapshot(self, originator_id: UUID) -> Snapshot | None:
         self.check_process()
-        with self._errors(), self._transaction(write=False) as session:
+        with self.datastore.errors(), self.datastore.transaction(write=False) as session:
             row = session.execute(SELECT_SNAPSHOT, {"originator_id": originator_id}).first()
         if row is None:
             return None
         digest = None if row[3] is None else str(row[3])
         return Snapshot(originator_id, int(row[0]), str(row[1]), str(row[2]), digest)
 
-    @_once_more_if_the_server_went_away
+    @retry_once
     def recall(self, key: str, since: float) -> tuple[str, str] | None:
         self.check_process()
-        with self._errors(), self._transaction(write=False) as session:
+        with self.datastore.errors(), self.datastore.transaction(write=False) as session:
             row = session.execute(SELECT_ANSWER, {"key": key, "since": since}).first()
         return None if row is None else (str(row[0]), str(row[1]))
 
@@ -460,16 +335,13 @@ class SQLAlchemyRecordStore(RecordStore):
         self.check_process()
         answers: list[str] = []
         with (
-            self._errors(),
+            self.datastore.errors(),
             self.engine.connect() as connection,
             process.holding_connection(),  # the request's work runs inside: it must not yield
-            self._in_transaction(connection, write=True),
+            self.datastore.in_transaction(connection, write=True),
         ):
-            token = _unit.set((self, connection))
-            try:
+            with self.datastore.joining(connection):
                 yield answers.append
-            finally:
-                _unit.reset(token)
             if answers:
                 now = time.time()
                 connection.execute(DELETE_EXPIRED_KEY, {"key": key, "since": since})
@@ -488,22 +360,12 @@ class SQLAlchemyRecordStore(RecordStore):
                         "one stored nothing."
                     ) from exc
 
-    @_once_more_if_the_server_went_away
+    @retry_once
     def ping(self) -> None:
         self.check_process()
-        if self.path is not None and not self.path.exists():
-            # Connecting would fail with SQLite's "unable to open database file": say what to do.
-            raise SchemaMissingError(
-                f"The SQLite database file {self.path.resolve()} does not exist. "
-                "Create it once per deployment with: uwsgi-es migrate"
-            )
-        # A plain connection, not the request's session: ping also runs outside any request
-        # (right after the build), where a framework's session may not be usable.
-        with self._errors(), self.engine.connect() as connection:
-            connection.execute(SELECT_ANY).all()
-            self._check_same_file(connection)
+        self.datastore.ping()
 
-    @_once_more_if_the_server_went_away
+    @retry_once
     def check_ready(self) -> None:
         """Ping, then take the table lock an append takes and rewrite this host's heartbeat row: only
         a committed write shows that the store accepts writes (a read-only file or database, a full
@@ -514,133 +376,23 @@ class SQLAlchemyRecordStore(RecordStore):
         file's free frames while appends fail, so a heartbeat alone would flap."""
         self.ping()
         if self.path is not None:
-            free = shutil.disk_usage(self.path.parent).free
-            if free < MIN_FREE_BYTES:
-                raise StoreReadOnlyError(
-                    f"{self.describe()} cannot take writes: its disk has {free} bytes free, under the "
-                    f"{MIN_FREE_BYTES} a write-ahead log needs before a checkpoint. Free some space."
-                )
-        with self._errors(), self._transaction(write=True, alone=False) as session:
+            require_room_for_the_log(self.path.parent, self.describe())
+        with self.datastore.errors(), self.datastore.transaction(write=True, alone=False) as session:
             if self._is_postgres:
                 session.execute(LOCK_AS_APPENDS_DO)
             session.execute(HEARTBEAT, {"host": heartbeat_name()})
 
     def end_request(self) -> None:
-        if self._owns_sessions and self._sessions is not None:
-            self._sessions.remove()
+        self.datastore.end_request()
 
     def pool_status(self) -> dict[str, int]:
-        checked_out = getattr(self.engine.pool, "checkedout", None)
-        return {"checked_out": int(checked_out())} if callable(checked_out) else {}
+        return self.datastore.pool_status()
 
     def _forget(self) -> None:
-        self.engine.dispose(close=False)  # the pooled sockets are the parent's: never close them
+        self.datastore.forget()
 
     def _release(self) -> None:
-        if self._owns_sessions and self._sessions is not None:
-            self._sessions.remove()
-        if self._writers is not None:
-            self._writers.close()
-        if self._owns_engine:
-            self.engine.dispose()
-
-    @contextmanager
-    def _transaction(self, *, write: bool, alone: bool = True) -> Iterator[Session | Connection]:
-        """Where the store's own statements run.
-
-        If the request's session is already in a transaction (the view did its own work in it,
-        e.g. a Flask-SQLAlchemy view), join it by a savepoint, so both commit or roll back
-        together. Otherwise use a pooled Core connection for just this statement: half the cost of
-        an ORM session on the hot path, and the connection is back in the pool when it returns.
-        On PostgreSQL a statement run ``alone`` (every operation but readiness) runs in autocommit:
-        one statement is its own transaction, so BEGIN and COMMIT would only add round trips.
-        Behind a transaction pooler it runs in a transaction all the same, which sets its guards.
-        """
-        unit = _unit.get()
-        if unit is not None and unit[0] is self:
-            connection = unit[1]
-            if write:
-                with connection.begin_nested():
-                    yield connection
-            else:
-                yield connection
-            return
-        if self._sessions is not None and self._sessions.registry.has():
-            session = self._sessions()
-            if session.in_transaction():
-                with session.begin_nested():
-                    yield session
-                return
-        with self.engine.connect() as connection:
-            if alone and self._is_postgres and not is_pooled(connection):
-                connection.execution_options(isolation_level="AUTOCOMMIT")
-                if write:
-                    _committing.set(True)  # the statement commits itself: a failure may come after
-                yield connection
-                return
-            with self._in_transaction(connection, write=write):
-                yield connection
-
-    @contextmanager
-    def _in_transaction(self, connection: Connection, *, write: bool) -> Iterator[None]:
-        if write and self._writers is not None:
-            connection.execution_options(**{WRITE: True})  # SQLite: BEGIN IMMEDIATE
-            with self._writers:
-                with connection.begin():
-                    self._check_same_file(connection)
-                    yield
-                    _committing.set(True)
-                # Committed: acknowledge only if the path still names the file written to.
-                self._check_same_file(connection)
-            return
-        with connection.begin():
-            yield
-            _committing.set(True)
-        self._check_same_file(connection)
-
-    def _joined(self) -> bool:
-        """Whether this context's statements run in a transaction someone else began."""
-        unit = _unit.get()
-        if unit is not None and unit[0] is self:
-            return True
-        return (
-            self._sessions is not None and self._sessions.registry.has() and self._sessions().in_transaction()
-        )
-
-    def _check_same_file(self, connection: Connection) -> None:
-        """Refuse (503) when the SQLite file this connection uses was deleted or replaced."""
-        if self.path is None:
-            return
-        opened = connection.info.get(FILE_IDENTITY)
-        if opened is None or opened == file_identity(self.path):
-            return
-        connection.invalidate()
-        self.engine.dispose()  # every pooled connection holds the old file: reopen on next use
-        raise StoreUnavailableError(
-            f"The SQLite database file {self.path.resolve()} was deleted or replaced while this "
-            "worker used it: writes would go to a file nobody reads again, so none is acknowledged. "
-            "Restore the file, or create a new one with: uwsgi-es migrate"
-        )
-
-    @contextmanager
-    def _errors(self) -> Iterator[None]:
-        """Turn driver errors into ours; integrity errors pass through for the caller to judge."""
-        try:
-            yield
-        except IntegrityError:
-            raise
-        except DBAPIError as exc:
-            error = translate(exc, self.describe(), self.scrub)
-            if self._is_sqlite and isinstance(error, StoreReadOnlyError) and self._owns_engine:
-                # Every connection SQLite opened while the file was read-only stays read-only (and
-                # keeps the WAL index mapped read-only for the others): close them all, so the next
-                # attempt reopens the file and writes again once it is writable.
-                self.engine.dispose()
-            raise error from exc
-        except PoolTimeoutError as exc:  # every pooled connection stayed in use
-            raise pool_exhausted(self.engine, self.describe()) from exc
-        except SQLAlchemyError as exc:
-            raise self.unavailable(exc) from exc
+        self.datastore.release()
 
 
 def select_all_on(connection: Session | Connection, after_id: int, limit: int) -> list[StoredRecord]:
@@ -711,11 +463,3 @@ def _announce_writers(connection: Connection) -> None:
     for name, statement in TRIGGERS_PG.items():
         if name not in present:
             connection.execute(statement)
-
-
-def _database_file(engine: Engine) -> Path | None:
-    path = sqlite_path(engine.url)
-    if path is None:
-        return None
-    text = str(path)
-    return Path(unquote(text.removeprefix("file:"))) if text.startswith("file:") else path
