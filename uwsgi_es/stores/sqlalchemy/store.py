@@ -214,20 +214,20 @@ class SQLAlchemyRecordStore(RecordStore):
 
     def _append(self, records: Sequence[StoredRecord]) -> int:
         try:
-            with self.datastore.errors(), self.datastore.transaction(write=True) as session:
+            with self.datastore.errors(), self.datastore.transaction(write=True) as connection:
                 if self._is_postgres and len(records) == 1:  # positions: see the module docstring
-                    values = {**_row(records[0]), "first": _claim_places(session, 1)}
-                    return int(session.execute(INSERT_ONE_PG, values).scalar_one())
+                    values = {**_row(records[0]), "first": _claim_places(connection, 1)}
+                    return int(connection.execute(INSERT_ONE_PG, values).scalar_one())
                 if self._is_postgres:
                     columns = {
-                        "first": _claim_places(session, len(records)),
+                        "first": _claim_places(connection, len(records)),
                         "originator_ids": [r.originator_id for r in records],
                         "originator_versions": [r.originator_version for r in records],
                         "topics": [r.topic for r in records],
                         "states": [r.state for r in records],
                     }
-                    return int(max(session.execute(INSERT_PG, columns).scalars()))
-                return int(session.execute(INSERT, [_row(r) for r in records]).scalars().all()[-1])
+                    return int(max(connection.execute(INSERT_PG, columns).scalars()))
+                return int(connection.execute(INSERT, [_row(r) for r in records]).scalars().all()[-1])
         except IntegrityError as exc:
             raise version_conflict(records) from exc
         except StoreUnavailableError as exc:
@@ -253,8 +253,8 @@ class SQLAlchemyRecordStore(RecordStore):
             }
         else:
             statement, params = SELECT_ONE, {"originator_id": originator_id}
-        with self.datastore.errors(), self.datastore.transaction(write=False) as session:
-            rows = session.execute(statement, params).all()
+        with self.datastore.errors(), self.datastore.transaction(write=False) as connection:
+            rows = connection.execute(statement, params).all()
         # The id is known: not reading it back spares a UUID conversion per row.
         return [
             StoredRecord(originator_id, version, topic, state, row_id)
@@ -264,16 +264,16 @@ class SQLAlchemyRecordStore(RecordStore):
     @retry_once
     def select_all(self, after_id: int, limit: int) -> list[StoredRecord]:
         self.check_process()
-        with self.datastore.errors(), self.datastore.transaction(write=False) as session:
-            return select_all_on(session, after_id, limit)
+        with self.datastore.errors(), self.datastore.transaction(write=False) as connection:
+            return select_all_on(connection, after_id, limit)
 
     @retry_once
     def last_position(self) -> int:
         """The feed position of the last record the feed shows (0 when there is none)."""
         self.check_process()
         statement = SELECT_LAST_ID_PG if self._is_postgres else SELECT_LAST_ID
-        with self.datastore.errors(), self.datastore.transaction(write=False) as session:
-            return int(session.execute(statement).scalar() or 0)
+        with self.datastore.errors(), self.datastore.transaction(write=False) as connection:
+            return int(connection.execute(statement).scalar() or 0)
 
     @retry_once
     def count_after(self, position: int, cap: int) -> int:
@@ -282,8 +282,8 @@ class SQLAlchemyRecordStore(RecordStore):
         it counts those the feed does not show yet too (committed after a transaction that appends
         and is still open): a lag measured below the horizon would say 0 while they pile up."""
         self.check_process()
-        with self.datastore.errors(), self.datastore.transaction(write=False) as session:
-            return int(session.execute(COUNT_AFTER, {"after_id": position, "cap": cap}).scalar_one())
+        with self.datastore.errors(), self.datastore.transaction(write=False) as connection:
+            return int(connection.execute(COUNT_AFTER, {"after_id": position, "cap": cap}).scalar_one())
 
     def wake_projections(self, connection: Connection) -> None:
         """Wake the projection runners now rather than at their next poll, and end ``connection``'s
@@ -310,14 +310,14 @@ class SQLAlchemyRecordStore(RecordStore):
     def save_snapshot(self, snapshot: Snapshot) -> None:
         self.check_process()
         values = {**_row(StoredRecord(*snapshot[:4])), "last_event": snapshot.last_event}
-        with self.datastore.errors(), self.datastore.transaction(write=True) as session:
-            session.execute(UPSERT_SNAPSHOT, values)
+        with self.datastore.errors(), self.datastore.transaction(write=True) as connection:
+            connection.execute(UPSERT_SNAPSHOT, values)
 
     @retry_once
     def latest_snapshot(self, originator_id: UUID) -> Snapshot | None:
         self.check_process()
-        with self.datastore.errors(), self.datastore.transaction(write=False) as session:
-            row = session.execute(SELECT_SNAPSHOT, {"originator_id": originator_id}).first()
+        with self.datastore.errors(), self.datastore.transaction(write=False) as connection:
+            row = connection.execute(SELECT_SNAPSHOT, {"originator_id": originator_id}).first()
         if row is None:
             return None
         digest = None if row[3] is None else str(row[3])
@@ -326,8 +326,8 @@ class SQLAlchemyRecordStore(RecordStore):
     @retry_once
     def recall(self, key: str, since: float) -> tuple[str, str] | None:
         self.check_process()
-        with self.datastore.errors(), self.datastore.transaction(write=False) as session:
-            row = session.execute(SELECT_ANSWER, {"key": key, "since": since}).first()
+        with self.datastore.errors(), self.datastore.transaction(write=False) as connection:
+            row = connection.execute(SELECT_ANSWER, {"key": key, "since": since}).first()
         return None if row is None else (str(row[0]), str(row[1]))
 
     @contextmanager
@@ -377,10 +377,10 @@ class SQLAlchemyRecordStore(RecordStore):
         self.ping()
         if self.path is not None:
             require_room_for_the_log(self.path.parent, self.describe())
-        with self.datastore.errors(), self.datastore.transaction(write=True, alone=False) as session:
+        with self.datastore.errors(), self.datastore.transaction(write=True, alone=False) as connection:
             if self._is_postgres:
-                session.execute(LOCK_AS_APPENDS_DO)
-            session.execute(HEARTBEAT, {"host": heartbeat_name()})
+                connection.execute(LOCK_AS_APPENDS_DO)
+            connection.execute(HEARTBEAT, {"host": heartbeat_name()})
 
     def end_request(self) -> None:
         self.datastore.end_request()
@@ -414,22 +414,22 @@ def _row(record: StoredRecord) -> dict[str, Any]:
     }
 
 
-def _claim_places(session: Session | Connection, count: int) -> int:
+def _claim_places(connection: Session | Connection, count: int) -> int:
     """The first of ``count`` places for events in this transaction's positions (PostgreSQL).
 
     A transaction that appends more than once (a keyed request whose command is re-run, a view's
     session) continues where its last append stopped, so its positions stay unique and in order."""
-    transaction = session.get_transaction()
+    transaction = connection.get_transaction()
     if transaction is None:  # autocommit: the statement is its own transaction
         return 0
-    claimed = session.info.get(_PLACES)
+    claimed = connection.info.get(_PLACES)
     first = claimed[1] if claimed is not None and claimed[0] is transaction else 0
     if first + count > POSITIONS_PER_TRANSACTION:
         raise CommandRejectedError(
             f"One transaction may append at most {POSITIONS_PER_TRANSACTION} events on PostgreSQL "
             f"(this one asked for {first + count}): split the command's work into several commands."
         )
-    session.info[_PLACES] = (transaction, first + count)
+    connection.info[_PLACES] = (transaction, first + count)
     return first
 
 

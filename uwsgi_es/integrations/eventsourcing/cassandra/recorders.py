@@ -39,7 +39,7 @@ import contextlib
 import json
 from collections.abc import Sequence
 from threading import Event, Thread
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 from uuid import UUID, uuid4
 
 from cassandra import InvalidRequest
@@ -75,6 +75,16 @@ class LibraryDatastore(CassandraDatastore):
         error = kind(str(ours))
         error.__cause__ = ours
         return error
+
+
+class Head(NamedTuple):
+    """The application's log head: whether it exists yet, the last id claimed, and the batch
+    claimed but maybe not yet written (its id and content), if any."""
+
+    exists: bool
+    last: int
+    pending_id: UUID | None
+    pending: bytes | None
 
 
 BUCKET = 1000  # notification ids per partition of the notifications table
@@ -284,25 +294,25 @@ class CassandraApplicationRecorder(CassandraAggregateRecorder, ApplicationRecord
 
     # The head -------------------------------------------------------------------------------
 
-    def _read_head(self) -> tuple[bool, int, UUID | None, bytes | None]:
+    def _read_head(self) -> Head:
         rows = self.datastore.execute(
             f"SELECT last, pending_id, pending FROM {self.head_table} WHERE name = ?",  # noqa: S608
             (HEAD_KEY,),
             serial=True,
         )
         if not rows:
-            return False, 0, None, None
+            return Head(exists=False, last=0, pending_id=None, pending=None)
         row = rows[0]
-        return True, int(row.last or 0), row.pending_id, bytes(row.pending) if row.pending else None
+        return Head(True, int(row.last or 0), row.pending_id, bytes(row.pending) if row.pending else None)
 
-    def _settle(self) -> tuple[bool, int]:
+    def _settle(self) -> Head:
         """Write the pending batch, if any, and clear it: afterwards every batch up to ``last``
-        is stored. Returns (whether the head exists, last)."""
-        exists, last, pending_id, pending = self._read_head()
-        if pending_id is not None and pending is not None:
-            self._write(_decode(pending), pending_id)
-            self._clear(pending_id)
-        return exists, last
+        is stored. Returns the head as it is then (nothing pending)."""
+        head = self._read_head()
+        if head.pending_id is not None and head.pending is not None:
+            self._write(_decode(head.pending), head.pending_id)
+            self._clear(head.pending_id)
+        return head._replace(pending_id=None, pending=None)
 
     def _clear(self, batch_id: UUID) -> None:
         with contextlib.suppress(OperationalError):  # written anyway: whoever reads the head next clears it
@@ -330,7 +340,8 @@ class CassandraApplicationRecorder(CassandraAggregateRecorder, ApplicationRecord
 
     def _claimed(self, last: int, batch_id: UUID) -> bool:
         """After a timed-out claim: was it applied? (Its batch is pending, or already written.)"""
-        _, now, pending_id, _ = self._read_head()  # a SERIAL read completes any Paxos round in flight
+        head = self._read_head()  # a SERIAL read completes any Paxos round in flight
+        now, pending_id = head.last, head.pending_id
         if pending_id == batch_id:
             return True
         if now <= last:
@@ -379,7 +390,8 @@ class CassandraApplicationRecorder(CassandraAggregateRecorder, ApplicationRecord
             (self.key(e.originator_id), e.originator_version, e.topic, bytes(e.state)) for e in stored_events
         ]
         for attempt in range(MAX_CLAIMS):
-            exists, last = self._settle()
+            head = self._settle()
+            exists, last = head.exists, head.last
             self._check_conflicts(events, tracking)
             batch_id = uuid4()
             pending = _encode(last + 1, events, tracking)
@@ -438,7 +450,7 @@ class CassandraApplicationRecorder(CassandraAggregateRecorder, ApplicationRecord
         *,
         inclusive_of_start: bool = True,
     ) -> Sequence[Notification]:
-        _, last = self._settle()
+        last = self._settle().last
         low = (start or 1) if inclusive_of_start or start is None else start + 1
         high = min(stop, last) if stop is not None else last
         found: list[Notification] = []
@@ -467,7 +479,7 @@ class CassandraApplicationRecorder(CassandraAggregateRecorder, ApplicationRecord
         return found
 
     def max_notification_id(self) -> int | None:
-        _, last = self._settle()
+        last = self._settle().last
         return last or None
 
     def subscribe(
