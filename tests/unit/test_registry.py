@@ -201,7 +201,7 @@ def test_several_named_applications_share_a_process_when_their_events_do_not_ove
     shipping = registry.init_application(Shipping, settings=settings, name="shipping")
     assert registry.get_application() is audit
     assert registry.get_application("shipping") is shipping
-    assert {h.name for h in registry.hosted_applications()} == {"default", "shipping"}
+    assert {h.name for h in registry.slots()} == {"default", "shipping"}
     with pytest.raises(DuplicateSubscriptionError):
         registry.init_application(Everything, settings=settings, name="everything")
     registry.close_application()

@@ -76,13 +76,13 @@ def build_in_this_process(
         if fail_fast and stop_instance is not None:
             stop_instance()
         return Outcome(None, exc, settings)
-    hosted = next(h for h in registry.hosted_applications() if h.name == name)
+    slot = next(h for h in registry.slots() if h.name == name)
     log.emit(
         "build",
         **where(),
         name=name,
         application=type(app).__qualname__,
-        store=hosted.hosting.describe(),
+        store=slot.hosting.describe(),
         ms=(time.perf_counter() - started) * 1000,
     )
     return Outcome(app, None, settings)
@@ -100,14 +100,14 @@ def _consequence(fail_fast: bool) -> str:
 def close_in_this_process() -> None:
     """Close every application this process built, logging each (best effort: servers skip it
     after SIGKILL or harakiri, and nothing may depend on it)."""
-    for hosted in registry.hosted_applications():
-        released = hosted.hosting.describe()
+    for slot in registry.slots():
+        released = slot.hosting.describe()
         try:
-            registry.close_application(hosted.name)
+            registry.close_application(slot.name)
         except Exception as exc:  # closing is best effort: say so, and go on with the others
-            log.emit("close_failed", logging.WARNING, **where(), name=hosted.name, error=repr(exc))
+            log.emit("close_failed", logging.WARNING, **where(), name=slot.name, error=repr(exc))
             continue
-        log.emit("close", **where(), name=hosted.name, released=released)
+        log.emit("close", **where(), name=slot.name, released=released)
 
 
 def freeze_inherited_objects() -> None:

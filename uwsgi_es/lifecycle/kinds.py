@@ -40,7 +40,7 @@ class Kind:
 
     def construct(self, settings: Settings) -> tuple[Any, Hosting]:
         app = self.make(settings)
-        return app, self.adapter(app) if self.adapter is not None else hosting_of(app)
+        return app, self.adapter(app) if self.adapter is not None else hosting_for(app)
 
 
 def kind_of(factory: Any) -> Kind:
@@ -60,7 +60,7 @@ def kind_of(factory: Any) -> Kind:
     raise ConfigurationError(f"{factory!r} cannot build an application: pass a class or a callable.")
 
 
-def hosting_of(app: Any) -> Hosting:
+def hosting_for(app: Any) -> Hosting:
     """``app`` itself when it hosts itself; else the adapter of its kind."""
     if isinstance(app, Hosting):
         return app

@@ -44,7 +44,7 @@ ApplicationFactory = type | Callable[[Settings], Any]
 
 
 @dataclass(frozen=True)
-class Hosted:
+class Slot:
     """One slot: the application users get, how to host it, and where and how it was built."""
 
     name: str
@@ -64,7 +64,7 @@ class _Failure:
 
 
 _lock = threading.RLock()
-_slots: dict[str, Hosted] = {}
+_slots: dict[str, Slot] = {}
 _failures: dict[str, _Failure] = {}
 _declared: dict[str, ApplicationFactory] = {}
 
@@ -106,26 +106,26 @@ def init_application(
 def get_application(name: str | None = None) -> Any:
     """This process's application (the one named, or the only one); raise if there is none or it
     was built in another process."""
-    hosted = _find(name)
-    if hosted is not None and hosted.pid == os.getpid():
-        return hosted.app
-    _explain_missing(hosted, name)
+    slot = _find(name)
+    if slot is not None and slot.pid == os.getpid():
+        return slot.app
+    _explain_missing(slot, name)
 
 
 def built(name: str | None = None) -> Any | None:
     """This process's application if it is built here; None otherwise (never builds, never raises)."""
-    hosted = _find(name)
-    return hosted.app if hosted is not None and hosted.pid == os.getpid() else None
+    slot = _find(name)
+    return slot.app if slot is not None and slot.pid == os.getpid() else None
 
 
-def _find(name: str | None) -> Hosted | None:
+def _find(name: str | None) -> Slot | None:
     """The slot ``name``; without a name the default one, or else the only one."""
     if name is not None:
         return _slots.get(name)
-    hosted = _slots.get(DEFAULT)
-    if hosted is None and len(_slots) == 1:
-        hosted = next(iter(_slots.values()))
-    return hosted
+    slot = _slots.get(DEFAULT)
+    if slot is None and len(_slots) == 1:
+        slot = next(iter(_slots.values()))
+    return slot
 
 
 def get_application_lazily(
@@ -138,23 +138,23 @@ def get_application_lazily(
     slot holds an application that is not an instance of ``factory`` (a class), that is refused:
     it would silently be another application than the one asked for.
     """
-    hosted = _slots.get(name)
-    if hosted is None or fork.inherited(hosted.pid):
+    slot = _slots.get(name)
+    if slot is None or fork.inherited(slot.pid):
         with _lock:
-            hosted = _slots.get(name)
-            if hosted is None or fork.inherited(hosted.pid):
+            slot = _slots.get(name)
+            if slot is None or fork.inherited(slot.pid):
                 _forget_inherited()
                 failure = _failures.get(name)
                 if failure is not None and time.monotonic() < failure.retry_at:
                     raise _failed(failure)
                 return _build(factory, settings, name)
-    if isinstance(factory, type) and not isinstance(hosted.app, factory):
+    if isinstance(factory, type) and not isinstance(slot.app, factory):
         raise ConfigurationError(
-            f"This process's application {name!r} is a {type(hosted.app).__name__}, not the "
+            f"This process's application {name!r} is a {type(slot.app).__name__}, not the "
             f"{factory.__name__} asked for. Give each application its own name "
             "(init_application(..., name=...)), or ask for the one that was built."
         )
-    return hosted.app
+    return slot.app
 
 
 def close_application(name: str | None = None) -> None:
@@ -167,11 +167,11 @@ def close_application(name: str | None = None) -> None:
             _failures.pop(n, None)
         if name is None:
             _declared.clear()
-    for hosted in closing:
-        hosted.hosting.close()  # in a forked child the store forgets the parent's connections
+    for slot in closing:
+        slot.hosting.close()  # in a forked child the store forgets the parent's connections
 
 
-def hosted(name: str | None = None) -> Hosted:
+def slot(name: str | None = None) -> Slot:
     """The slot of this process's application (as ``get_application`` finds it): the application
     and how it is hosted (readiness, description) for the web layer's ``/ready`` and ``/worker``."""
     found = _find(name)
@@ -180,10 +180,10 @@ def hosted(name: str | None = None) -> Hosted:
     _explain_missing(found, name)
 
 
-def hosted_applications() -> list[Hosted]:
+def slots() -> list[Slot]:
     """This process's own slots, in the order they were built."""
     pid = os.getpid()
-    return [hosted for hosted in _slots.values() if hosted.pid == pid]
+    return [slot for slot in _slots.values() if slot.pid == pid]
 
 
 def initialisation_failure(name: str = DEFAULT) -> BaseException | None:
@@ -195,9 +195,9 @@ def initialisation_failure(name: str = DEFAULT) -> BaseException | None:
 def settings_in_use(name: str = DEFAULT) -> Settings | None:
     """The settings this process's application was built (or last tried to build) with; None when
     no build was tried here."""
-    hosted = _slots.get(name)
-    if hosted is not None and hosted.pid == os.getpid():
-        return hosted.settings
+    slot = _slots.get(name)
+    if slot is not None and slot.pid == os.getpid():
+        return slot.settings
     failure = _failures.get(name)
     return failure.settings if failure is not None and failure.pid == os.getpid() else None
 
@@ -228,7 +228,7 @@ def _build(factory: ApplicationFactory | None, settings: Settings | None, name: 
         _failures[name] = _next_failure(name, exc, settings or getattr(exc, "fallback", None))
         recorder.built(ok=False)
         raise
-    _slots[name] = Hosted(name, app, hosting, os.getpid(), settings)
+    _slots[name] = Slot(name, app, hosting, os.getpid(), settings)
     _failures.pop(name, None)
     recorder.built(ok=True)
     sys.audit("uwsgi_es.build", type(app).__qualname__)  # uwsgi-es doctor listens (PEP 578)
@@ -258,8 +258,8 @@ def _failed(failure: _Failure) -> InitialisationFailedError:
 def _forget_inherited() -> None:
     """Drop the slots (and failures) the parent left before the fork. Holds the lock."""
     pid = os.getpid()
-    for name, hosted in list(_slots.items()):
-        if hosted.pid != pid:
+    for name, slot in list(_slots.items()):
+        if slot.pid != pid:
             del _slots[name]
             log.emit(
                 "forgot_inherited",
@@ -267,19 +267,19 @@ def _forget_inherited() -> None:
                 role=process.role(),
                 pid=pid,
                 name=name,
-                built_in_pid=hosted.pid,
+                built_in_pid=slot.pid,
                 advice="build after the fork to avoid this",
             )
-            hosted.hosting.close()  # unsubscribes here; the store forgets, never closes, parent sockets
+            slot.hosting.close()  # unsubscribes here; the store forgets, never closes, parent sockets
     for name, failure in list(_failures.items()):
         if failure.pid != pid:
             del _failures[name]
 
 
-def _explain_missing(hosted: Hosted | None, name: str | None) -> NoReturn:
+def _explain_missing(slot: Slot | None, name: str | None) -> NoReturn:
     pid = os.getpid()
-    if hosted is not None:
-        fork.refuse_if_forked(type(hosted.app).__qualname__, hosted.pid)
+    if slot is not None:
+        fork.refuse_if_forked(type(slot.app).__qualname__, slot.pid)
     if name is None and len(_slots) > 1:
         raise ConfigurationError(
             f"Process {pid} hosts several applications ({', '.join(sorted(_slots))}): "

@@ -219,7 +219,7 @@ class JsonApi:
     def ready(self, request: Request) -> Response:
         """Readiness: this worker's application is built and its store answers, writes included."""
         self.application(request)
-        hosting = registry.hosted(self.name).hosting
+        hosting = registry.slot(self.name).hosting
         return json_response(ready_report(hosting, self.is_operator(request)))
 
     def worker(self, request: Request) -> Response:

@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from uwsgi_es.lifecycle.hosting import Hosting
-from uwsgi_es.lifecycle.registry import hosted_applications
+from uwsgi_es.lifecycle.registry import slots
 from uwsgi_es.readside import status as readside
 from uwsgi_es.runtime.process import worker_id
 from uwsgi_es.settings import Networks
@@ -70,17 +70,17 @@ def health_report(operator: bool) -> dict[str, Any]:
     return {"status": "ok", "pid": os.getpid()} if operator else {"status": "ok"}
 
 
-def hosting_of(app: Any) -> Hosting:
+def hosting_in_slot(app: Any) -> Hosting:
     """How ``app``, one of this process's applications, is hosted (its registry slot says; an
     application of uwsgi_es's own core, or a ``Hosting``, hosts itself)."""
-    slot = next((h for h in hosted_applications() if h.app is app), None)
+    slot = next((h for h in slots() if h.app is app), None)
     return slot.hosting if slot is not None else app
 
 
 def ready_report(app: Any, operator: bool = True) -> dict[str, Any]:
     """Check that this worker's application (of any kind) can serve, writes included (raises if
     it cannot)."""
-    projections = check_ready(hosting_of(app), lambda: readside.check(app))
+    projections = check_ready(hosting_in_slot(app), lambda: readside.check(app))
     if not operator:
         return {"status": "ready"}
     report: dict[str, Any] = {"status": "ready", "pid": os.getpid(), "worker_id": worker_id()}
@@ -146,8 +146,8 @@ def check_ready(
 def worker_report(app: Any) -> dict[str, Any]:
     """Which process answered, and what it built: how tests prove one application per worker.
     ``app``: one of this process's applications (its registry slot says how it is hosted)."""
-    slot = next((h for h in hosted_applications() if h.app is app), None)
-    hosting = hosting_of(app)
+    slot = next((h for h in slots() if h.app is app), None)
+    hosting = hosting_in_slot(app)
     report = {
         "pid": os.getpid(),
         "built_in_pid": slot.pid if slot is not None else getattr(app, "built_in_pid", None),
