@@ -51,11 +51,20 @@ pytest: $(DEV_STAMP) postgres-binaries pgbouncer java-and-maven redis nginx
 
 # The same uWSGI fork, mule and lifecycle tests (marker `interpreters`) on the other supported
 # Pythons, each in a virtualenv of its own with uWSGI compiled for it. A missing Python fails.
+# The runs go side by side (they mostly wait on uWSGI; each has its own temporary directory and
+# servers), and each one's output is printed whole when both are done; any failure fails.
 interpreters: $(foreach v,$(OTHER_PYTHONS),$(VENV)-$(v)/.installed) postgres-binaries
-	@for v in $(OTHER_PYTHONS); do \
-	  echo "== the fork, mule and lifecycle tests on Python $$v"; \
-	  $(VENV)-$$v/bin/pytest -m interpreters -q -p no:cacheprovider $(INTERPRETERS_ARGS) || exit 1; \
-	done
+	@logs=$$(mktemp -d); \
+	for v in $(OTHER_PYTHONS); do \
+	  ( $(VENV)-$$v/bin/pytest -m interpreters -q -p no:cacheprovider --basetemp=$$logs/tmp-$$v \
+	      $(INTERPRETERS_ARGS) > $$logs/$$v.log 2>&1; echo $$? > $$logs/$$v.rc ) & \
+	done; \
+	wait; status=0; \
+	for v in $(OTHER_PYTHONS); do \
+	  echo "== the fork, mule and lifecycle tests on Python $$v"; cat $$logs/$$v.log; \
+	  test "$$(cat $$logs/$$v.rc)" = 0 || status=1; \
+	done; \
+	rm -rf $$logs; exit $$status
 
 $(VENV)-%/.installed: pyproject.toml
 	@python=$$($(PYTHON) tests/support/interpreters.py $*) || exit 1; \
