@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import threading
 import time
 from typing import Any, NoReturn
@@ -42,6 +43,8 @@ IDLE_CHECK_SECONDS = 1.0  # how often an idle mule looks whether fail-fast stopp
 
 def main() -> None:
     """The ``uwsgi-es-mule.py`` script: ``run()`` until uWSGI stops the mule."""
+    if signal.getsignal(signal.SIGINT) is process.exit_now:  # the import is over: Python's handler
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         run()
     except KeyboardInterrupt:  # uWSGI stops the instance (SIGINT) while this mule starts or runs

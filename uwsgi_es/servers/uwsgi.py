@@ -183,7 +183,11 @@ def _build_here(factory: registry.ApplicationFactory | None, settings: Settings 
         _take_back_sigint()
         _report_inherited_threads()
         if process.is_projection_mule():
-            return  # it builds when it has a projection to run (uwsgi_es.readside.mule)
+            # It builds when it has a projection to run (uwsgi_es.readside.mule); until its main
+            # starts, a stop (SIGINT: a mule spawned as a fail-fast stop began) ends it quietly
+            # instead of as a KeyboardInterrupt in the middle of importing the runner.
+            process.stop_at_once_while_importing()
+            return
         outcome = build.build_in_this_process(
             factory, settings=settings, name=name, stop_instance=_stop_instance
         )
