@@ -31,8 +31,9 @@ from bench.measure import (
 from bench.projection import projection_row
 from bench.report import write_report
 from bench.wrk import deposit_script, read_script
+from uwsgi_es.cli import steps
+from uwsgi_es.example.domain import BankAccounts
 from uwsgi_es.settings import Settings
-from uwsgi_es.stores import create_record_store
 from uwsgi_es.testing import PostgresServer
 from uwsgi_es.testing.cassandra import CassandraNode
 
@@ -133,9 +134,9 @@ def ceiling_row(logs: Path, env: dict[str, str]) -> Row:
 
 
 def migrate(settings: Settings) -> None:
-    store = create_record_store(settings)
-    store.create_schema()
-    store.close()
+    """What `uwsgi-es migrate` does for the example: the store's tables and its read models (a
+    worker of the example is not ready without its projection's table)."""
+    steps.migrate(settings, BankAccounts)
 
 
 def main() -> None:
