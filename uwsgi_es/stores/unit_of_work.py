@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -57,21 +57,27 @@ def begin() -> Iterator[None]:
 
 def committing(reached: bool) -> None:
     """Record whether the current operation's own transaction has reached COMMIT."""
-    _unit.set(replace(current(), committing=reached))
+    unit = current()
+    if unit.committing is not reached:  # on the hot path: most calls change nothing
+        _unit.set(UnitOfWork(unit.transaction, reached, unit.position))
 
 
 def stored_at(position: int | None) -> None:
     """Record the feed position of the last event stored (None: start of a save, or no feed)."""
-    _unit.set(replace(current(), position=position))
+    unit = current()
+    if unit.position != position:
+        _unit.set(UnitOfWork(unit.transaction, unit.committing, position))
 
 
 @contextmanager
 def joining(datastore: object, connection: Any) -> Iterator[None]:
     """Within: this context's statements on ``datastore`` join ``connection``'s transaction. On
     leaving, the unit joins what it joined before; what was recorded inside stays recorded."""
-    before = current().transaction
-    _unit.set(replace(current(), transaction=(datastore, connection)))
+    unit = current()
+    before = unit.transaction
+    _unit.set(UnitOfWork((datastore, connection), unit.committing, unit.position))
     try:
         yield
     finally:
-        _unit.set(replace(current(), transaction=before))
+        unit = current()
+        _unit.set(UnitOfWork(before, unit.committing, unit.position))
