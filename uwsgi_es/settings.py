@@ -283,6 +283,21 @@ def _import_string(name: str, raw: str) -> str:
     return raw
 
 
+def _projection_list(name: str, raw: str) -> str:
+    """Comma-separated ``module:Name`` or ``module:Name=module:View`` (checked for form only: the
+    classes are imported where the projections run)."""
+    items = [item.strip() for item in raw.split(",") if item.strip()]
+    for item in items:
+        for part in item.split("="):
+            module, _, attribute = part.strip().partition(":")
+            if item.count("=") > 1 or not module or not attribute:
+                raise ConfigurationError(
+                    f"{name}={raw!r}: {item!r} is neither module:Name (an EventSourcedProjection) nor "
+                    "module:Name=module:View (a Projection and its view's TrackingRecorder class)."
+                )
+    return ",".join(items)
+
+
 def setting(default: Any, parser: Parser, help: str, *, shown: str | None = None) -> Any:
     """Declare one setting: its default, how its text is parsed and checked, and what it is for.
     ``shown``: the default as a user would write it, when ``str(default)`` is not that."""
@@ -439,6 +454,15 @@ class Settings:
         "directly, on which each projection runner LISTENs for wake-ups (one connection per mule); "
         "empty: LISTEN on the database URL, or, through a pooler (which cannot carry a LISTEN), "
         "poll every `UWSGI_ES_READSIDE_POLL_INTERVAL`. Shown only with its passwords masked",
+    )
+    projections: str = setting(
+        "",
+        _projection_list,
+        "read side of an eventsourcing library application: the library's projections its runner "
+        "mules run, one per `mule = %b-es-mule.py` line, in order: comma-separated `module:Name` (an "
+        "EventSourcedProjection) or `module:Name=module:View` (a Projection and its view's "
+        "TrackingRecorder class); uwsgi_es's own applications declare theirs in `projections`",
+        shown="(none)",
     )
     readside_batch: int = setting(
         100, _integer(1, 100_000), "read side: events a projection applies per transaction"

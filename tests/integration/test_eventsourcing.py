@@ -21,7 +21,7 @@ from uwsgi_es.testing.cassandra import CassandraNode
 from uwsgi_es.testing.postgres import ExistingPostgres
 
 from ..support.checks import built_once_each, fan_out, move_money_concurrently, worker_reports
-from ..support.library import library_app, migrate, sqlite_env
+from ..support.library import library_app, migrate, postgres_env, sqlite_env
 from ..support.load import aged_trigger, reload_under_load
 from ..support.paths import PROJECT
 
@@ -30,19 +30,6 @@ StartServer = Any
 ES_INI = PROJECT / "deploy" / "uwsgi-eventsourcing.ini"
 THREADS = ["--processes", "4", "--threads", "4", "--async", "0", "--loop", "simple"]
 _numbers = itertools.count()
-
-
-def postgres_env(server: PostgresServer | ExistingPostgres) -> dict[str, str]:
-    name = f"es_{os.getpid()}_{next(_numbers)}"
-    server.create_database(name)
-    return {
-        "PERSISTENCE_MODULE": "eventsourcing.postgres",
-        "POSTGRES_DBNAME": name,
-        "POSTGRES_HOST": "127.0.0.1",
-        "POSTGRES_PORT": str(server.port),
-        "POSTGRES_USER": "postgres",
-        "POSTGRES_PASSWORD": "unused-by-trust-auth",
-    }
 
 
 @pytest.fixture(params=["sqlite", "postgres", "sqlalchemy", "cassandra"])

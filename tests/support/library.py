@@ -4,6 +4,7 @@ look at what the servers' processes stored."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -11,6 +12,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from uwsgi_es.testing import PostgresServer
+from uwsgi_es.testing.postgres import ExistingPostgres
 
 from .paths import PROJECT
 
@@ -43,22 +47,46 @@ def sqlite_env(path: Path) -> dict[str, str]:
 
 
 @contextmanager
-def library_app(env: dict[str, str]) -> Iterator[Any]:
-    """The application built in this test process (closed as a worker closes it)."""
-    from examples.eventsourcing_bank.application import BankAccounts
-    from uwsgi_es.integrations.eventsourcing import construct, hosting
-
+def environment(env: dict[str, str]) -> Iterator[None]:
+    """``env`` in this process's environment (where the library reads its settings), then as before."""
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
     try:
-        app = construct(BankAccounts)
+        yield
     finally:
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@contextmanager
+def library_app(env: dict[str, str]) -> Iterator[Any]:
+    """The application built in this test process (closed as a worker closes it)."""
+    from examples.eventsourcing_bank.application import BankAccounts
+    from uwsgi_es.integrations.eventsourcing import construct, hosting
+
+    with environment(env):
+        app = construct(BankAccounts)
     try:
         yield app
     finally:
         hosting(app).close()
+
+
+_numbers = itertools.count()
+
+
+def postgres_env(server: PostgresServer | ExistingPostgres) -> dict[str, str]:
+    """The library's environment for its PostgreSQL module, on a new database of ``server``."""
+    name = f"es_{os.getpid()}_{next(_numbers)}"
+    server.create_database(name)
+    return {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": name,
+        "POSTGRES_HOST": "127.0.0.1",
+        "POSTGRES_PORT": str(server.port),
+        "POSTGRES_USER": "postgres",
+        "POSTGRES_PASSWORD": "unused-by-trust-auth",
+    }

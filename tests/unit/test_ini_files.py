@@ -3,6 +3,7 @@ declaration (the README's table, deploy/uwsgi-es-settings.ini) must be what it r
 
 from __future__ import annotations
 
+import itertools
 import re
 import subprocess
 import sys
@@ -76,15 +77,38 @@ def test_uwsgi_ini_is_what_uwsgi_es_init_writes_for_the_example(capsys: pytest.C
     )
 
 
+def active_options(text: str, environment: set[str]) -> dict[str, str]:
+    """The options of an ini's text that apply when exactly the variables ``environment`` are set
+    (uWSGI's ``if-env``/``if-not-env`` ... ``endif`` blocks; the other ``if-*`` blocks count as
+    applying)."""
+    options: dict[str, str] = {}
+    applies = [True]
+    for key, value in re.findall(r"^([a-z0-9-]+)[ \t]*=[ \t]*(.*)$", text, flags=re.MULTILINE):
+        if key in ("if-env", "if-not-env"):
+            applies.append(applies[-1] and ((value.strip() in environment) == (key == "if-env")))
+        elif key.startswith("if-"):
+            applies.append(applies[-1])
+        elif key == "endif":
+            applies.pop()
+        elif applies[-1]:
+            options[key] = value
+    return options
+
+
 def test_no_shipped_ini_uses_a_fork_option_fatal_on_some_python_or_to_mules() -> None:
     """py-call-osafterfork aborts every process on Python 3.13 (unbit/uwsgi#2710); the fork hooks
-    crash Python mules, so an ini that sets them runs none."""
+    crash Python mules, so an ini that sets them runs none, whichever variables its blocks test."""
     inis = [PROJECT / "uwsgi.ini", *sorted((PROJECT / "deploy").glob("uwsgi*.ini"))]
     for ini in inis:
-        options = dict(re.findall(r"^([a-z0-9-]+)\s*=\s*(.*)$", ini.read_text(), flags=re.MULTILINE))
-        assert "py-call-osafterfork" not in options, ini.name
-        if "py-call-uwsgi-fork-hooks" in options:
-            assert "mule" not in options, f"{ini.name}: a Python mule beside the fork hooks crashes"
-            assert not re.search(r"^ini = \S*uwsgi\.ini\s*$", ini.read_text(), flags=re.MULTILINE), (
-                f"{ini.name} includes uwsgi.ini whole, with its mule"
-            )
+        text = ini.read_text()
+        tested = set(re.findall(r"^if-(?:not-)?env\s*=\s*(\S+)", text, flags=re.MULTILINE))
+        for count in range(len(tested) + 1):
+            for environment in map(set, itertools.combinations(sorted(tested), count)):
+                options = active_options(text, environment)
+                where = f"{ini.name} with {sorted(environment)} set"
+                assert "py-call-osafterfork" not in options, where
+                if "py-call-uwsgi-fork-hooks" in options:
+                    assert "mule" not in options, f"{where}: a Python mule beside the fork hooks crashes"
+                    assert "ini" not in options or not options["ini"].endswith("uwsgi.ini"), (
+                        f"{where} includes uwsgi.ini whole, with its mule"
+                    )

@@ -96,13 +96,21 @@ def check(settings: Settings, factory: Any | None = None) -> str:
 def project(settings: Settings, name: str, factory: Any | None = None) -> str:
     """Run the projection ``name`` here until SIGTERM or SIGINT (what a runner mule does)."""
     configure_logging()
+    factory = _factory(settings, factory)
+    kind = kinds.kind_of(factory) if factory is not None else None
     app = registry.init_application(factory, settings=settings)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     try:
-        runner = ProjectionRunner(app, projection_named(app, name)())
-        runner.run(stop)
+        if kind is not None and kind.runner is not None:  # the eventsourcing library's projection
+            adapted = kind.runner(app, name, settings)
+            try:
+                adapted.run(stop)
+            finally:
+                adapted.close()
+        else:
+            ProjectionRunner(app, projection_named(app, name)()).run(stop)
     finally:
         registry.close_application()
     return f"{name} stopped"

@@ -22,8 +22,9 @@ from uwsgi_es.lifecycle.hosting import Hosting
 from uwsgi_es.settings import Settings
 
 # base class (module.QualName) -> the integration module that builds and hosts its subclasses,
-# through its functions ``construct(cls)``, ``hosting(app)``, ``validate(cls)`` and
-# ``migrate(cls, settings)``.
+# through its functions ``construct(cls)``, ``hosting(app)``, ``validate(cls)``,
+# ``migrate(cls, settings)``, and for its read side ``projection_names(settings)`` and
+# ``projection_runner(app, name, settings)``.
 ADAPTED_KINDS: dict[str, str] = {
     "eventsourcing.application.Application": "uwsgi_es.integrations.eventsourcing",
 }
@@ -37,6 +38,10 @@ class Kind:
     adapter: Callable[[Any], Hosting] | None = None  # None: the application hosts itself
     check: Callable[[], None] | None = None  # validates its configuration, connecting to nothing
     migrate: Callable[[Settings], str] | None = None  # None: uwsgi_es's own store's schema
+    # The read side of an adapted kind: the names of the projections the settings declare, and
+    # the runner of one of them (``run(stop)``) for an application built in this process.
+    projections: Callable[[Settings], list[str]] | None = None
+    runner: Callable[[Any, str, Settings], Any] | None = None
 
     def construct(self, settings: Settings) -> tuple[Any, Hosting]:
         app = self.make(settings)
@@ -54,6 +59,8 @@ def kind_of(factory: Any) -> Kind:
             integration.hosting,
             lambda: integration.validate(factory),
             lambda settings: integration.migrate(factory, settings),
+            integration.projection_names,
+            integration.projection_runner,
         )
     if callable(factory):
         return Kind(factory)

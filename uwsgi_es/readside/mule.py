@@ -14,7 +14,11 @@ and that serves no HTTP. The N-th mule that runs this function runs the N-th of 
 ``projections``, resuming from its tracking record. It builds its own application after its fork,
 like a worker (the post-fork hook leaves runner mules alone), but only once it knows it has a
 projection to run: a mule with none (more mules than projections, a store without a global feed,
-an application of the eventsourcing library) says why once and idles, connecting to nothing.
+an application with none declared) says why once and idles, connecting to nothing.
+
+An application of the eventsourcing library has no ``projections`` of ours: the ini names the
+library's projections its mules run (``UWSGI_ES_PROJECTIONS``, run by
+``uwsgi_es.integrations.eventsourcing.projections`` through the application's kind).
 
 The same runner runs outside uWSGI with ``uwsgi-es project NAME`` (systemd, a container).
 """
@@ -22,13 +26,15 @@ The same runner runs outside uWSGI with ``uwsgi-es project NAME`` (systemd, a co
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, NoReturn
 
-from uwsgi_es.errors import UwsgiEsError
+from uwsgi_es.errors import StoreUnavailableError, UwsgiEsError
 from uwsgi_es.lifecycle import build, kinds, registry
 from uwsgi_es.readside.runner import ProjectionRunner
 from uwsgi_es.readside.status import projection_classes
@@ -45,24 +51,32 @@ def main() -> None:
     """The ``uwsgi-es-mule.py`` script: ``run()`` until uWSGI stops the mule."""
     if signal.getsignal(signal.SIGINT) is process.exit_now:  # the import is over: Python's handler
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    run()
+
+
+def run() -> None:
+    """The mule's life (also the ``module:function`` form's entry): find this mule's projection,
+    build, run it until uWSGI stops the mule (SIGINT: the process ends there, at once)."""
     try:
-        run()
+        _live()
     except KeyboardInterrupt:  # uWSGI stops the instance (SIGINT) while this mule starts or runs
         os._exit(0)
 
 
-def run() -> None:
-    """The mule's life: find this mule's projection, build, run it until uWSGI stops the mule."""
+def _live() -> None:
     settings, problem = resolve()
     configure_logging(settings.log_format)
     if problem is not None:
         _idle(f"the settings are invalid ({problem}); the workers say so too")
+    factory = _factory(settings)
+    kind = kinds.kind_of(factory)
+    if kind.projections is not None and kind.runner is not None:
+        _run_adapted(kind.projections, kind.runner, factory, settings)
     if settings.store != "sqlalchemy":
         _idle(
             f"UWSGI_ES_STORE={settings.store}: projections read the events in one global order, which "
             "only the SQL store keeps (Cassandra keeps no order across aggregates)"
         )
-    factory = _factory(settings)
     index = _runner_index()
     if isinstance(factory, type):  # known without building: no connection for a mule with nothing to do
         _check_has_projection(factory, index)
@@ -73,6 +87,40 @@ def run() -> None:
     except UwsgiEsError as exc:
         _idle(str(exc))
     runner.run(threading.Event())
+
+
+def _run_adapted(
+    projections: Callable[[Settings], list[str]],
+    runner_of: Callable[[Any, str, Settings], Any],
+    factory: Any,
+    settings: Settings,
+) -> NoReturn:
+    """An application of another library (the eventsourcing library's): run the projection of its
+    kind that the settings declare for this mule (``UWSGI_ES_PROJECTIONS``)."""
+    index = _runner_index()
+    try:
+        names = projections(settings)
+    except UwsgiEsError as exc:
+        _idle(str(exc))
+    if index >= len(names):
+        _idle(
+            f"UWSGI_ES_PROJECTIONS declares {len(names)} projection(s) for "
+            f"{getattr(factory, '__qualname__', factory)} and this is runner mule {index + 1}: "
+            "nothing to run here"
+        )
+    app = _application()
+    while True:
+        try:
+            runner = runner_of(app, names[index], settings)
+            break
+        except StoreUnavailableError as exc:  # the view's database may not be up yet
+            log.emit("projection_waiting", logging.WARNING, projection=names[index], error=str(exc))
+            _stop_if_the_instance_failed()
+            time.sleep(BUILD_RETRY_SECONDS)
+        except UwsgiEsError as exc:
+            _idle(str(exc))
+    runner.run(threading.Event())
+    os._exit(0)
 
 
 def _factory(settings: Settings) -> Any:

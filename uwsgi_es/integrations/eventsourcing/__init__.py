@@ -13,6 +13,8 @@ this module by the name of the library's base class. This module:
   lifecycle log describe it; it is closed when the worker exits, and one inherited across fork
   is kept, never closed (``hosting``);
 - gives commands a retry policy for conflicts (``commands.retry_on_conflict``);
+- runs the library's projections that ``UWSGI_ES_PROJECTIONS`` names, one per runner mule, built
+  after the mule's fork (``projections``), and ``uwsgi-es migrate`` creates their tables;
 - ships Cassandra persistence the library lacks (``cassandra``:
   ``PERSISTENCE_MODULE=uwsgi_es.integrations.eventsourcing.cassandra``).
 
@@ -36,14 +38,24 @@ from uwsgi_es.integrations.eventsourcing.hosting import (
     hosting,
     validate,
 )
+from uwsgi_es.integrations.eventsourcing.projections import (
+    LibraryProjectionRunner,
+    build,
+    declared,
+    named,
+    projection_names,
+)
 from uwsgi_es.settings import Settings
 
 __all__ = [
     "LibraryHosting",
+    "LibraryProjectionRunner",
     "construct",
     "constructions_in_this_process",
     "hosting",
     "migrate",
+    "projection_names",
+    "projection_runner",
     "retry_on_conflict",
     "validate",
 ]
@@ -56,6 +68,17 @@ def migrate(cls: Any, settings: Settings) -> str:
     host = hosting(app)
     try:
         host.check_ready()
-        return f"schema ready for {host.describe()}"
+        done = f"schema ready for {host.describe()}"
     finally:
         host.close()
+    items = declared(settings.projections)
+    for item in items:
+        build(item, create_tables=True).close()
+    if items:
+        done += f"; the tables of {', '.join(item.name for item in items)}"
+    return done
+
+
+def projection_runner(app: Any, name: str, settings: Settings) -> LibraryProjectionRunner:
+    """The runner of the declared projection ``name`` over ``app`` (built in this process)."""
+    return LibraryProjectionRunner(app, named(settings, name), settings)

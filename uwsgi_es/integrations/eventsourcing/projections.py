@@ -1,0 +1,252 @@
+"""The eventsourcing library's projections in uWSGI mules (or ``uwsgi-es project NAME``), one per
+process, built after the fork.
+
+The ini names them (``UWSGI_ES_PROJECTIONS``, in the order of its ``mule = %b-es-mule.py`` lines):
+
+- ``module:Name`` for an ``EventSourcedProjection`` (a process application: its events and its
+  tracking record written in one transaction by the library);
+- ``module:Name=module:View`` for a ``Projection`` and the ``TrackingRecorder`` class of its
+  materialised view, as the library's ``ProjectionRunner`` takes them.
+
+Why not the library's own runners: they start two threads in ``__init__`` and follow the
+recorder's ``subscribe()``, which SQLite does not have (``NotImplementedError``) and which on
+PostgreSQL waits with no timeout for a NOTIFY that may be lost (eventsourcing issue #305). This
+runner does what they do, the library's way (the application's mapper decodes, ``process_event``
+gets the library's ``Tracking``, the view's tracking record is the position), in the mule's own
+thread, reading ``select_notifications`` after the position every poll interval at most
+(``UWSGI_ES_READSIDE_POLL_INTERVAL``): a lost wake-up costs one interval, on every persistence
+module with a notification log (SQLite, PostgreSQL, eventsourcing_sqlalchemy, and ours for
+Cassandra).
+
+A ``process_event`` that raises stops the runner at that event: it is logged with its position,
+nothing after it is processed, and it is tried again after a back-off growing to 30 s (a bug needs
+the code fixed and the mule restarted; it resumes there, from the view's tracking record).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from eventsourcing.application import Application as LibraryApplication
+from eventsourcing.persistence import (
+    InfrastructureFactory,
+    InfrastructureFactoryError,
+    PersistenceError,
+    Tracking,
+    TrackingRecorder,
+)
+from eventsourcing.projection import EventSourcedProjection, Projection
+from eventsourcing.utils import Environment
+
+from uwsgi_es.errors import ConfigurationError
+from uwsgi_es.integrations.eventsourcing.hosting import construct
+from uwsgi_es.metrics import recorder
+from uwsgi_es.runtime import log, process
+from uwsgi_es.settings import Settings
+
+MAX_BACKOFF = 30.0
+SETTING = "UWSGI_ES_PROJECTIONS"
+
+
+@dataclass(frozen=True)
+class Declared:
+    """One projection the ini names: its class, and its view's class (None for an
+    ``EventSourcedProjection``, whose recorder is its view)."""
+
+    projection: str
+    view: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The name a runner answers to (``uwsgi-es project NAME``): the class's ``name``."""
+        return str(getattr(self.projection_class(), "name", "") or self.projection.rpartition(":")[2])
+
+    def projection_class(self) -> type[Any]:
+        cls = _load(self.projection)
+        if not (isinstance(cls, type) and issubclass(cls, Projection | EventSourcedProjection)):
+            raise ConfigurationError(
+                f"{SETTING}: {self.projection} is not a projection of the eventsourcing library "
+                "(a subclass of eventsourcing.projection.Projection or EventSourcedProjection)."
+            )
+        if issubclass(cls, Projection) and self.view is None:
+            raise ConfigurationError(
+                f"{SETTING}: {self.projection} is a Projection, which needs its view's class: write "
+                f"{self.projection}=module:View (a TrackingRecorder subclass for your persistence module)."
+            )
+        return cls
+
+    def view_class(self) -> type[TrackingRecorder] | None:
+        if self.view is None:
+            return None
+        cls = _load(self.view)
+        if not (isinstance(cls, type) and issubclass(cls, TrackingRecorder)):
+            raise ConfigurationError(
+                f"{SETTING}: {self.view} is not a TrackingRecorder class (a projection's view)."
+            )
+        return cls
+
+
+def declared(raw: str) -> list[Declared]:
+    """The projections ``raw`` (the setting's text, whose form the settings checked) names."""
+    found = []
+    for item in (part.strip() for part in raw.split(",")):
+        if item:
+            projection, _, view = (side.strip() for side in item.partition("="))
+            found.append(Declared(projection, view or None))
+    return found
+
+
+def projection_names(settings: Settings) -> list[str]:
+    """The names of the projections the setting declares, in order (one runner mule each)."""
+    return [item.name for item in declared(settings.projections)]
+
+
+def _load(name: str) -> Any:
+    module, _, attribute = name.partition(":")
+    try:
+        found = getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigurationError(f"{SETTING}: cannot import {name} ({exc}).") from exc
+    return found
+
+
+def _view_env(cls: type[Any], overrides: dict[str, str]) -> Environment:
+    """The environment the library gives a projection's view: the process's, under the projection's
+    name as a prefix (BALANCES_SQLITE_DBNAME), as its ``ProjectionRunner`` builds it."""
+    return Environment(cls.name, {**os.environ, **overrides})
+
+
+@dataclass(frozen=True)
+class Built:
+    """A projection built in this process, the recorder that keeps its position, and what closes
+    the connections it opened (its own application's, or its view's infrastructure factory's)."""
+
+    projection: Any
+    view: TrackingRecorder
+    close: Callable[[], None]
+
+
+def build(item: Declared, *, create_tables: bool = False) -> Built:
+    """The projection and the recorder that keeps its position, built in this process; tables are
+    created only when asked (``uwsgi-es migrate``)."""
+    cls = item.projection_class()
+    overrides = {"CREATE_TABLE": "y" if create_tables else "n"}
+    if issubclass(cls, EventSourcedProjection):
+        projection = construct(cls, overrides)
+        return Built(projection, projection.recorder, projection.close)
+    view_class = item.view_class()
+    try:
+        factory = InfrastructureFactory.construct(_view_env(cls, overrides))
+    except (InfrastructureFactoryError, ValueError, ImportError) as exc:
+        raise ConfigurationError(_cannot_build(item, exc)) from exc
+    try:
+        expected = getattr(factory, "tracking_recorder_class", None)
+        if isinstance(expected, type) and view_class is not None and not issubclass(view_class, expected):
+            raise ConfigurationError(
+                f"{SETTING}: the view {item.view} is not a {expected.__qualname__}, the tracking "
+                f"recorder of {factory.env.get('PERSISTENCE_MODULE') or 'this persistence module'}: "
+                "name the view class written for the persistence module this projection uses."
+            )
+        view = factory.tracking_recorder(view_class)
+    except (AssertionError, TypeError, ValueError) as exc:
+        factory.close()
+        raise ConfigurationError(_cannot_build(item, exc)) from exc
+    except BaseException:
+        factory.close()
+        raise
+    return Built(cls(view=view), view, factory.close)
+
+
+def _cannot_build(item: Declared, exc: BaseException) -> str:
+    return (
+        f"{SETTING}: the library cannot build the view of {item.projection} from this environment "
+        f"({type(exc).__name__}: {exc}); the view must be a TrackingRecorder of the persistence "
+        "module PERSISTENCE_MODULE names (or <NAME>_PERSISTENCE_MODULE, the projection's own)."
+    )
+
+
+def named(settings: Settings, name: str) -> Declared:
+    """The declared projection called ``name``."""
+    items = declared(settings.projections)
+    for item in items:
+        if item.name == name:
+            return item
+    known = ", ".join(item.name for item in items) or f"none ({SETTING} is empty)"
+    raise ConfigurationError(f"No projection named {name!r} is declared; declared: {known}.")
+
+
+class LibraryProjectionRunner:
+    """Runs one of the library's projections over one library application's notification log."""
+
+    def __init__(self, app: LibraryApplication[Any], item: Declared, settings: Settings) -> None:
+        self.app = app
+        self.built = build(item)
+        self.projection, self.view = self.built.projection, self.built.view
+        self.name = str(type(self.projection).name)
+        self.topics: Sequence[str] = tuple(getattr(self.projection, "topics", ()) or ())
+        self.batch = settings.readside_batch
+        self.poll_interval = settings.readside_poll_interval
+        self.position: int | None = None  # the last notification processed (None: read the view's)
+
+    def step(self) -> int:
+        """Process the next notifications after the position; return how many."""
+        if self.position is None:
+            self.position = self.view.max_tracking_id(self.app.name) or 0
+        notifications = self.app.recorder.select_notifications(
+            start=self.position, limit=self.batch, topics=self.topics, inclusive_of_start=False
+        )
+        for notification in notifications:
+            event = self.app.mapper.to_domain_event(notification)
+            self.projection.process_event(event, Tracking(self.app.name, notification.id))
+            self.position = notification.id
+            recorder.projected(self.name, 1)
+        return len(notifications)
+
+    def catch_up(self) -> int:
+        """Process every notification stored now; return how many."""
+        total = 0
+        while applied := self.step():
+            total += applied
+        return total
+
+    def run(self, stop: threading.Event) -> None:
+        """Follow the notification log until ``stop`` is set, never raising: a failure is logged
+        and tried again after a back-off (from the view's tracking record: nothing is skipped)."""
+        log.emit(
+            "projection_runner",
+            role=process.role(),
+            pid=os.getpid(),
+            projection=self.name,
+            application=type(self.app).__qualname__,
+            kind="eventsourcing",
+        )
+        backoff = 0.0
+        while not stop.is_set():
+            try:
+                applied = self.step()
+            except Exception as exc:
+                backoff = min(MAX_BACKOFF, max(1.0, backoff * 2))
+                log.emit(
+                    "projection_waiting",
+                    logging.ERROR,
+                    exc_info=not isinstance(exc, PersistenceError),
+                    projection=self.name,
+                    after=self.position,
+                    error=f"{type(exc).__name__}: {exc}",
+                    consequence=f"nothing after it is processed; tried again in {backoff:g}s",
+                )
+                self.position = None  # resume from what the view recorded
+                stop.wait(backoff)
+                continue
+            backoff = 0.0
+            if applied == 0:
+                stop.wait(self.poll_interval)
+
+    def close(self) -> None:
+        self.built.close()
