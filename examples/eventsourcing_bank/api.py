@@ -5,8 +5,10 @@ and ``/worker`` host any application the registry can."""
 from __future__ import annotations
 
 from examples.eventsourcing_bank.application import BankAccounts
+from examples.eventsourcing_bank.projections import BalancesView
 from uwsgi_es.errors import AggregateNotFoundError
 from uwsgi_es.example.api import account_id_of, amount_of, int_param, owner_of
+from uwsgi_es.integrations.eventsourcing import read_view
 from uwsgi_es.web.api import JsonApi
 from uwsgi_es.web.bodies import BadRequestError
 from uwsgi_es.web.http import Request, Response
@@ -77,3 +79,16 @@ def notifications(request: Request) -> Response:
         for n in found
     ]
     return json_response({"events": events, "next_after": found[-1].id if found else after})
+
+
+@api.route("/balances/<account_id>", "GET")
+def balance(request: Request, account_id: str) -> Response:
+    """The account's balance from the balances view (kept by its runner mule). A read sending a
+    write's ``X-Event-Position`` back as ``X-Min-Position`` sees that write, or gets a 503 naming
+    the lag after ``UWSGI_ES_READ_WAIT``."""
+    key = account_id_of(account_id)
+    with read_view(bank(request), "balances", api.min_position(request), api.settings()) as view:
+        row = view.balance_of(key) if isinstance(view, BalancesView) else None
+    if row is None:
+        raise AggregateNotFoundError(f"The balances view has no account {key}.")
+    return json_response(row)

@@ -93,6 +93,9 @@ def serve_the_bank(uwsgi_server: StartServer, library_env: dict[str, str], optio
     assert refused.status == 409
     assert "insufficient funds" in refused.json()["error"]
     assert server.get(f"/accounts/{account}").json()["balance"] == 60
+    no_view = server.get(f"/balances/{account}")  # no projection declared (UWSGI_ES_PROJECTIONS)
+    assert no_view.status == 404
+    assert "'balances' is not kept on this deployment" in no_view.json()["error"]
     log = server.get("/events?limit=1000").json()["events"]
     assert [e["version"] for e in log if e["originator_id"] == account] == list(range(1, 14))
     with library_app(library_env) as app:

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import pytest
 
@@ -153,6 +153,48 @@ def test_each_library_projection_runs_in_its_own_mule_built_after_the_fork(
     server.stop()
     assert "Traceback" not in server.log()
     assert "Segmentation Fault" not in server.log()
+
+
+def test_every_read_sees_its_own_write_and_the_workers_report_the_projections(
+    uwsgi_server: StartServer, readside_env: dict[str, str]
+) -> None:
+    """A write answers the notification id of its last event (X-Event-Position); a read of the
+    balances view sending it back (X-Min-Position) shows the write, from any worker; a position not
+    reached within UWSGI_ES_READ_WAIT is a 503 naming the lag; /ready, /worker and /metrics give
+    each projection's position and lag; the audit's view moves past the events it does not follow."""
+    env = {**readside_env, "UWSGI_ES_READ_WAIT": "0.5"}
+    server = uwsgi_server(ES_INI, env=env, options=["--processes", "4"])
+    opened = server.post("/accounts", {"owner": "reads its writes"})
+    account = opened.json()["id"]
+    assert opened.headers["x-event-position"] == "1"
+    for amount in range(1, 21):
+        written = server.post(f"/accounts/{account}/deposits", {"amount": amount})
+        read = server.get(
+            f"/balances/{account}", headers={"X-Min-Position": written.headers["x-event-position"]}
+        )
+        assert read.status == 200, read.body
+        assert read.json()["balance"] == amount * (amount + 1) // 2
+        assert read.json()["position"] == int(written.headers["x-event-position"])
+    lagging = server.get(f"/balances/{account}", headers={"X-Min-Position": "1000"})
+    assert lagging.status == 503
+    assert "'balances' is at position 21, before the position 1000 asked for" in lagging.json()["error"]
+    assert server.get(f"/balances/{uuid4()}").status == 404
+    assert server.get(f"/balances/{account}", headers={"X-Min-Position": "x"}).status == 400
+    other = server.post("/accounts", {"owner": "no money moves"})  # an event the audit does not follow
+    position = int(other.headers["x-event-position"])
+    deadline = time.monotonic() + 10
+    while (projections := server.get("/worker").json()["projections"])["audit"]["position"] < position:
+        assert time.monotonic() < deadline, projections
+        time.sleep(0.05)
+    assert projections == {
+        "balances": {"position": position, "lag": 0},
+        "audit": {"position": position, "lag": 0},
+    }
+    assert server.get("/ready").json()["projections"]["audit"]["lag"] in (0, 1)  # checked each second
+    metrics = server.get("/metrics").body.decode()
+    assert f'uwsgi_es_projection_position{{projection="audit"}} {position}' in metrics
+    server.stop()
+    assert "Traceback" not in server.log()
 
 
 @pytest.mark.reliability

@@ -236,7 +236,7 @@ def _wait_for(app: Application, store: ProjectionFeed, projection: type[Projecti
                     "(UWSGI_ES_READ_WAIT). Retry shortly."
                 )
             if not placed:  # first time round: take a waiting read's place
-                waiting.enter_context(_waiting_place(app.settings.max_waiting_reads))
+                waiting.enter_context(waiting_place(app.settings.max_waiting_reads))
                 placed = True
             process.pause(WAIT_STEP_SECONDS)
             position = _position(store, projection, at_least)
@@ -268,7 +268,7 @@ def _position(store: ProjectionFeed, projection: type[Projection], at_least: int
 
 
 @contextmanager
-def _waiting_place(bound: int) -> Iterator[None]:
+def waiting_place(bound: int) -> Iterator[None]:
     """One of this process's ``bound`` places for reads waiting for a position, or a refusal."""
     global _waiting
     with _waiting_lock:

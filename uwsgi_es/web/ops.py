@@ -80,7 +80,8 @@ def hosting_in_slot(app: Any) -> Hosting:
 def ready_report(app: Any, operator: bool = True) -> dict[str, Any]:
     """Check that this worker's application (of any kind) can serve, writes included (raises if
     it cannot)."""
-    projections = check_ready(hosting_in_slot(app), lambda: readside.check(app))
+    hosting = hosting_in_slot(app)
+    projections = check_ready(hosting, lambda: {**readside.check(app), **hosted_projections(hosting)})
     if not operator:
         return {"status": "ready"}
     report: dict[str, Any] = {"status": "ready", "pid": os.getpid(), "worker_id": worker_id()}
@@ -160,10 +161,17 @@ def worker_report(app: Any) -> dict[str, Any]:
     details = getattr(hosting, "report", None)
     if callable(details):
         report.update(details())
-    projections = readside.report(app)
+    projections = {**readside.report(app), **hosted_projections(hosting)}
     if projections:
         report["projections"] = projections
     return report
+
+
+def hosted_projections(hosting: Hosting) -> dict[str, dict[str, int]]:
+    """The position and lag of the projections a hosting runs for its kind (the eventsourcing
+    library's, ``UWSGI_ES_PROJECTIONS``); {} for a kind without."""
+    report = getattr(hosting, "projections", None)
+    return dict(report()) if callable(report) else {}
 
 
 Gauges = dict[str, tuple[str, str, dict[tuple[str, ...], float]]]
@@ -176,7 +184,7 @@ def projection_gauges(app: Any | None) -> Gauges:
     if app is None:
         return {}
     try:
-        reported = readside.report(app)
+        reported = {**readside.report(app), **hosted_projections(hosting_in_slot(app))}
     except Exception as exc:
         log.warning("/metrics without the projections' lag: %s: %s", type(exc).__name__, exc)
         return {}

@@ -30,20 +30,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from uwsgi_es.integrations.eventsourcing.building import construct, constructions_in_this_process, validate
 from uwsgi_es.integrations.eventsourcing.commands import retry_on_conflict
-from uwsgi_es.integrations.eventsourcing.hosting import (
-    LibraryHosting,
-    construct,
-    constructions_in_this_process,
-    hosting,
-    validate,
-)
+from uwsgi_es.integrations.eventsourcing.hosting import LibraryHosting, hosting
 from uwsgi_es.integrations.eventsourcing.projections import (
     LibraryProjectionRunner,
     build,
     declared,
     named,
     projection_names,
+    read_view,
 )
 from uwsgi_es.settings import Settings
 
@@ -56,6 +52,7 @@ __all__ = [
     "migrate",
     "projection_names",
     "projection_runner",
+    "read_view",
     "retry_on_conflict",
     "validate",
 ]

@@ -1,5 +1,5 @@
-"""Hosting an application of the eventsourcing library in a worker: build it after the fork without
-creating tables, say whether it can serve, describe it without secrets, and close it, but never
+"""Hosting an application of the eventsourcing library in a worker (built by ``building``): say
+whether it can serve, describe it without secrets, report its projections, and close it, but never
 the connections of the process it was inherited from.
 
 The library builds its infrastructure when the application is constructed (``Application.__init__``
@@ -15,118 +15,26 @@ the sockets both processes hold (psycopg says goodbye on the socket when a conne
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from eventsourcing.application import Application as LibraryApplication
-from eventsourcing.persistence import (
-    ApplicationRecorder,
-    InfrastructureFactory,
-    InfrastructureFactoryError,
-    PersistenceError,
-)
+from eventsourcing.persistence import ApplicationRecorder, PersistenceError
 from eventsourcing.utils import Environment, strtobool
 
-from uwsgi_es.errors import (
-    ConfigurationError,
-    SchemaMissingError,
-    StoreReadOnlyError,
-    StoreUnavailableError,
-)
+from uwsgi_es.errors import StoreReadOnlyError
+from uwsgi_es.integrations.eventsourcing.building import constructions_in_this_process, secrets, translate
 from uwsgi_es.integrations.eventsourcing.commands import counts
-from uwsgi_es.redaction import redact_url, scrub
+from uwsgi_es.integrations.eventsourcing.projections import close_views, report
+from uwsgi_es.redaction import redact_url
 from uwsgi_es.runtime import fork
+from uwsgi_es.settings import resolve
 from uwsgi_es.stores.base import require_room_for_the_log
 
-# What each persistence module reads that may be a secret (never shown, scrubbed from messages).
-_SECRET_KEYS = ("POSTGRES_PASSWORD", "SQLALCHEMY_URL", "CIPHER_KEY", "CASSANDRA_PASSWORD")
-# SQLite checkpoints its write-ahead log at 1000 pages (4 MiB): below that much free space, writes fail.
-
-_lock = threading.Lock()
-_constructions: dict[int, int] = {}
 # Applications inherited across fork: kept referenced so they are never finalised in the child.
 _inherited: list[Any] = []
-
-
-def environment(cls: type[LibraryApplication[Any]], overrides: dict[str, str] | None = None) -> Environment:
-    """The environment the library gives ``cls`` (its class ``env``, the process's, prefixed by
-    the application's name), plus ``overrides`` for both the plain and the prefixed keys."""
-    values: dict[str, str] = dict(cls.env)
-    if cls.is_snapshotting_enabled or cls.snapshotting_intervals:
-        values["IS_SNAPSHOTTING_ENABLED"] = "y"
-    values.update(os.environ)
-    for key, value in (overrides or {}).items():
-        values[key] = value
-        values[f"{cls.name.upper()}_{key}"] = value
-    return Environment(cls.name, values)
-
-
-def validate(cls: type[LibraryApplication[Any]]) -> None:
-    """Check, connecting to nothing, that the library can build ``cls`` from this environment:
-    its persistence module resolves and finds every setting it needs. (Run in the uWSGI master.)"""
-    try:
-        factory = InfrastructureFactory.construct(environment(cls, {"CREATE_TABLE": "n"}))
-    except (InfrastructureFactoryError, OSError, ValueError, ImportError) as exc:
-        raise ConfigurationError(_explain(cls, exc)) from None
-    factory.close()  # built only to check the settings: its pools were never opened
-
-
-def construct(cls: type[LibraryApplication[Any]], overrides: dict[str, str] | None = None) -> Any:
-    """Build ``cls`` in this process, its tables left to ``uwsgi-es migrate``."""
-    try:
-        app = cls(env=environment(cls, {"CREATE_TABLE": "n", **(overrides or {})}))
-    except (InfrastructureFactoryError, OSError, ValueError, ImportError) as exc:
-        raise ConfigurationError(_explain(cls, exc)) from exc
-    except PersistenceError as exc:
-        raise _translate(exc, f"{cls.name}'s store", _secrets(environment(cls))) from exc
-    with _lock:
-        _constructions[os.getpid()] = _constructions.get(os.getpid(), 0) + 1
-    return app
-
-
-def constructions_in_this_process() -> int:
-    """How many library applications the registry built in this process (not in its parent)."""
-    return _constructions.get(os.getpid(), 0)
-
-
-def _explain(cls: type[LibraryApplication[Any]], exc: BaseException) -> str:
-    return (
-        f"The eventsourcing library cannot build {cls.__qualname__} from this environment: {exc} "
-        "It reads PERSISTENCE_MODULE (e.g. eventsourcing.sqlite, eventsourcing.postgres, "
-        "eventsourcing_sqlalchemy, uwsgi_es.integrations.eventsourcing.cassandra) and that module's "
-        f"settings (SQLITE_DBNAME, POSTGRES_*, ...), each also as {cls.name.upper()}_<KEY>."
-    )
-
-
-def _secrets(env: Environment | dict[str, str]) -> tuple[str, ...]:
-    found = []
-    for key in _SECRET_KEYS:
-        value = env.get(key)
-        if value:
-            found.append(value)
-            if "://" in value:
-                found += [part for part in value.replace("@", ":").split(":") if len(part) >= 3]
-    return tuple(found)
-
-
-def _translate(exc: BaseException, where: str, secrets: tuple[str, ...]) -> StoreUnavailableError:
-    ours = exc.__cause__
-    if isinstance(ours, StoreUnavailableError):  # our Cassandra datastore's, which says more
-        return type(ours)(" ".join(scrub(str(ours), secrets).split()))
-    message = " ".join(scrub(str(exc), secrets).split())
-    lowered = message.lower()
-    missing = "does not exist" in lowered and any(w in lowered for w in ("relation", "table", "keyspace"))
-    if missing or "no such table" in lowered or "unconfigured table" in lowered:
-        return SchemaMissingError(
-            f"A table of {where} does not exist ({message}). Create the tables once per deployment "
-            "with: uwsgi-es migrate (with UWSGI_ES_APPLICATION naming the application)."
-        )
-    if "read-only" in lowered or "readonly" in lowered or "disk is full" in lowered:
-        return StoreReadOnlyError(f"{where} does not accept writes now ({message}).")
-    return StoreUnavailableError(f"{where} is unavailable: {message}")
 
 
 class LibraryHosting:
@@ -138,7 +46,7 @@ class LibraryHosting:
         # The instance's Environment (the class attribute of the same name is a plain dict).
         self.env: Environment = app.factory.env
         self.module = str(app.env.get("PERSISTENCE_MODULE") or "eventsourcing.popo")
-        self.secrets = _secrets(app.env)
+        self.secrets = secrets(app.env)
         self._closed = False
 
     def describe(self) -> str:
@@ -166,7 +74,7 @@ class LibraryHosting:
         try:
             yield
         except PersistenceError as exc:
-            raise _translate(exc, self.describe(), self.secrets) from exc
+            raise translate(exc, self.describe(), self.secrets) from exc
 
     def ping(self) -> None:
         with self._errors():
@@ -225,6 +133,12 @@ class LibraryHosting:
             "snapshotting": bool(strtobool(str(self.env.get("IS_SNAPSHOTTING_ENABLED") or "n"))),
         }
 
+    def projections(self) -> dict[str, dict[str, int]]:
+        """Each projection ``UWSGI_ES_PROJECTIONS`` declares: its position and lag, for
+        ``/ready``, ``/worker`` and ``/metrics`` (read through views built in this process)."""
+        fork.refuse_if_forked(self.app.name, self.built_in_pid)
+        return report(self.app, resolve()[0])
+
     def close(self) -> None:
         if self._closed:
             return
@@ -232,6 +146,7 @@ class LibraryHosting:
         if fork.inherited(self.built_in_pid):
             _inherited.append(self.app)  # the parent's connections: keep them, untouched, for good
             return
+        close_views(self.app)
         self.app.close()
         self._dispose_engine()
 

@@ -29,9 +29,11 @@ import importlib
 import logging
 import os
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from eventsourcing.application import Application as LibraryApplication
 from eventsourcing.persistence import (
@@ -44,13 +46,16 @@ from eventsourcing.persistence import (
 from eventsourcing.projection import EventSourcedProjection, Projection
 from eventsourcing.utils import Environment
 
-from uwsgi_es.errors import ConfigurationError
-from uwsgi_es.integrations.eventsourcing.hosting import construct
+from uwsgi_es.errors import ConfigurationError, ProjectionLagError, UnsupportedOperationError
+from uwsgi_es.integrations.eventsourcing.building import construct, secrets, translate
 from uwsgi_es.metrics import recorder
+from uwsgi_es.readside.status import waiting_place
 from uwsgi_es.runtime import log, process
 from uwsgi_es.settings import Settings
 
 MAX_BACKOFF = 30.0
+WAIT_STEP_SECONDS = 0.01  # how often a read waiting for a position looks at the view's again
+_T = TypeVar("_T")
 SETTING = "UWSGI_ES_PROJECTIONS"
 
 
@@ -195,17 +200,26 @@ class LibraryProjectionRunner:
         self.position: int | None = None  # the last notification processed (None: read the view's)
 
     def step(self) -> int:
-        """Process the next notifications after the position; return how many."""
+        """Process the next notifications after the position; return how many. When the log's
+        last notifications are of topics the projection does not follow, its tracking record
+        moves past them too (a read asking for a write's position waits for nothing then)."""
         if self.position is None:
             self.position = self.view.max_tracking_id(self.app.name) or 0
+        last = self.app.recorder.max_notification_id() or 0  # read first: nothing up to it is missed
+        if last <= self.position:
+            return 0
         notifications = self.app.recorder.select_notifications(
-            start=self.position, limit=self.batch, topics=self.topics, inclusive_of_start=False
+            start=self.position, limit=self.batch, stop=last, topics=self.topics, inclusive_of_start=False
         )
         for notification in notifications:
             event = self.app.mapper.to_domain_event(notification)
             self.projection.process_event(event, Tracking(self.app.name, notification.id))
             self.position = notification.id
             recorder.projected(self.name, 1)
+        if len(notifications) < self.batch:
+            self.position = last  # the rest up to ``last`` is of other topics
+        if (self.view.max_tracking_id(self.app.name) or 0) < self.position:
+            self.view.insert_tracking(Tracking(self.app.name, self.position))
         return len(notifications)
 
     def catch_up(self) -> int:
@@ -250,3 +264,86 @@ class LibraryProjectionRunner:
 
     def close(self) -> None:
         self.built.close()
+
+
+# The views a worker reads, built in it on first use: (pid, application) -> name -> Built.
+_views: dict[tuple[int, int], dict[str, Built]] = {}
+
+
+def view_of(app: LibraryApplication[Any], name: str, settings: Settings) -> Built:
+    """The declared projection ``name`` built in this process for reading (once; closed with the
+    application by ``close_views``). ``UnsupportedOperationError`` (404) when none is declared
+    by that name."""
+    views = _views.setdefault((os.getpid(), id(app)), {})
+    built = views.get(name)
+    if built is None:
+        if name not in projection_names(settings):
+            raise UnsupportedOperationError(
+                f"The read model {name!r} is not kept on this deployment: {SETTING} declares no "
+                "projection by that name."
+            )
+        made = _translated(app, lambda: build(named(settings, name)))
+        built = views.setdefault(name, made)
+        if built is not made:  # another request of this worker built it meanwhile
+            made.close()
+    return built
+
+
+def close_views(app: LibraryApplication[Any]) -> None:
+    """Close the views this process built for ``app`` (with the application: never inherited ones)."""
+    for built in _views.pop((os.getpid(), id(app)), {}).values():
+        built.close()
+
+
+def tracked(app: LibraryApplication[Any], built: Built) -> int:
+    """The position of the last notification the projection has applied, or passed over."""
+    return int(_translated(app, lambda: built.view.max_tracking_id(app.name) or 0))
+
+
+def report(app: LibraryApplication[Any], settings: Settings) -> dict[str, dict[str, int]]:
+    """Each declared projection's position and lag (notifications stored after it), read now:
+    for ``/ready``, ``/worker`` and ``/metrics``. A view whose tables are missing raises
+    ``SchemaMissingError`` naming ``uwsgi-es migrate``."""
+    names = projection_names(settings)
+    if not names:
+        return {}
+    last = int(_translated(app, lambda: app.recorder.max_notification_id() or 0))
+    found = {}
+    for name in names:
+        position = tracked(app, view_of(app, name, settings))
+        found[name] = {"position": position, "lag": max(0, last - position)}
+    return found
+
+
+@contextmanager
+def read_view(
+    app: LibraryApplication[Any], name: str, at_least: int, settings: Settings
+) -> Iterator[TrackingRecorder]:
+    """The view of the declared projection ``name`` once it has applied position ``at_least``
+    (``X-Min-Position``: a write's ``X-Event-Position``), waiting at most ``UWSGI_ES_READ_WAIT``
+    without holding up the worker's other requests; then ``ProjectionLagError`` (503) naming the
+    lag. At most ``UWSGI_ES_MAX_WAITING_READS`` reads of a worker wait at once."""
+    built = view_of(app, name, settings)
+    position = tracked(app, built) if at_least > 0 else 0
+    if position < at_least:
+        deadline = time.monotonic() + settings.read_wait
+        with waiting_place(settings.max_waiting_reads):
+            while position < at_least:
+                if time.monotonic() >= deadline:
+                    raise ProjectionLagError(
+                        f"The projection {name!r} is at position {position}, before the position "
+                        f"{at_least} asked for, after waiting {settings.read_wait:g}s "
+                        "(UWSGI_ES_READ_WAIT). Retry shortly."
+                    )
+                process.pause(WAIT_STEP_SECONDS)
+                position = tracked(app, built)
+    yield built.view
+
+
+def _translated(app: LibraryApplication[Any], call: Callable[[], _T]) -> _T:
+    """``call()``, the library's persistence errors as ours (503, or a missing table naming
+    ``uwsgi-es migrate``), scrubbed of the configuration's secrets."""
+    try:
+        return call()
+    except PersistenceError as exc:
+        raise translate(exc, f"{app.name}'s read side", secrets(app.env)) from exc
