@@ -8,7 +8,10 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import sqlite3
 import time
+import zlib
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -271,3 +274,45 @@ def test_a_library_application_that_cannot_be_built_stops_uwsgi_at_start(
         server.start()
     assert said in server.log()
     assert list(lifecycle_events(server.log(), "build")) == []
+
+
+def test_the_librarys_cipher_and_compressor_apply_in_every_worker(
+    uwsgi_server: StartServer, tmp_path: Path
+) -> None:
+    """The library's CIPHER_TOPIC/CIPHER_KEY and COMPRESSOR_TOPIC, set for uWSGI: every worker
+    builds its application with them, so the stored events and snapshots are compressed, then
+    encrypted (no owner's name, no field name in the file), and the answers are right."""
+    from eventsourcing.cipher import AESCipher
+    from eventsourcing.utils import Environment
+
+    key = AESCipher.create_key(16)
+    env = {
+        **sqlite_env(tmp_path / "bank.db"),
+        "CIPHER_TOPIC": "eventsourcing.cipher:AESCipher",
+        "CIPHER_KEY": key,
+        "COMPRESSOR_TOPIC": "eventsourcing.compressor:ZlibCompressor",
+    }
+    migrate(env)
+    server = uwsgi_server(ES_INI, env=env, options=["--processes", "2"])
+    owner = "Plaintext Ownername"
+    account = server.post("/accounts", {"owner": owner}).json()["id"]
+    for _ in range(12):
+        assert server.post(f"/accounts/{account}/deposits", {"amount": 5}).status == 200
+    assert server.get(f"/accounts/{account}").json() == {
+        "id": account,
+        "owner": owner,
+        "balance": 60,
+        "version": 13,
+    }
+    server.stop()
+    with closing(sqlite3.connect(tmp_path / "bank.db")) as connection:
+        states = [bytes(row[0]) for row in connection.execute("SELECT state FROM stored_events")]
+        snapshots = [bytes(row[0]) for row in connection.execute("SELECT state FROM stored_snapshots")]
+    assert len(states) == 13
+    assert len(snapshots) == 1
+    for state in states + snapshots:
+        assert owner.encode() not in state
+        assert b"amount" not in state
+    cipher = AESCipher(Environment(env={"CIPHER_KEY": key}))
+    first = zlib.decompress(cipher.decrypt(states[0]))
+    assert owner.encode() in first  # what the library wrote, readable with the key only

@@ -88,3 +88,33 @@ def test_tables_are_made_only_when_asked(sqlite: Path) -> None:
     assert "account_balances" not in tables_in(sqlite / "bank.db")
     build(declared(f"{BALANCES}={SQLITE_VIEW}")[0], create_tables=True).close()
     assert {"account_balances", "tracking"} <= tables_in(sqlite / "bank.db")
+
+
+def test_a_process_application_follows_the_hosted_application_exactly_once(
+    sqlite: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``ProcessApplication`` (a follower of the library's systems) named in the setting follows
+    the hosted bank as its runner mule would: one notice per withdrawal, recorded with its tracking
+    record; a runner built again (a respawned mule) resumes after it and records nothing twice."""
+    from examples.eventsourcing_bank.application import BankAccounts
+    from uwsgi_es.integrations.eventsourcing import construct, migrate, projection_runner
+
+    monkeypatch.setenv("NOTICES_SQLITE_DBNAME", str(sqlite / "notices.db"))
+    settings = Settings(projections="tests.apps.es_followers:Notices")
+    migrate(BankAccounts, settings)
+    bank = construct(BankAccounts)
+    try:
+        account = bank.open_account("followed")
+        bank.deposit(account.id, 10)
+        bank.withdraw(account.id, 4)
+        for expected in (3, 0):  # the second runner: a respawned mule, resuming after the first
+            runner = projection_runner(bank, "notices", settings)
+            try:
+                assert runner.catch_up() == expected
+                assert runner.view.max_tracking_id("BankAccounts") == 3
+                notices = runner.projection.recorder.select_notifications(start=None, limit=10)
+                assert [runner.projection.mapper.to_domain_event(n).amount for n in notices] == [4]
+            finally:
+                runner.close()
+    finally:
+        bank.close()
