@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from uwsgi_es.doctor import logs, mules, options
+from uwsgi_es.doctor import library, logs, mules, options
 from uwsgi_es.doctor.examination import Examination
 from uwsgi_es.doctor.findings import diagnose
 from uwsgi_es.doctor.observed import Finding, Observed, mule_kind
@@ -179,3 +179,58 @@ def test_threads_seen_only_as_started_when_no_worker_looked() -> None:
         "only 0 of 2 workers started accepting requests",
         "1 thread(s) started in the master",
     ]
+
+
+def test_a_library_runner_started_in_the_master_says_to_give_it_a_mule() -> None:
+    """The library's ProjectionRunner starts two threads as it is constructed: at import, in the
+    master. The finding names them and the fix (UWSGI_ES_PROJECTIONS and a mule)."""
+    seen = observed()
+    seen.events = [
+        {
+            "record": "thread",
+            "thread": "Thread-1",
+            "runs": "BaseProjectionRunner._process_events_loop",
+            "where": "/venv/lib/python3.11/site-packages/eventsourcing/projection.py:341",
+        },
+        {
+            "record": "thread",
+            "thread": "Thread-2",
+            "runs": "Pool.run",
+            "where": "/venv/psycopg_pool/pool.py:10",
+        },
+    ]
+    found = list(library.runners_in_the_master(seen))
+    assert titles(found) == ["an eventsourcing library runner started in the master (1 thread(s))"]
+    assert "_process_events_loop" in found[0].detail
+    assert "UWSGI_ES_PROJECTIONS" in found[0].fix
+    seen.events = seen.events[1:]
+    assert list(library.runners_in_the_master(seen)) == []
+
+
+@pytest.mark.parametrize(
+    ("environment", "processes", "flagged"),
+    [
+        ({"AGGREGATE_CACHE_MAXSIZE": "100", "AGGREGATE_CACHE_FASTFORWARD": "n"}, "4", True),
+        (
+            {
+                "BANKACCOUNTS_AGGREGATE_CACHE_MAXSIZE": "10",
+                "BANKACCOUNTS_AGGREGATE_CACHE_FASTFORWARD": "false",
+            },
+            "2",
+            True,
+        ),
+        ({"AGGREGATE_CACHE_MAXSIZE": "100", "AGGREGATE_CACHE_FASTFORWARD": "n"}, "1", False),
+        ({"AGGREGATE_CACHE_MAXSIZE": "100", "AGGREGATE_CACHE_FASTFORWARD": "y"}, "4", False),
+        ({"AGGREGATE_CACHE_FASTFORWARD": "n"}, "4", False),
+    ],
+)
+def test_an_aggregate_cache_that_does_not_fast_forward_in_several_workers(
+    environment: dict[str, str], processes: str, flagged: bool
+) -> None:
+    seen = observed(processes=[processes])
+    seen.environment = environment
+    found = list(library.stale_aggregate_cache(seen))
+    assert bool(found) is flagged
+    if flagged:
+        assert found[0].title.endswith(f"with {processes} workers")
+        assert "fast-forwards cached aggregates by default" in found[0].fix

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from uwsgi_es.doctor import logs, mules, options
+from uwsgi_es.doctor import library, logs, mules, options
 from uwsgi_es.doctor.observed import Finding, Observed, listed
 from uwsgi_es.doctor.sockets import Socket
 
@@ -162,6 +162,10 @@ RULES: tuple[tuple[Rule, str], ...] = (
     (shared_connections, "no worker shares a connection with its master"),
     (connections_in_the_master, "no connection, SQLite database or application made in the master"),
     (threads_in_the_master, "no thread running in the master"),
+    (
+        _each(library.runners_in_the_master, library.stale_aggregate_cache),
+        "no eventsourcing library runner in the master, nor a stale aggregate cache across workers",
+    ),
 )
 # What the log alone tells, when uWSGI stopped before its master wrote a record.
 LOG_RULES: tuple[tuple[Rule, str], ...] = ((logs.address_in_use, ""), (logs.crashes, ""))

@@ -191,7 +191,9 @@ def _start() -> None:
     if _report_path is None or process.uwsgi is None:
         return
     environment = {
-        k: v for k, v in os.environ.items() if k.startswith(("UWSGI_ES_", "POSTGRES_", "PERSISTENCE_"))
+        k: v
+        for k, v in os.environ.items()
+        if k.startswith(("UWSGI_ES_", "POSTGRES_", "PERSISTENCE_")) or "AGGREGATE_CACHE_" in k
     }
     options = _options()
     mules = ["" if value is True else str(value) for value in options.get("mule", [])]
