@@ -7,14 +7,16 @@ from __future__ import annotations
 from examples.eventsourcing_bank.application import BankAccounts
 from examples.eventsourcing_bank.projections import BalancesView
 from uwsgi_es.errors import AggregateNotFoundError
-from uwsgi_es.example.api import account_id_of, amount_of, int_param, owner_of
+from uwsgi_es.example.api import account_id_of, amount_of, owner_of
 from uwsgi_es.integrations.eventsourcing import read_view
+from uwsgi_es.integrations.eventsourcing.notification_log import mount
 from uwsgi_es.web.api import JsonApi
-from uwsgi_es.web.bodies import BadRequestError
+from uwsgi_es.web.bodies import BadRequestError, int_param
 from uwsgi_es.web.http import Request, Response
 from uwsgi_es.web.responses import json_response
 
 api = JsonApi(BankAccounts)
+mount(api)  # GET /notifications/<first>,<last>: the log a follower in another service follows
 HEADERS = frozenset({"originator_id", "originator_version", "timestamp", "originator_topic"})
 
 

@@ -316,3 +316,60 @@ def test_the_librarys_cipher_and_compressor_apply_in_every_worker(
     cipher = AESCipher(Environment(env={"CIPHER_KEY": key}))
     first = zlib.decompress(cipher.decrypt(states[0]))
     assert owner.encode() in first  # what the library wrote, readable with the key only
+
+
+def test_a_follower_in_another_service_follows_the_notification_log_over_http(
+    uwsgi_server: StartServer, tmp_path: Path
+) -> None:
+    """GET /notifications/<first>,<last> serves the library's JSON sections (full ones immutable,
+    cacheable; the last one no-cache) and GET /notifications a selection; the library's own
+    NotificationLogJSONClient reads them, and a process application elsewhere follows the bank
+    through them: one notice per withdrawal, none twice."""
+    from eventsourcing.interface import NotificationLogJSONClient
+
+    from uwsgi_es.integrations.eventsourcing.notification_log import HttpNotificationLog
+
+    from ..apps.es_followers import Notices
+
+    env = sqlite_env(tmp_path / "bank.db")
+    migrate(env)
+    server = uwsgi_server(ES_INI, env=env, options=["--processes", "2"])
+    account = server.post("/accounts", {"owner": "followed over http"}).json()["id"]
+    for _ in range(10):
+        assert server.post(f"/accounts/{account}/deposits", {"amount": 5}).status == 200
+    for amount in (7, 8):
+        assert server.post(f"/accounts/{account}/withdrawals", {"amount": amount}).status == 200
+    full, last = server.get("/notifications/1,10"), server.get("/notifications/11,20")
+    assert (full.status, full.headers["cache-control"]) == (200, "public, max-age=31536000, immutable")
+    assert (last.status, last.headers["cache-control"]) == (200, "no-cache")
+    assert [item["id"] for item in full.json()["items"]] == list(range(1, 11))
+    assert (full.json()["next_id"], last.json()["id"], last.json()["next_id"]) == ("11,20", "11,13", None)
+    too_many = server.get("/notifications?limit=11")
+    assert (too_many.status, too_many.json()["error"]) == (
+        400,
+        "query parameter limit must be from 1 to 10, got 11",
+    )
+    for bad in (
+        "/notifications/0,10",
+        "/notifications/10,1",
+        "/notifications/x",
+        "/notifications?topics=a%20b",
+    ):
+        answer = server.get(bad)
+        assert answer.status == 400, (bad, answer.body)
+    log = NotificationLogJSONClient(HttpNotificationLog(f"{server.url}/notifications"))
+    assert [n.id for n in log["1,10"].items] == list(range(1, 11))
+    withdrawn = "examples.eventsourcing_bank.domain:BankAccount.Withdrawn"
+    assert [n.id for n in log.select(start=None, limit=10, topics=[withdrawn])] == [12, 13]
+    notices = Notices(
+        env={"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": str(tmp_path / "n.db")}
+    )
+    try:
+        notices.follow("BankAccounts", log)
+        for _ in range(2):  # the second pull finds nothing new
+            notices.pull_and_process("BankAccounts")
+            sent = notices.recorder.select_notifications(start=None, limit=100)
+            assert [notices.mapper.to_domain_event(n).amount for n in sent] == [7, 8]
+        assert notices.recorder.max_tracking_id("BankAccounts") == 13
+    finally:
+        notices.close()

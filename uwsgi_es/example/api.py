@@ -20,7 +20,7 @@ from uwsgi_es.example.domain import MAX_AMOUNT, MAX_OWNER_LENGTH, BankAccounts
 from uwsgi_es.readside import projected
 from uwsgi_es.stores.base import StoredRecord
 from uwsgi_es.web.api import JsonApi
-from uwsgi_es.web.bodies import BadRequestError, expect_fields
+from uwsgi_es.web.bodies import BadRequestError, expect_fields, int_param
 from uwsgi_es.web.http import Request, Response
 from uwsgi_es.web.responses import json_response
 from uwsgi_es.web.text import client_text, quoted
@@ -113,18 +113,6 @@ def amount_of(body: dict[str, Any]) -> int:
             f"amount must be between 1 and {MAX_AMOUNT} cents, got {client_text(str(amount), AMOUNT_ECHOED)}"
         )
     return amount
-
-
-def int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.args.get(name)
-    if raw is None:
-        return default
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 19:
-        raise BadRequestError(f"query parameter {name} must be a whole number from {low} to {high}")
-    value = int(raw)
-    if not low <= value <= high:
-        raise BadRequestError(f"query parameter {name} must be from {low} to {high}, got {value}")
-    return value
 
 
 @api.route("/accounts", "POST")

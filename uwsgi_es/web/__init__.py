@@ -3,7 +3,8 @@
 - ``api``: ``JsonApi``, the router with the operational routes;
 - ``http``: the ``Request`` handlers get and the ``Response`` they return, and the router;
 - ``request_ids``: each request's id (``X-Request-ID``) and the log line of a slow request;
-- ``bodies``: request bodies refused on their declared size, strict JSON, ``BufferedBody``;
+- ``bodies``: request bodies refused on their declared size, strict JSON, ``BufferedBody``, query
+  parameters that are whole numbers (``int_param``);
 - ``status``: the one error → HTTP status table, and the log line a 5xx leaves;
 - ``ops``: the bodies of ``/health``, ``/ready`` and ``/worker``, and who is an operator;
 - ``responses`` and ``text``: answers that can always be written, client text that is safe to echo.
@@ -17,7 +18,7 @@ answers 500 or a traceback: every error goes through ``status``.
 from __future__ import annotations
 
 from uwsgi_es.web.api import JsonApi
-from uwsgi_es.web.bodies import BadRequestError, BufferedBody, expect_fields, read_json_object
+from uwsgi_es.web.bodies import BadRequestError, BufferedBody, expect_fields, int_param, read_json_object
 from uwsgi_es.web.http import Request, Response
 from uwsgi_es.web.ops import health_report, is_operator, ready_report, worker_report
 from uwsgi_es.web.responses import error_response, json_response
@@ -33,6 +34,7 @@ __all__ = [
     "error_response",
     "expect_fields",
     "health_report",
+    "int_param",
     "is_operator",
     "json_response",
     "read_json_object",

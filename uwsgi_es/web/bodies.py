@@ -325,3 +325,17 @@ def max_body_bytes_of(
         return settings.max_body_bytes if settings is not None else Settings.max_body_bytes
 
     return limit
+
+
+def int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    """The query parameter ``name``, a whole number from ``low`` to ``high`` (``default`` when absent),
+    or a 400 naming it and its range."""
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 19:
+        raise BadRequestError(f"query parameter {name} must be a whole number from {low} to {high}")
+    value = int(raw)
+    if not low <= value <= high:
+        raise BadRequestError(f"query parameter {name} must be from {low} to {high}, got {value}")
+    return value
