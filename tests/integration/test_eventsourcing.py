@@ -24,7 +24,7 @@ from uwsgi_es.testing.cassandra import CassandraNode
 from uwsgi_es.testing.postgres import ExistingPostgres
 
 from ..support.checks import built_once_each, fan_out, move_money_concurrently, worker_reports
-from ..support.library import library_app, migrate, postgres_env, sqlite_env
+from ..support.library import library_app, migrate, postgres_env, sqlite_env, uwsgi_es
 from ..support.load import aged_trigger, reload_under_load
 from ..support.paths import PROJECT
 
@@ -373,3 +373,39 @@ def test_a_follower_in_another_service_follows_the_notification_log_over_http(
         assert notices.recorder.max_tracking_id("BankAccounts") == 13
     finally:
         notices.close()
+
+
+def test_a_dcb_application_is_built_once_per_worker_and_its_condition_holds_across_workers(
+    uwsgi_server: StartServer, postgres: PostgresServer | ExistingPostgres
+) -> None:
+    """eventsourcing.dcb's DCBApplication (not an Application subclass), on its PostgreSQL module:
+    its table made by uwsgi-es migrate, one application per worker built after the fork; 40
+    students booking a 10-seat course at once through 4 workers get exactly 10 seats."""
+    env = {**postgres_env(postgres), "PERSISTENCE_MODULE": "eventsourcing.dcb.postgres_tt"}
+    migrated = uwsgi_es("migrate", {**env, "UWSGI_ES_APPLICATION": "tests.apps.dcb_courses:Courses"})
+    assert migrated.returncode == 0, migrated.stderr
+    assert (
+        "schema ready for Courses (eventsourcing.dcb.postgres_tt at postgresql://postgres@" in migrated.stdout
+    )
+    options = ["--module", "tests.apps.dcb_courses:application", "--processes", "4"]
+    server = uwsgi_server(ES_INI, env=env, options=options)
+    reports = [r.json() for r in fan_out(100, lambda _: server.get("/worker"))]
+    for report in reports:
+        assert (report["pid"], report["constructions"], report["application"]) == (
+            report["built_in_pid"],
+            1,
+            "Courses",
+        ), report
+    assert len({r["pid"] for r in reports}) >= 2
+    answers = fan_out(
+        40,
+        lambda i: server.post("/courses/python-101/bookings", {"student": f"s{i}", "capacity": 10}),
+        concurrency=8,
+    )
+    assert sorted(a.status for a in answers) == [201] * 10 + [409] * 30
+    assert all("full (10 seats)" in a.json()["error"] for a in answers if a.status == 409)
+    booked = server.get("/courses/python-101").json()["booked"]
+    assert len(booked) == len(set(booked)) == 10
+    assert server.post("/courses/python-101/bookings", {"student": "s", "capacity": "10"}).status == 400
+    server.stop()
+    assert "Traceback" not in server.log()

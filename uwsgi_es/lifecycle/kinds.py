@@ -27,6 +27,7 @@ from uwsgi_es.settings import Settings
 # ``projection_runner(app, name, settings)``.
 ADAPTED_KINDS: dict[str, str] = {
     "eventsourcing.application.Application": "uwsgi_es.integrations.eventsourcing",
+    "eventsourcing.dcb.application.DCBApplication": "uwsgi_es.integrations.eventsourcing",
 }
 
 

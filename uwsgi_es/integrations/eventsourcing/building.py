@@ -12,6 +12,8 @@ import threading
 from typing import Any
 
 from eventsourcing.application import Application as LibraryApplication
+from eventsourcing.dcb.application import DCBApplication
+from eventsourcing.dcb.persistence import DCBInfrastructureFactory
 from eventsourcing.persistence import InfrastructureFactory, InfrastructureFactoryError, PersistenceError
 from eventsourcing.utils import Environment
 
@@ -21,17 +23,16 @@ from uwsgi_es.stores import unit_of_work
 
 # What each persistence module reads that may be a secret (never shown, scrubbed from messages).
 _SECRET_KEYS = ("POSTGRES_PASSWORD", "SQLALCHEMY_URL", "CIPHER_KEY", "CASSANDRA_PASSWORD")
-# SQLite checkpoints its write-ahead log at 1000 pages (4 MiB): below that much free space, writes fail.
 
 _lock = threading.Lock()
 _constructions: dict[int, int] = {}
 
 
-def environment(cls: type[LibraryApplication[Any]], overrides: dict[str, str] | None = None) -> Environment:
+def environment(cls: type[Any], overrides: dict[str, str] | None = None) -> Environment:
     """The environment the library gives ``cls`` (its class ``env``, the process's, prefixed by
     the application's name), plus ``overrides`` for both the plain and the prefixed keys."""
     values: dict[str, str] = dict(cls.env)
-    if cls.is_snapshotting_enabled or cls.snapshotting_intervals:
+    if getattr(cls, "is_snapshotting_enabled", False) or getattr(cls, "snapshotting_intervals", None):
         values["IS_SNAPSHOTTING_ENABLED"] = "y"
     values.update(os.environ)
     for key, value in (overrides or {}).items():
@@ -40,17 +41,18 @@ def environment(cls: type[LibraryApplication[Any]], overrides: dict[str, str] | 
     return Environment(cls.name, values)
 
 
-def validate(cls: type[LibraryApplication[Any]]) -> None:
+def validate(cls: type[Any]) -> None:
     """Check, connecting to nothing, that the library can build ``cls`` from this environment:
     its persistence module resolves and finds every setting it needs. (Run in the uWSGI master.)"""
+    kind = DCBInfrastructureFactory if issubclass(cls, DCBApplication) else InfrastructureFactory
     try:
-        factory = InfrastructureFactory.construct(environment(cls, {"CREATE_TABLE": "n"}))
+        factory = kind.construct(environment(cls, {"CREATE_TABLE": "n"}))
     except (InfrastructureFactoryError, OSError, ValueError, ImportError) as exc:
         raise ConfigurationError(_explain(cls, exc)) from None
     factory.close()  # built only to check the settings: its pools were never opened
 
 
-def construct(cls: type[LibraryApplication[Any]], overrides: dict[str, str] | None = None) -> Any:
+def construct(cls: type[Any], overrides: dict[str, str] | None = None) -> Any:
     """Build ``cls`` in this process, its tables left to ``uwsgi-es migrate``."""
     try:
         app = cls(env=environment(cls, {"CREATE_TABLE": "n", **(overrides or {})}))
@@ -60,7 +62,8 @@ def construct(cls: type[LibraryApplication[Any]], overrides: dict[str, str] | No
         raise translate(exc, f"{cls.name}'s store", secrets(environment(cls))) from exc
     with _lock:
         _constructions[os.getpid()] = _constructions.get(os.getpid(), 0) + 1
-    _answer_positions(app)
+    if isinstance(app, LibraryApplication):  # a DCBApplication's position is its slice's
+        _answer_positions(app)
     return app
 
 
@@ -88,7 +91,7 @@ def constructions_in_this_process() -> int:
     return _constructions.get(os.getpid(), 0)
 
 
-def _explain(cls: type[LibraryApplication[Any]], exc: BaseException) -> str:
+def _explain(cls: type[Any], exc: BaseException) -> str:
     return (
         f"The eventsourcing library cannot build {cls.__qualname__} from this environment: {exc} "
         "It reads PERSISTENCE_MODULE (e.g. eventsourcing.sqlite, eventsourcing.postgres, "

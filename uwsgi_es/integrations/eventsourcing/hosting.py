@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from eventsourcing.application import Application as LibraryApplication
+from eventsourcing.dcb.api import DCBRecorder
 from eventsourcing.persistence import ApplicationRecorder, PersistenceError
 from eventsourcing.utils import Environment, strtobool
 
@@ -33,6 +34,8 @@ from uwsgi_es.runtime import fork
 from uwsgi_es.settings import resolve
 from uwsgi_es.stores.base import require_room_for_the_log
 
+# The library's persistence modules on PostgreSQL (its applications', its DCB applications').
+POSTGRES_MODULES = ("eventsourcing.postgres", "eventsourcing.dcb.postgres")
 # Applications inherited across fork: kept referenced so they are never finalised in the child.
 _inherited: list[Any] = []
 
@@ -56,7 +59,7 @@ class LibraryHosting:
         env = self.env
         if self.module.startswith("eventsourcing.sqlite"):
             return str(env.get("SQLITE_DBNAME"))
-        if self.module.startswith("eventsourcing.postgres"):
+        if self.module.startswith(POSTGRES_MODULES):
             return (
                 f"postgresql://{env.get('POSTGRES_USER')}@{env.get('POSTGRES_HOST')}:"
                 f"{env.get('POSTGRES_PORT') or 5432}/{env.get('POSTGRES_DBNAME')}"
@@ -81,6 +84,8 @@ class LibraryHosting:
             recorder = self.app.recorder
             if isinstance(recorder, ApplicationRecorder):
                 recorder.max_notification_id()
+            elif isinstance(recorder, DCBRecorder):  # a DCBApplication's
+                next(iter(recorder.read(limit=1)), None)
             else:
                 recorder.select_events(self._probe_id(), limit=1)
 
@@ -99,7 +104,7 @@ class LibraryHosting:
                 check()
             elif self.module.startswith("eventsourcing.sqlite"):
                 self._check_sqlite(factory)
-            elif self.module.startswith("eventsourcing.postgres"):
+            elif self.module.startswith(POSTGRES_MODULES):
                 self._check_postgres(factory)
 
     def _check_sqlite(self, factory: Any) -> None:

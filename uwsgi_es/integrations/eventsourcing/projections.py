@@ -189,7 +189,13 @@ def named(settings: Settings, name: str) -> Declared:
 class LibraryProjectionRunner:
     """Runs one of the library's projections over one library application's notification log."""
 
-    def __init__(self, app: LibraryApplication[Any], item: Declared, settings: Settings) -> None:
+    def __init__(self, app: Any, item: Declared, settings: Settings) -> None:
+        if not isinstance(app, LibraryApplication):
+            raise ConfigurationError(
+                f"{SETTING}: {type(app).__qualname__} is not an eventsourcing Application (a "
+                "DCBApplication?); uwsgi_es runs projections of applications with a notification "
+                "log only. Run a DCB projection with the library's own runner, in a process of its own."
+            )
         self.app = app
         self.built = build(item)
         self.projection, self.view = self.built.projection, self.built.view
