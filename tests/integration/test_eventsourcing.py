@@ -411,7 +411,9 @@ def test_a_dcb_application_is_built_once_per_worker_and_its_condition_holds_acro
     assert "Traceback" not in server.log()
 
 
-def test_the_librarys_aggregate_cache_stays_right_across_workers(uwsgi_server: StartServer, tmp_path: Path) -> None:
+def test_the_librarys_aggregate_cache_stays_right_across_workers(
+    uwsgi_server: StartServer, tmp_path: Path
+) -> None:
     """AGGREGATE_CACHE_MAXSIZE on (the library fast-forwards cached aggregates by default), 4
     workers x 4 threads moving money on 3 shared accounts: every acknowledged operation stored
     once, versions 1..n, balances add up, though each worker keeps its own cache."""
