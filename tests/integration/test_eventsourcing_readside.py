@@ -24,6 +24,7 @@ import pytest
 from uwsgi_es.integrations.eventsourcing.projections import build, declared
 from uwsgi_es.testing import UwsgiServer, lifecycle_events
 
+from ..apps.es_followers import Emails
 from ..support.library import environment, library_app, migrate, postgres_env, sqlite_env
 from ..support.load import DepositLoad
 from ..support.paths import PROJECT
@@ -260,3 +261,42 @@ def test_uwsgi_es_project_runs_a_library_projection_outside_uwsgi(tmp_path: Path
             process.wait()
     assert "uwsgi-es project: audit stopped" in log.read_text()
     assert "Traceback" not in log.read_text()
+
+
+def test_a_system_runs_its_followers_in_mules_after_the_workers_leader(
+    uwsgi_server: StartServer, tmp_path: Path
+) -> None:
+    """UWSGI_ES_PROJECTIONS names a System (bank -> notices -> emails): the bank serves in the
+    workers, mule 1 runs notices (following the bank), mule 2 emails (following notices, whose log
+    it reads through an application of its own); one email per withdrawal reaches the end."""
+    env = {
+        **sqlite_env(tmp_path / "bank.db"),
+        "NOTICES_SQLITE_DBNAME": str(tmp_path / "notices.db"),
+        "EMAILS_SQLITE_DBNAME": str(tmp_path / "emails.db"),
+        "UWSGI_ES_PROJECTIONS": "tests.apps.es_followers:system",
+    }
+    migrate(env)
+    server = uwsgi_server(ES_INI, env=env, options=["--processes", "2"])
+    account = server.post("/accounts", {"owner": "system"}).json()["id"]
+    assert server.post(f"/accounts/{account}/deposits", {"amount": 50}).status == 200
+    for amount in (4, 5, 6):
+        assert server.post(f"/accounts/{account}/withdrawals", {"amount": amount}).status == 200
+    deadline = time.monotonic() + 20
+    while True:
+        with environment(env):
+            emails = Emails()
+        try:
+            queued = [
+                emails.mapper.to_domain_event(n).amount
+                for n in emails.recorder.select_notifications(None, 10)
+            ]
+        finally:
+            emails.close()
+        if len(queued) >= 3:
+            break
+        assert time.monotonic() < deadline, server.log_tail()
+        time.sleep(0.1)
+    assert queued == [4, 5, 6]
+    assert {e["role"]: e["projection"] for e in runners(server)} == {"mule 1": "notices", "mule 2": "emails"}
+    server.stop()
+    assert "Traceback" not in server.log()

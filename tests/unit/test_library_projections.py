@@ -118,3 +118,37 @@ def test_a_process_application_follows_the_hosted_application_exactly_once(
                 runner.close()
     finally:
         bank.close()
+
+
+def test_a_system_runs_each_follower_after_its_leaders(sqlite: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ``System`` named in the setting stands for its followers in order (bank -> notices ->
+    emails): notices follows the hosted bank, emails follows notices, whose application its runner
+    builds to read its log; migrate makes every follower's tables."""
+    from examples.eventsourcing_bank.application import BankAccounts
+    from uwsgi_es.integrations.eventsourcing import construct, migrate, projection_names, projection_runner
+
+    monkeypatch.setenv("NOTICES_SQLITE_DBNAME", str(sqlite / "notices.db"))
+    monkeypatch.setenv("EMAILS_SQLITE_DBNAME", str(sqlite / "emails.db"))
+    settings = Settings(projections="tests.apps.es_followers:system")
+    assert projection_names(settings) == ["notices", "emails"]
+    migrate(BankAccounts, settings)
+    bank = construct(BankAccounts)
+    try:
+        account = bank.open_account("system")
+        bank.deposit(account.id, 10)
+        bank.withdraw(account.id, 4)
+        bank.withdraw(account.id, 5)
+        notices, emails = (projection_runner(bank, name, settings) for name in ("notices", "emails"))
+        try:
+            assert [leader.name for leader in emails.leaders] == ["notices"]
+            assert emails.catch_up() == 0  # notices has sent nothing yet
+            assert notices.catch_up() == 4
+            assert emails.catch_up() == 2
+            queued = emails.projection.recorder.select_notifications(start=None, limit=10)
+            assert [emails.projection.mapper.to_domain_event(n).amount for n in queued] == [4, 5]
+            assert emails.view.max_tracking_id("notices") == 2
+        finally:
+            notices.close()
+            emails.close()
+    finally:
+        bank.close()

@@ -70,6 +70,9 @@ def migrate(cls: Any, settings: Settings) -> str:
         host.close()
     items = declared(settings.projections)
     for item in items:
+        for name, leader in item.leaders().items():  # a system's leaders, but the one hosted here
+            if name != cls.name:
+                construct(leader, {"CREATE_TABLE": "y"}).close()
         build(item, create_tables=True).close()
     if items:
         done += f"; the tables of {', '.join(item.name for item in items)}"

@@ -44,6 +44,7 @@ from eventsourcing.persistence import (
     TrackingRecorder,
 )
 from eventsourcing.projection import EventSourcedProjection, Projection
+from eventsourcing.system import System
 from eventsourcing.utils import Environment
 
 from uwsgi_es.errors import ConfigurationError, ProjectionLagError, UnsupportedOperationError
@@ -62,22 +63,29 @@ SETTING = "UWSGI_ES_PROJECTIONS"
 @dataclass(frozen=True)
 class Declared:
     """One projection the ini names: its class, and its view's class (None for an
-    ``EventSourcedProjection``, whose recorder is its view)."""
+    ``EventSourcedProjection``, whose recorder is its view); or one follower of a ``System`` the
+    ini names (``follower``: its name there)."""
 
     projection: str
     view: str | None = None
+    follower: str | None = None
 
     @property
     def name(self) -> str:
         """The name a runner answers to (``uwsgi-es project NAME``): the class's ``name``."""
+        if self.follower is not None:
+            return self.follower
         return str(getattr(self.projection_class(), "name", "") or self.projection.rpartition(":")[2])
 
     def projection_class(self) -> type[Any]:
+        if self.follower is not None:
+            return self.system().follower_cls(self.follower)
         cls = _load(self.projection)
         if not (isinstance(cls, type) and issubclass(cls, Projection | EventSourcedProjection)):
             raise ConfigurationError(
                 f"{SETTING}: {self.projection} is not a projection of the eventsourcing library "
-                "(a subclass of eventsourcing.projection.Projection or EventSourcedProjection)."
+                "(a subclass of eventsourcing.projection.Projection or EventSourcedProjection, or a "
+                "System of process applications)."
             )
         if issubclass(cls, Projection) and self.view is None:
             raise ConfigurationError(
@@ -96,13 +104,33 @@ class Declared:
             )
         return cls
 
+    def system(self) -> System:
+        found = _load(self.projection)
+        if not isinstance(found, System):
+            raise ConfigurationError(f"{SETTING}: {self.projection} is not an eventsourcing System.")
+        return found
+
+    def leaders(self) -> dict[str, type[Any]]:
+        """The applications this one follows, by name: a system follower's leaders; {} for a
+        projection, which follows the application the process hosts."""
+        if self.follower is None:
+            return {}
+        system = self.system()
+        return {name: system.get_app_cls(name) for name in system.follows[self.follower]}
+
 
 def declared(raw: str) -> list[Declared]:
-    """The projections ``raw`` (the setting's text, whose form the settings checked) names."""
+    """The projections ``raw`` (the setting's text, whose form the settings checked) names, a
+    ``System`` standing for each of its followers in its order (imported to find out)."""
     found = []
     for item in (part.strip() for part in raw.split(",")):
-        if item:
-            projection, _, view = (side.strip() for side in item.partition("="))
+        if not item:
+            continue
+        projection, _, view = (side.strip() for side in item.partition("="))
+        named_object = None if view else _load(projection)
+        if isinstance(named_object, System):
+            found += [Declared(projection, None, follower) for follower in named_object.followers]
+        else:
             found.append(Declared(projection, view or None))
     return found
 
@@ -203,29 +231,49 @@ class LibraryProjectionRunner:
         self.topics: Sequence[str] = tuple(getattr(self.projection, "topics", ()) or ())
         self.batch = settings.readside_batch
         self.poll_interval = settings.readside_poll_interval
-        self.position: int | None = None  # the last notification processed (None: read the view's)
+        # The applications followed: the hosted one, or a system follower's leaders (those other
+        # than the hosted one built here, to read their notification logs, and closed with it).
+        self.leaders, self._built_here = [], []
+        for name, cls in (item.leaders() or {app.name: type(app)}).items():
+            if name == app.name:
+                self.leaders.append(app)
+            else:
+                self._built_here.append(construct(cls))
+                self.leaders.append(self._built_here[-1])
+        # The last notification processed of each leader (absent: read the view's tracking record).
+        self.positions: dict[str, int] = {}
+
+    @property
+    def position(self) -> int | None:
+        """The position in the first leader's log (the hosted application's, for a projection)."""
+        return self.positions.get(self.leaders[0].name)
 
     def step(self) -> int:
-        """Process the next notifications after the position; return how many. When the log's
-        last notifications are of topics the projection does not follow, its tracking record
-        moves past them too (a read asking for a write's position waits for nothing then)."""
-        if self.position is None:
-            self.position = self.view.max_tracking_id(self.app.name) or 0
-        last = self.app.recorder.max_notification_id() or 0  # read first: nothing up to it is missed
-        if last <= self.position:
+        """Process the next notifications of each leader after its position; return how many."""
+        return sum(self._step(leader) for leader in self.leaders)
+
+    def _step(self, leader: Any) -> int:
+        """When the leader's last notifications are of topics the projection does not follow, its
+        tracking record moves past them too (a read asking for a write's position waits for
+        nothing then)."""
+        position = self.positions.get(leader.name)
+        if position is None:
+            position = self.positions[leader.name] = self.view.max_tracking_id(leader.name) or 0
+        last = leader.recorder.max_notification_id() or 0  # read first: nothing up to it is missed
+        if last <= position:
             return 0
-        notifications = self.app.recorder.select_notifications(
-            start=self.position, limit=self.batch, stop=last, topics=self.topics, inclusive_of_start=False
+        notifications = leader.recorder.select_notifications(
+            start=position, limit=self.batch, stop=last, topics=self.topics, inclusive_of_start=False
         )
         for notification in notifications:
-            event = self.app.mapper.to_domain_event(notification)
-            self.projection.process_event(event, Tracking(self.app.name, notification.id))
-            self.position = notification.id
+            event = leader.mapper.to_domain_event(notification)
+            self.projection.process_event(event, Tracking(leader.name, notification.id))
+            position = self.positions[leader.name] = notification.id
             recorder.projected(self.name, 1)
         if len(notifications) < self.batch:
-            self.position = last  # the rest up to ``last`` is of other topics
-        if (self.view.max_tracking_id(self.app.name) or 0) < self.position:
-            self.view.insert_tracking(Tracking(self.app.name, self.position))
+            position = self.positions[leader.name] = last  # the rest up to ``last``: other topics
+        if (self.view.max_tracking_id(leader.name) or 0) < position:
+            self.view.insert_tracking(Tracking(leader.name, position))
         return len(notifications)
 
     def catch_up(self) -> int:
@@ -261,7 +309,7 @@ class LibraryProjectionRunner:
                     error=f"{type(exc).__name__}: {exc}",
                     consequence=f"nothing after it is processed; tried again in {backoff:g}s",
                 )
-                self.position = None  # resume from what the view recorded
+                self.positions.clear()  # resume from what the view recorded
                 stop.wait(backoff)
                 continue
             backoff = 0.0
@@ -270,6 +318,8 @@ class LibraryProjectionRunner:
 
     def close(self) -> None:
         self.built.close()
+        for leader in self._built_here:
+            leader.close()
 
 
 # The views a worker reads, built in it on first use: (pid, application) -> name -> Built.
@@ -306,11 +356,17 @@ def tracked(app: LibraryApplication[Any], built: Built) -> int:
     return int(_translated(app, lambda: built.view.max_tracking_id(app.name) or 0))
 
 
+def _follows(item: Declared, name: str) -> bool:
+    leaders = item.leaders()
+    return not leaders or name in leaders
+
+
 def report(app: LibraryApplication[Any], settings: Settings) -> dict[str, dict[str, int]]:
     """Each declared projection's position and lag (notifications stored after it), read now:
     for ``/ready``, ``/worker`` and ``/metrics``. A view whose tables are missing raises
     ``SchemaMissingError`` naming ``uwsgi-es migrate``."""
-    names = projection_names(settings)
+    # Those that follow the application served here (a system's other followers follow others).
+    names = [item.name for item in declared(settings.projections) if _follows(item, app.name)]
     if not names:
         return {}
     last = int(_translated(app, lambda: app.recorder.max_notification_id() or 0))
