@@ -234,3 +234,14 @@ def test_an_aggregate_cache_that_does_not_fast_forward_in_several_workers(
     if flagged:
         assert found[0].title.endswith(f"with {processes} workers")
         assert "fast-forwards cached aggregates by default" in found[0].fix
+
+
+def test_a_mule_that_crashed_before_its_spawn_was_logged_is_still_the_mules() -> None:
+    """The doctor stops the instance while a dying mule is respawned: the new mule's segfault may
+    reach the log without the master's "spawned uWSGI mule" line. With mules dying, a crash of a
+    process the log never said it spawned is theirs, not another crash; a worker's stays reported."""
+    late = [*MULE_SEGFAULTS, "!!! uWSGI process 22 got Segmentation Fault !!!"]
+    assert list(logs.crashes(observed(late, mule=["uwsgi_es.readside.mule:run"]))) == []
+    worker = [*late, "!!! uWSGI process 11 got Segmentation Fault !!!"]
+    (found,) = logs.crashes(observed(worker, mule=["uwsgi_es.readside.mule:run"]))
+    assert "uWSGI process 11 got Segmentation Fault" in found.detail

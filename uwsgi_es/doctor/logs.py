@@ -19,6 +19,9 @@ CRASH = re.compile(r"Segmentation Fault|Fatal Python error|crippled", re.IGNOREC
 MULE_SPAWNED = re.compile(r"spawned uWSGI mule (\d+) \(pid: (\d+)\)")
 MULE_DIED = re.compile(r"mule (\d+) (?:\(pid: \d+\) )?(?:crippled|died)")
 WORKER_DIED = re.compile(r"DAMN ! worker \d+")
+# The processes other than mules (the master, workers, the HTTP router), and a crash's process.
+OTHER_SPAWNED = re.compile(r"spawned uWSGI (?:master process|worker \d+|http \d+) \(pid: (\d+)")
+PROCESS_CRASHED = re.compile(r"uWSGI process (\d+) got ")
 EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)\b(?::.*)?$")
 ADDRESS_IN_USE = re.compile(r"probably another instance of uWSGI is running on the same address \((.*)\)")
 
@@ -64,8 +67,18 @@ def worker_deaths(log: list[str]) -> int:
 
 
 def crashes(seen: Observed) -> Iterator[Finding]:
-    """The first crash line no mule finding quotes already (those of the mules are theirs)."""
-    of_mules = {line for mule in mule_respawns(seen.log) for line in mule_crash_lines(seen.log, mule)}
+    """The first crash line no mule finding quotes already (those of the mules are theirs; so is
+    one of a process the log never said it spawned, while mules die: a mule respawned as the
+    doctor stopped the instance, which crashed before its master wrote the line)."""
+    respawned = mule_respawns(seen.log)
+    of_mules = {line for mule in respawned for line in mule_crash_lines(seen.log, mule)}
+    if respawned:
+        known = {m[1] for m in map(OTHER_SPAWNED.search, seen.log) if m is not None}
+        of_mules |= {
+            line
+            for line in crash_lines(seen.log)
+            if (crashed := PROCESS_CRASHED.search(line)) is not None and crashed[1] not in known
+        }
     others = [line for line in crash_lines(seen.log) if line not in of_mules]
     if others:
         yield Finding(
