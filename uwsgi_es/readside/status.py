@@ -29,7 +29,7 @@ import importlib
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
@@ -50,6 +50,7 @@ from uwsgi_es.readside.projection import Projection, absent_tables, read_model_m
 from uwsgi_es.readside.runner import database_error, feed_store, is_database_error, stopped_message
 from uwsgi_es.readside.tracking import read
 from uwsgi_es.runtime import process
+from uwsgi_es.settings import Settings
 from uwsgi_es.stores import deadlines
 from uwsgi_es.stores.base import ProjectionFeed
 from uwsgi_es.stores.sqlalchemy.engine import pool_exhausted
@@ -221,25 +222,37 @@ def projected(app: Application, projection: type[Projection], at_least: int = 0)
 
 
 def _wait_for(app: Application, store: ProjectionFeed, projection: type[Projection], at_least: int) -> None:
-    """Return once the projection has applied ``at_least``, holding no connection in between;
-    ``ProjectionLagError`` past ``UWSGI_ES_READ_WAIT``, ``TooManyWaitingReadsError`` when this
-    process already has ``UWSGI_ES_MAX_WAITING_READS`` reads waiting."""
-    deadline = time.monotonic() + app.settings.read_wait
-    position = _position(store, projection, at_least)
+    """Return once the projection has applied ``at_least``, holding no connection in between."""
+    wait_for_position(projection.name, at_least, lambda: _position(store, projection, at_least), app.settings)
+
+
+def wait_for_position(
+    name: str,
+    at_least: int,
+    position: Callable[[], int],
+    settings: Settings,
+    step: float = WAIT_STEP_SECONDS,
+) -> None:
+    """Return once ``position()``, the projection ``name``'s, has reached ``at_least``, looking
+    again every ``step`` without holding up the worker's other requests; ``ProjectionLagError``
+    past ``UWSGI_ES_READ_WAIT``, ``TooManyWaitingReadsError`` when this process already has
+    ``UWSGI_ES_MAX_WAITING_READS`` reads waiting."""
+    deadline = time.monotonic() + settings.read_wait
+    reached = position()
     with ExitStack() as waiting:
         placed = False
-        while position < at_least:
+        while reached < at_least:
             if time.monotonic() >= deadline:
                 raise ProjectionLagError(
-                    f"The projection {projection.name!r} is at position {position}, before the "
-                    f"position {at_least} asked for, after waiting {app.settings.read_wait:g}s "
+                    f"The projection {name!r} is at position {reached}, before the "
+                    f"position {at_least} asked for, after waiting {settings.read_wait:g}s "
                     "(UWSGI_ES_READ_WAIT). Retry shortly."
                 )
             if not placed:  # first time round: take a waiting read's place
-                waiting.enter_context(waiting_place(app.settings.max_waiting_reads))
+                waiting.enter_context(_waiting_place(settings.max_waiting_reads))
                 placed = True
-            process.pause(WAIT_STEP_SECONDS)
-            position = _position(store, projection, at_least)
+            process.pause(step)
+            reached = position()
 
 
 def _position(store: ProjectionFeed, projection: type[Projection], at_least: int) -> int:
@@ -268,7 +281,7 @@ def _position(store: ProjectionFeed, projection: type[Projection], at_least: int
 
 
 @contextmanager
-def waiting_place(bound: int) -> Iterator[None]:
+def _waiting_place(bound: int) -> Iterator[None]:
     """One of this process's ``bound`` places for reads waiting for a position, or a refusal."""
     global _waiting
     with _waiting_lock:

@@ -29,7 +29,6 @@ import importlib
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -47,12 +46,13 @@ from eventsourcing.projection import EventSourcedProjection, Projection
 from eventsourcing.system import System
 from eventsourcing.utils import Environment
 
-from uwsgi_es.errors import ConfigurationError, ProjectionLagError, UnsupportedOperationError
+from uwsgi_es.errors import ConfigurationError, UnsupportedOperationError
 from uwsgi_es.integrations.eventsourcing.building import construct, secrets, translate
 from uwsgi_es.metrics import recorder
-from uwsgi_es.readside.status import waiting_place
+from uwsgi_es.readside.status import wait_for_position
 from uwsgi_es.runtime import log, process
 from uwsgi_es.settings import Settings
+from uwsgi_es.stores import deadlines
 
 MAX_BACKOFF = 30.0
 WAIT_STEP_SECONDS = 0.01  # how often a read waiting for a position looks at the view's again
@@ -386,19 +386,9 @@ def read_view(
     without holding up the worker's other requests; then ``ProjectionLagError`` (503) naming the
     lag. At most ``UWSGI_ES_MAX_WAITING_READS`` reads of a worker wait at once."""
     built = view_of(app, name, settings)
-    position = tracked(app, built) if at_least > 0 else 0
-    if position < at_least:
-        deadline = time.monotonic() + settings.read_wait
-        with waiting_place(settings.max_waiting_reads):
-            while position < at_least:
-                if time.monotonic() >= deadline:
-                    raise ProjectionLagError(
-                        f"The projection {name!r} is at position {position}, before the position "
-                        f"{at_least} asked for, after waiting {settings.read_wait:g}s "
-                        "(UWSGI_ES_READ_WAIT). Retry shortly."
-                    )
-                process.pause(WAIT_STEP_SECONDS)
-                position = tracked(app, built)
+    if at_least > 0:
+        with deadlines.not_counted():  # waiting for the projection is not waiting for the database
+            wait_for_position(name, at_least, lambda: tracked(app, built), settings, WAIT_STEP_SECONDS)
     yield built.view
 
 
