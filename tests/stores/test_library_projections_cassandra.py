@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from uwsgi_es.integrations.eventsourcing import construct, migrate, projection_runner
+from uwsgi_es.integrations.eventsourcing import construct, migrate
 from uwsgi_es.settings import Settings
 from uwsgi_es.testing.cassandra import CassandraNode
+
+from ..support.library import recorded, running
 
 pytestmark = pytest.mark.cassandra
 _numbers = itertools.count()
@@ -35,19 +37,14 @@ def test_the_audit_follows_the_bank_on_cassandra_exactly_once(
             bank.deposit(account.id, amount)
         bank.withdraw(account.id, 3)
         for applied in (4, 0):  # the second runner: a respawned mule, resuming after the first
-            runner = projection_runner(bank, "audit", settings)
-            try:
+            with running(bank, "audit", settings) as runner:
                 assert runner.catch_up() == applied
                 assert runner.view.max_tracking_id("BankAccounts") == 5
-                entries = runner.projection.recorder.select_notifications(start=None, limit=10)
-                audited = [runner.projection.mapper.to_domain_event(n) for n in entries]
-                assert [(e.movement, e.amount, e.position) for e in audited] == [
+                assert [(e.movement, e.amount, e.position) for e in recorded(runner)] == [
                     ("deposit", 5, 2),
                     ("deposit", 6, 3),
                     ("deposit", 7, 4),
                     ("withdrawal", 3, 5),
                 ]
-            finally:
-                runner.close()
     finally:
         bank.close()

@@ -90,3 +90,21 @@ def postgres_env(server: PostgresServer | ExistingPostgres) -> dict[str, str]:
         "POSTGRES_USER": "postgres",
         "POSTGRES_PASSWORD": "unused-by-trust-auth",
     }
+
+
+@contextmanager
+def running(app: Any, name: str, settings: Any) -> Iterator[Any]:
+    """The runner a mule builds for the declared projection ``name`` over ``app``, closed after."""
+    from uwsgi_es.integrations.eventsourcing import projection_runner
+
+    runner = projection_runner(app, name, settings)
+    try:
+        yield runner
+    finally:
+        runner.close()
+
+
+def recorded(runner: Any) -> list[Any]:
+    """The events an event-sourced projection (a follower) recorded in its own store."""
+    projection = runner.projection
+    return [projection.mapper.to_domain_event(n) for n in projection.recorder.select_notifications(None, 100)]

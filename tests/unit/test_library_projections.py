@@ -13,6 +13,8 @@ from uwsgi_es.errors import ConfigurationError
 from uwsgi_es.integrations.eventsourcing.projections import build, declared, named
 from uwsgi_es.settings import Settings, resolve
 
+from ..support.library import recorded, running
+
 EXAMPLE = "examples.eventsourcing_bank"
 BALANCES = f"{EXAMPLE}.projections:Balances"
 SQLITE_VIEW = f"{EXAMPLE}.projections:SqliteBalancesView"
@@ -97,7 +99,7 @@ def test_a_process_application_follows_the_hosted_application_exactly_once(
     the hosted bank as its runner mule would: one notice per withdrawal, recorded with its tracking
     record; a runner built again (a respawned mule) resumes after it and records nothing twice."""
     from examples.eventsourcing_bank.application import BankAccounts
-    from uwsgi_es.integrations.eventsourcing import construct, migrate, projection_runner
+    from uwsgi_es.integrations.eventsourcing import construct, migrate
 
     monkeypatch.setenv("NOTICES_SQLITE_DBNAME", str(sqlite / "notices.db"))
     settings = Settings(projections="tests.apps.es_followers:Notices")
@@ -108,14 +110,10 @@ def test_a_process_application_follows_the_hosted_application_exactly_once(
         bank.deposit(account.id, 10)
         bank.withdraw(account.id, 4)
         for expected in (3, 0):  # the second runner: a respawned mule, resuming after the first
-            runner = projection_runner(bank, "notices", settings)
-            try:
+            with running(bank, "notices", settings) as runner:
                 assert runner.catch_up() == expected
                 assert runner.view.max_tracking_id("BankAccounts") == 3
-                notices = runner.projection.recorder.select_notifications(start=None, limit=10)
-                assert [runner.projection.mapper.to_domain_event(n).amount for n in notices] == [4]
-            finally:
-                runner.close()
+                assert [notice.amount for notice in recorded(runner)] == [4]
     finally:
         bank.close()
 
@@ -125,7 +123,7 @@ def test_a_system_runs_each_follower_after_its_leaders(sqlite: Path, monkeypatch
     emails): notices follows the hosted bank, emails follows notices, whose application its runner
     builds to read its log; migrate makes every follower's tables."""
     from examples.eventsourcing_bank.application import BankAccounts
-    from uwsgi_es.integrations.eventsourcing import construct, migrate, projection_names, projection_runner
+    from uwsgi_es.integrations.eventsourcing import construct, migrate, projection_names
 
     monkeypatch.setenv("NOTICES_SQLITE_DBNAME", str(sqlite / "notices.db"))
     monkeypatch.setenv("EMAILS_SQLITE_DBNAME", str(sqlite / "emails.db"))
@@ -138,17 +136,12 @@ def test_a_system_runs_each_follower_after_its_leaders(sqlite: Path, monkeypatch
         bank.deposit(account.id, 10)
         bank.withdraw(account.id, 4)
         bank.withdraw(account.id, 5)
-        notices, emails = (projection_runner(bank, name, settings) for name in ("notices", "emails"))
-        try:
+        with running(bank, "notices", settings) as notices, running(bank, "emails", settings) as emails:
             assert [leader.name for leader in emails.leaders] == ["notices"]
             assert emails.catch_up() == 0  # notices has sent nothing yet
             assert notices.catch_up() == 4
             assert emails.catch_up() == 2
-            queued = emails.projection.recorder.select_notifications(start=None, limit=10)
-            assert [emails.projection.mapper.to_domain_event(n).amount for n in queued] == [4, 5]
+            assert [email.amount for email in recorded(emails)] == [4, 5]
             assert emails.view.max_tracking_id("notices") == 2
-        finally:
-            notices.close()
-            emails.close()
     finally:
         bank.close()
