@@ -12,7 +12,7 @@ export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 # (pyenv's, else python3.X on PATH; see tests/support/interpreters.py).
 OTHER_PYTHONS := 3.12 3.13
 
-.PHONY: run test check lint format pytest interpreters dist migrate clean postgres-binaries java-and-maven pgbouncer redis nginx cassandra-up cassandra-down cassandra-cluster-up cassandra-cluster-down reliability bench
+.PHONY: run test check lint format pytest interpreters dist migrate clean postgres-binaries java-and-maven pgbouncer redis nginx wrk cassandra-up cassandra-down cassandra-cluster-up cassandra-cluster-down reliability bench
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,7 +46,7 @@ lint: $(DEV_STAMP)
 	$(BIN)/ruff check uwsgi_es tests bench examples
 	$(BIN)/mypy --strict uwsgi_es
 
-pytest: $(DEV_STAMP) postgres-binaries pgbouncer java-and-maven redis nginx
+pytest: $(DEV_STAMP) postgres-binaries pgbouncer java-and-maven redis nginx wrk
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # The same uWSGI fork, mule and lifecycle tests (marker `interpreters`) on the other supported
@@ -92,10 +92,7 @@ reliability: $(DEV_STAMP) postgres-binaries pgbouncer java-and-maven
 	$(BIN)/python -m tests.support.reliability_report .cache/reliability.jsonl > docs/RELIABILITY.md
 
 ## bench: uwsgi_es against its anchors (wrk, side by side); writes BENCHMARKS.md and BENCHMARKS.png
-bench: $(DEV_STAMP) postgres-binaries java-and-maven
-	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } || \
-	  { echo "the benchmarks need wrk: sudo apt-get install wrk"; exit 1; }
+bench: $(DEV_STAMP) postgres-binaries java-and-maven wrk
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench.run
 
@@ -133,6 +130,10 @@ nginx:
 # The PostgreSQL tests also run through a throwaway PgBouncer (deploy/pgbouncer.ini).
 pgbouncer:
 	@$(call apt-install,pgbouncer,pgbouncer,the PgBouncer tests)
+
+# wrk drives the benchmarks and the read side's sustained-load test at the server's full rate.
+wrk:
+	@$(call apt-install,wrk,wrk,the benchmarks and the sustained-load test)
 
 # The RQ and Celery tests run a throwaway redis-server.
 redis:

@@ -9,9 +9,11 @@ wrong around them (tables missing, a database failing, another application's eve
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections.abc import Iterator
+from uuid import UUID
 
 import pytest
 from sqlalchemy import func, select
@@ -34,10 +36,13 @@ from uwsgi_es.stores import unit_of_work
 from ..apps.readside_app import Bank, Effects, effects_table
 
 
-def fold(app: BankAccounts) -> dict[str, int]:
-    """Each account's balance as its stored events say (another application's are left out)."""
+def fold(app: BankAccounts, up_to: int | None = None) -> dict[str, int]:
+    """Each account's balance as its stored events say, up to the position ``up_to`` (all by
+    default; another application's are left out)."""
     balances: dict[str, int] = {}
     for record in app.records.select_all(0, 1_000_000):  # type: ignore[attr-defined]
+        if up_to is not None and (record.id or 0) > up_to:
+            break
         try:
             resolve_topic(record.topic)
         except TopicError:
@@ -97,6 +102,39 @@ class ReadSideContract:
             "error": None,
         }
         assert readside.report(app)["effects"]["lag"] == 34  # events, not a difference of positions
+
+    @pytest.mark.parametrize("batch", [1, 3, 50])
+    def test_a_batch_leaves_the_read_model_as_one_event_at_a_time_would(
+        self, app: Bank, database_url: str, batch: int
+    ) -> None:
+        """Balances applies a batch in two statements (inserts, then each account's net change):
+        accounts opened and moved within one batch, several events of one account, withdrawals,
+        in batches of 1, 3 and 50: balances and versions equal a fold of the events at the end of
+        every step, not only at the end."""
+        rng = random.Random(batch)
+        balances: dict[UUID, int] = {}
+        for _ in range(120):
+            if not balances or rng.random() < 0.15:
+                balances[app.open_account("batched").id] = 0
+                continue
+            account = rng.choice(list(balances))
+            if balances[account] and rng.random() < 0.2:
+                app.withdraw(account, 1)
+                balances[account] -= 1
+            else:
+                amount = rng.randint(1, 50)
+                app.deposit(account, amount)
+                balances[account] += amount
+        runner = ProjectionRunner(app, Balances(), Settings(database_url=database_url, readside_batch=batch))
+        while runner.step():
+            position = readside.report(app)["balances"]["position"]
+            assert read_model(app) == fold(app, up_to=position)
+        assert read_model(app) == fold(app)
+        with app.records.engine.connect() as connection:  # type: ignore[attr-defined]
+            versions = dict(
+                connection.execute(select(balances_table.c.account_id, balances_table.c.version)).all()
+            )
+        assert versions == {account: app.get_account(account).version for account in balances}
 
     def test_writes_answer_their_feed_position(self, app: Bank) -> None:
         account = app.open_account("ann")

@@ -12,6 +12,14 @@ records the position it reached (the tracking record), and commits both together
   rolled the batch back is made again. ``position`` is unique and increasing per event: pass it
   along (an idempotency key) so the receiver can drop a repeat.
 
+**Batches.** The runner hands a projection each transaction's events at once, through
+``process_batch`` (by default ``process`` for each, in order). A projection that applies them in
+fewer statements (one upsert per key for the whole batch instead of one per event) overrides it:
+a statement's round trip, not Python, is what limits a runner, and one per batch is what lets the
+read side keep up with writers committing in parallel. ``process_batch`` must leave the read model
+as ``process`` would, event after event (the runner falls back to batches of one to find an event
+that fails, and those pass through ``process_batch`` too).
+
 ``process`` must be deterministic for the read model to equal a fold of the events. Raising stops
 the projection at that event (nothing after it is processed, nothing is skipped) until the code
 is fixed: see ``uwsgi_es.readside.runner``. Events of other classes than ``handles`` names (when
@@ -44,6 +52,12 @@ class Projection(abc.ABC):
     @abc.abstractmethod
     def process(self, event: DomainEvent, position: int, connection: Connection) -> None:
         """Apply one event (at feed ``position``) to the read model, through ``connection`` only."""
+
+    def process_batch(self, events: Sequence[tuple[DomainEvent, int]], connection: Connection) -> None:
+        """Apply ``events`` (each with its feed position, in feed order) as ``process`` would, one
+        after the other; override to do it in fewer statements."""
+        for event, position in events:
+            self.process(event, position, connection)
 
 
 def absent_tables(projection: type[Projection], connection: Connection) -> list[str]:

@@ -1,9 +1,9 @@
 """The projection runner: catch up from the tracked position, then follow the feed.
 
 One step reads the next events after the projection's position and, in one write transaction,
-locks its tracking record, applies each event and advances the position; commit makes both
-visible together (exactly once for the read model). Between steps the runner sleeps until a
-wake-up (``waking``), at most the poll interval.
+locks its tracking record, applies the events (all at once: ``Projection.process_batch``) and
+advances the position; commit makes both visible together (exactly once for the read model).
+Between steps the runner sleeps until a wake-up (``waking``), at most the poll interval.
 
 A record is decoded only when the projection handles its topic (a class of ``handles``, or, when
 that is empty, any class this process defines). The others, such as another application's events
@@ -11,7 +11,7 @@ in a shared database, are passed over undecoded, and the position moves past the
 ``handles`` empty a topic of no class here is logged once per runner (``projection_passed_over``),
 so an old topic that a rename forgot to register (``register_topic``) still shows.
 
-When ``process`` raises on an event, or a handled event cannot be decoded, the batch is rolled
+When the projection raises on an event, or a handled event cannot be decoded, the batch is rolled
 back and replayed one event per transaction, so every event before the failing one is applied and
 the projection **stops at it**. Its tracking record says where, which topic and which exception
 (``/ready`` answers 503 naming them, and who must act: the projection's author, or for a stored
@@ -117,8 +117,7 @@ class ProjectionRunner:
                 with self.store.write_transaction() as connection:
                     position = lock(connection, self.name)
                     records = select_all_on(connection, position, self.limit)
-                    for record in records:
-                        self._apply(record, connection)
+                    self._apply(records, connection)
                     if records:
                         advance(connection, self.name, records[-1].id or position)
             except _Stopped as stopped:
@@ -187,16 +186,19 @@ class ProjectionRunner:
             cannot_run = tracked.error is not None and tracked.error_position is None
             return bool(select_all_on(connection, tracked.position, 1)), cannot_run
 
-    def _apply(self, record: StoredRecord, connection: Connection) -> None:
-        event = self._decoded(record)
-        if event is None:
+    def _apply(self, records: list[StoredRecord], connection: Connection) -> None:
+        """Hand the events of ``records`` this projection handles to ``process_batch`` at once.
+        ``_Stopped`` names the record whose event failed when the batch holds one (else the
+        first: the runner then replays the batch one event at a time to find it)."""
+        batch = [(event, record) for record in records if (event := self._decoded(record)) is not None]
+        if not batch:
             return
         try:
-            self.projection.process(event, record.id or 0, connection)
+            self.projection.process_batch([(event, record.id or 0) for event, record in batch], connection)
         except Exception as exc:
             if is_database_error(exc):
                 raise
-            raise _Stopped(record, exc) from exc
+            raise _Stopped(batch[0][1], exc) from exc
 
     def _decoded(self, record: StoredRecord) -> DomainEvent | None:
         """The event ``record`` stores; None to pass it over (a class this projection does not
