@@ -30,6 +30,7 @@ from bench.measure import (
 )
 from bench.projection import projection_row
 from bench.report import write_report
+from bench.sustained import sustained_row
 from bench.wrk import deposit_script, read_script
 from uwsgi_es.cli import steps
 from uwsgi_es.example.domain import BankAccounts
@@ -168,6 +169,13 @@ def main() -> None:
     projection_sqlite = f"sqlite:///{sqlite_dir}/projection.sqlite3"
     migrate(Settings(database_url=projection_sqlite))
     projections = [projection_row(projection_sqlite, "SQLite")]
+
+    def fresh_sqlite(name: str) -> str:
+        url = f"sqlite:///{sqlite_dir}/{name}.sqlite3"
+        migrate(Settings(database_url=url))
+        return url
+
+    projections.append(sustained_row(fresh_sqlite, "SQLite", logs))
     boot["SQLite"] = boot_figures({"UWSGI_ES_DATABASE_URL": ours_sqlite}, logs, "sqlite")
     memory = memory_figures({"UWSGI_ES_DATABASE_URL": ours_sqlite}, logs)
     imports = import_costs()
@@ -191,6 +199,13 @@ def main() -> None:
         projection_pg = postgres.create_database("projection")
         migrate(Settings(database_url=projection_pg))
         projections.append(projection_row(projection_pg, "PostgreSQL"))
+
+        def fresh_postgres(name: str) -> str:
+            url = postgres.create_database(name)
+            migrate(Settings(database_url=url))
+            return url
+
+        projections.append(sustained_row(fresh_postgres, "PostgreSQL", logs))
         boot["PostgreSQL"] = boot_figures({"UWSGI_ES_DATABASE_URL": ours_pg}, logs, "postgres")
 
     with CassandraNode(PROJECT / ".cache" / "cassandra") as node:

@@ -465,7 +465,10 @@ class Settings:
         shown="(none)",
     )
     readside_batch: int = setting(
-        100, _integer(1, 100_000), "read side: events a projection applies per transaction"
+        500,
+        _integer(1, 100_000),
+        "read side: the most events a projection applies per transaction (a runner catching up "
+        "takes this many at a time; on SQLite writers wait for such a transaction to commit)",
     )
     read_wait: float = setting(
         2.0,

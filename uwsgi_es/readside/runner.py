@@ -102,12 +102,15 @@ class ProjectionRunner:
         self.stopped_at: int | None = None
         self.handles = _handled(projection)
         self._classes: dict[str, type | None] = {}  # topic -> its class here (None: no class)
+        self._full = False  # the last step applied a whole batch: more are likely waiting
 
     def step(self) -> int:
         """Apply the next events after the tracked position (a batch, in one transaction); return
         how many. ``ProjectionStoppedError`` when one of them cannot be processed."""
+        full, self._full = self._full, False
         with self._translated():
-            pending, cannot_run = self._pending()
+            # Idle, a look without a lock first; catching up (the last batch was full), straight on.
+            pending, cannot_run = (True, False) if full else self._pending()
             if not pending:
                 if cannot_run:  # it runs again (also after a restart): /ready must know
                     with self.store.write_transaction() as connection:
@@ -123,6 +126,7 @@ class ProjectionRunner:
             except _Stopped as stopped:
                 return self._stopped(stopped)
         recorder.projected(self.name, len(records))
+        self._full = len(records) == self.limit
         if records and (self.stopped_at is None or (records[-1].id or 0) >= self.stopped_at):
             if self.stopped_at is not None:
                 log.emit("projection_resumed", projection=self.name, position=records[-1].id)
