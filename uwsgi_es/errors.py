@@ -206,6 +206,12 @@ class ProjectionCannotRunError(UwsgiEsError):
     shows_message = True
 
 
+class ProjectionOperationError(UwsgiEsError):
+    """An operator's command on a projection (``uwsgi-es park``, ``replay``, ``reset``) cannot be
+    done as asked: the projection is not stopped, no such event is parked, the replayed event
+    fails again. Nothing was changed; the message says what is the case and what to do."""
+
+
 class TooManyWaitingReadsError(UwsgiEsError):
     """A read asked for a position its projection has not reached, and this worker already has
     ``UWSGI_ES_MAX_WAITING_READS`` reads waiting: it is refused at once rather than waiting, so

@@ -367,6 +367,86 @@ def test_a_poison_event_stops_its_projection_and_a_fixed_restart_resumes_it(
     assert effects == (events, events)
 
 
+def operator(url: str, *arguments: str, **extra: str) -> tuple[int, str]:
+    """`uwsgi-es ARGUMENTS` as an operator runs it beside the service: (exit status, output)."""
+    env = {**os.environ, **env_for(url, UWSGI_ES_APPLICATION=APP, **extra)}
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "uwsgi-es"), *arguments],
+        check=False,
+        cwd=PROJECT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
+def projection_states(url: str) -> dict[str, dict[str, Any]]:
+    status, output = operator(url, "status", "--json")
+    states = {p["projection"]: p for p in json.loads(output)}
+    running = all(p["state"] == "running" for p in states.values())
+    assert status == (0 if running else 1), output
+    return states
+
+
+def wait_for_state(url: str, name: str, check: Any, timeout: float = 30.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while not check(state := projection_states(url)[name]):
+        assert time.monotonic() < deadline, state
+        time.sleep(0.2)
+    return state
+
+
+def test_an_operator_parks_a_poison_event_replays_it_and_rebuilds_a_read_model_under_writes(
+    uwsgi_server: StartServer, database_url: str
+) -> None:
+    """With deposits going on: Effects stops at the poison account's event; `uwsgi-es status`
+    says so (exit 1); `uwsgi-es park effects` sets it aside and the running mule goes on after it,
+    no restart; replaying it while the bug is there fails and keeps it parked, after the fix it
+    is applied and forgotten; `uwsgi-es reset balances --yes` empties the balances and the mule
+    rebuilds them. At the end both read models equal the events, each event applied once."""
+    server = uwsgi_server(INI, env=env_for(database_url, READSIDE_POISON="1"), options=TWO_RUNNERS)
+    load = DepositLoad(server, one_writer_per_account=True).start()
+    try:
+        poison = int(server.post("/accounts", {"owner": "poison"}).headers["x-event-position"])
+        stopped = wait_for_state(database_url, "effects", lambda s: s["state"] == "stopped")
+        assert stopped["stopped_at"] == poison
+        assert stopped["error"].startswith("ValueError")
+        runners_before = len(list(lifecycle_events(server.log(), "projection_runner")))
+
+        status, output = operator(database_url, "park", "effects")
+        assert status == 0, output
+        assert f"parked the event at position {poison}" in output
+        assert f"uwsgi-es replay effects {poison}" in output
+        running = wait_for_state(database_url, "effects", lambda s: s["state"] == "running", timeout=10)
+        assert [p["position"] for p in running["parked"]] == [poison]
+        assert "projection_resumed" in server.log()
+        assert len(list(lifecycle_events(server.log(), "projection_runner"))) == runners_before
+
+        status, output = operator(database_url, "replay", "effects", str(poison), READSIDE_POISON="1")
+        assert status == 1, output
+        assert "failed again: ValueError" in output
+        assert "It stays parked" in output
+        status, output = operator(database_url, "replay", "effects", str(poison))
+        assert status == 0, output
+        assert projection_states(database_url)["effects"]["parked"] == []
+
+        status, output = operator(database_url, "reset", "balances", "--yes")
+        assert status == 0, output
+        assert "its position back at 0" in output
+        time.sleep(1)
+    finally:
+        load.stop()
+    load.audit().check()
+    caught_up(server)
+    balances, events, last = fold(database_url)
+    model, positions, effects = read_models(database_url)
+    assert model == balances
+    assert positions == {"balances": last, "effects": last}
+    assert effects == (events, events), "an event applied twice, or the parked one never"
+
+
 @pytest.mark.reliability
 def test_every_read_sees_its_own_write_across_workers(
     uwsgi_server: StartServer, database_url: str, report: Any

@@ -21,13 +21,14 @@ from sqlalchemy import func, select
 from uwsgi_es.domain import resolve_topic
 from uwsgi_es.errors import (
     ProjectionLagError,
+    ProjectionOperationError,
     ProjectionStoppedError,
     ReadSideUnavailableError,
     TopicError,
 )
 from uwsgi_es.example.balances import Balances, balances_table
 from uwsgi_es.example.domain import BankAccount, BankAccounts
-from uwsgi_es.readside import ProjectionRunner, projected
+from uwsgi_es.readside import ProjectionRunner, operations, projected
 from uwsgi_es.readside import status as readside
 from uwsgi_es.readside.waking import waker_for
 from uwsgi_es.settings import Settings
@@ -135,6 +136,42 @@ class ReadSideContract:
                 connection.execute(select(balances_table.c.account_id, balances_table.c.version)).all()
             )
         assert versions == {account: app.get_account(account).version for account in balances}
+
+    def test_operations_park_replay_and_reset_in_process(self, app: Bank) -> None:
+        """park refuses a running projection; parks the event a stopped one is at, which then
+        goes on; replay refuses an unparked position naming the parked ones, fails and keeps the
+        event parked while the bug is there, applies it after the fix; reset empties the model
+        and the runner rebuilds it equal to the fold."""
+        account = app.open_account("before").id
+        with pytest.raises(ProjectionOperationError, match="'effects' is not stopped at an event"):
+            operations.park(app, "effects")
+        app.open_account("poison")
+        poison = app.records.last_position()  # type: ignore[attr-defined]
+        app.deposit(account, 3)
+        Effects.poisoned = True
+        runner = ProjectionRunner(app, Effects())
+        with pytest.raises(ProjectionStoppedError):
+            runner.catch_up()
+        assert [s.state for s in operations.status(app)] == ["running", "stopped"]
+        assert operations.park(app, "effects").position == poison
+        assert runner.catch_up() == 1  # the deposit after it
+        effects_status = operations.status(app)[1]
+        assert (effects_status.state, [p.position for p in effects_status.parked]) == ("running", [poison])
+        with pytest.raises(ProjectionOperationError, match=f"parked there: {poison}"):
+            operations.replay(app, "effects", poison + 1)
+        with pytest.raises(ProjectionOperationError, match="failed again: ValueError"):
+            operations.replay(app, "effects", poison)
+        assert [p.position for p in operations.status(app)[1].parked] == [poison]
+        Effects.poisoned = False
+        operations.replay(app, "effects", poison)
+        assert operations.status(app)[1].parked == []
+        assert effects(app) == (3, 3)
+        ProjectionRunner(app, Balances()).catch_up()
+        assert operations.reset(app, "balances") == 2
+        assert read_model(app) == {}
+        assert operations.status(app)[0].lag == 3
+        ProjectionRunner(app, Balances()).catch_up()
+        assert read_model(app) == fold(app)
 
     def test_writes_answer_their_feed_position(self, app: Bank) -> None:
         account = app.open_account("ann")

@@ -9,6 +9,10 @@
   script can stop before uWSGI starts with a bad configuration.
 - ``uwsgi-es project NAME [--ini FILE]`` runs the projection NAME until SIGTERM/SIGINT: the runner
   a uWSGI mule runs, for deployments that run the read side under systemd or in a container.
+- ``uwsgi-es status [--json]``, ``park NAME``, ``replay NAME POSITION``, ``reset NAME --yes``: the
+  day-2 operations on projections (``uwsgi_es.readside.operations``): what each projection is
+  doing (exit 1 when one is stopped or cannot run), set aside the event one is stopped at, apply a
+  parked event after the fix, rebuild a read model from the first event.
 - ``uwsgi-es init MODULE`` writes a commented uwsgi.ini for your WSGI module (``cli.ini``).
 - ``uwsgi-es doctor INI`` boots the ini under uWSGI as production would, with a probe, and
   reports connections, threads and applications made before the fork, risky options, and the
@@ -27,21 +31,24 @@ scripts name it), and it never runs inside a worker.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
 
 from uwsgi_es import __version__
 from uwsgi_es.cli.ini import init
-from uwsgi_es.cli.steps import check, migrate, project
-from uwsgi_es.cli.target import locate
-from uwsgi_es.errors import UwsgiEsError
+from uwsgi_es.cli.steps import check, migrate, operations, project
+from uwsgi_es.cli.target import Target, locate
+from uwsgi_es.errors import ProjectionOperationError, UwsgiEsError
+from uwsgi_es.readside import operations as readside_operations
 from uwsgi_es.redaction import scrub, secrets_of
 from uwsgi_es.settings import render_ini, render_markdown
 
 __all__ = ["check", "main", "migrate", "project"]
 
 STORE_COMMANDS = {"migrate": migrate, "check": check}
+OPERATIONS = ("status", "park", "replay", "reset")
 
 
 def _one_line(error: BaseException, secrets: tuple[str, ...]) -> str:
@@ -79,7 +86,30 @@ def _parser() -> argparse.ArgumentParser:
     check_command = commands.add_parser("check", help="validate the settings and ping the store")
     project_command = commands.add_parser("project", help="run one projection until SIGTERM/SIGINT")
     project_command.add_argument("name", help="the projection's name (its tracking record's key)")
-    for command in (migrate_command, check_command, project_command):
+    status_command = commands.add_parser(
+        "status", help="each projection's position, lag and state (exit 1: one is stopped or cannot run)"
+    )
+    status_command.add_argument("--json", action="store_true", help="as JSON, one object per projection")
+    park_command = commands.add_parser(
+        "park", help="set aside the event a stopped projection is stopped at; it goes on after it"
+    )
+    replay_command = commands.add_parser("replay", help="apply a parked event now (after the fix)")
+    reset_command = commands.add_parser(
+        "reset", help="empty a projection's read model; its runner rebuilds it from the first event"
+    )
+    for command in (park_command, replay_command, reset_command):
+        command.add_argument("name", help="the projection's name")
+    replay_command.add_argument("position", type=int, help="the parked event's position (uwsgi-es status)")
+    reset_command.add_argument("--yes", action="store_true", help="do it (readers see the model fill up)")
+    for command in (
+        migrate_command,
+        check_command,
+        project_command,
+        status_command,
+        park_command,
+        replay_command,
+        reset_command,
+    ):
         command.add_argument("--ini", metavar="FILE", help=ini_help)
     init_command = commands.add_parser("init", help="write a commented uwsgi.ini for your WSGI module")
     init_command.add_argument("module", help="your WSGI callable, e.g. myapp.wsgi:application")
@@ -97,17 +127,65 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run(arguments: argparse.Namespace) -> str:
-    """Run one step; the line saying what it did."""
+def _operate(arguments: argparse.Namespace, target: Target) -> tuple[str, int]:
+    """A day-2 operation on the projections: what it says, and the exit status."""
+    if arguments.command == "reset" and not arguments.yes:
+        raise ProjectionOperationError(
+            f"reset empties the read model of {arguments.name!r} and its runner rebuilds it from the "
+            "first event (readers see it fill up meanwhile; the events are untouched). Add --yes."
+        )
+    app, close = operations(target.settings, target.factory)
+    try:
+        if arguments.command == "status":
+            statuses = readside_operations.status(app)
+            code = 0 if all(s.state == "running" for s in statuses) else 1
+            if arguments.json:
+                return json.dumps([s.as_json() for s in statuses], indent=1), code
+            lines = [f"{target.name}, named by {target.named_by}:", *map(_status_line, statuses)]
+            return "\n  ".join(lines), code
+        if arguments.command == "park":
+            parked = readside_operations.park(app, arguments.name)
+            return (
+                f"{arguments.name}: parked the event at position {parked.position} ({parked.topic}: "
+                f"{parked.error.split(':', 1)[0]}); its runner goes on after it within a second. Once "
+                f"the code is fixed: uwsgi-es replay {arguments.name} {parked.position}"
+            ), 0
+        if arguments.command == "replay":
+            readside_operations.replay(app, arguments.name, arguments.position)
+            return f"{arguments.name}: applied the parked event at position {arguments.position}", 0
+        deleted = readside_operations.reset(app, arguments.name)
+        return (
+            f"{arguments.name}: {deleted} row(s) of its read model deleted, its position back at 0; "
+            "its runner rebuilds it from the first event"
+        ), 0
+    finally:
+        close()
+
+
+def _status_line(status: readside_operations.ProjectionStatus) -> str:
+    line = f"{status.name}: {status.state}, position {status.position}, head {status.head}, lag {status.lag}"
+    if status.stopped_at is not None:
+        line += f"; stopped at {status.stopped_at} ({status.stopped_topic}): {status.error}"
+    elif status.error:
+        line += f"; cannot run: {status.error}"
+    if status.parked:
+        line += f"; parked: {', '.join(str(p.position) for p in status.parked)}"
+    return line
+
+
+def _run(arguments: argparse.Namespace) -> tuple[str, int]:
+    """Run one step; the line saying what it did, and the exit status."""
     if arguments.command == "init":
-        return init(arguments.module, arguments.output, force=arguments.force)
+        return init(arguments.module, arguments.output, force=arguments.force), 0
     target = locate(arguments.ini)
+    if arguments.command in OPERATIONS:
+        return _operate(arguments, target)
     if arguments.command == "project":
-        return project(target.settings, arguments.name, target.factory)
+        return project(target.settings, arguments.name, target.factory), 0
     done = STORE_COMMANDS[arguments.command](target.settings, target.factory)
     if target.factory is None:
-        return f"{done} ({target.named_by}: the event store's tables only, no read model)"
-    return f"{target.name}, named by {target.named_by}: {done}"
+        return f"{done} ({target.named_by}: the event store's tables only, no read model)", 0
+    return f"{target.name}, named by {target.named_by}: {done}", 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -120,9 +198,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     raw_url = os.environ.get("UWSGI_ES_DATABASE_URL")
     secrets = secrets_of(raw_url) if raw_url else ()
     try:
-        done = _run(arguments)
+        done, status = _run(arguments)
+        if arguments.command == "status" and arguments.json:
+            print(done)
+            return status
         quiet = arguments.command == "init" and arguments.output == "-"  # stdout holds the ini
         print(f"uwsgi-es {arguments.command}: {done}", file=sys.stderr if quiet else sys.stdout)
+        return status
     except UwsgiEsError as exc:
         print(f"uwsgi-es {arguments.command}: error: {_one_line(exc, secrets)}", file=sys.stderr)
         return 1

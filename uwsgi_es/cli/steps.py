@@ -1,4 +1,5 @@
-"""The deployment steps themselves: ``migrate``, ``check`` and ``project``, for one application.
+"""The deployment steps themselves: ``migrate``, ``check`` and ``project``, for one application;
+and the day-2 operations on its projections (``status``, ``park``, ``replay``, ``reset``).
 
 Each takes the settings and the application's factory (``cli.target`` finds it: from the ini
 uWSGI runs, or ``UWSGI_ES_APPLICATION``) and returns one line saying what it did.
@@ -9,8 +10,10 @@ from __future__ import annotations
 import dataclasses
 import signal
 import threading
+from collections.abc import Callable
 from typing import Any
 
+from uwsgi_es.errors import ConfigurationError, ProjectionOperationError
 from uwsgi_es.lifecycle import kinds, registry
 from uwsgi_es.readside.projection import Projection, read_model_missing
 from uwsgi_es.readside.runner import ProjectionRunner
@@ -114,3 +117,23 @@ def project(settings: Settings, name: str, factory: Any | None = None) -> str:
     finally:
         registry.close_application()
     return f"{name} stopped"
+
+
+def operations(settings: Settings, factory: Any | None) -> tuple[Any, Callable[[], None]]:
+    """The application whose projections an operator's command acts on, built here (never in a
+    worker), and what closes it. uwsgi_es's own projections only."""
+    factory = _factory(settings, factory)
+    if factory is None:
+        raise ConfigurationError(
+            "Which application's projections? Pass --ini with the ini uWSGI runs, or set "
+            "UWSGI_ES_APPLICATION=module:Class."
+        )
+    if _library_kind(factory) is not None:
+        raise ProjectionOperationError(
+            f"{getattr(factory, '__qualname__', factory)} is an eventsourcing library application: "
+            "status, park, replay and reset act on uwsgi_es projections (uwsgi_es.readside); the "
+            "library's projections keep their positions in their views' tracking tables, and "
+            "/worker reports them."
+        )
+    app = registry.init_application(factory, settings=settings)
+    return app, registry.close_application

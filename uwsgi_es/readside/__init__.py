@@ -11,6 +11,8 @@ uWSGI mules (``mule = %b-es-mule.py``) or by ``uwsgi-es project NAME``.
 - ``status``: positions, lags, stops, missing read-model tables and runners that cannot run, for
   ``/ready`` and ``/worker``; reads that wait for a position (read your writes) and never answer
   500 for the database;
+- ``operations``: the operators' day-2 commands (``uwsgi-es status``, ``park``, ``replay``,
+  ``reset``), each under the tracking record's lock, so it falls between two of a runner's batches;
 - ``mule``: the uWSGI entry point.
 
 The rule: projections and their runner sit on the core and the stores (a global feed, a

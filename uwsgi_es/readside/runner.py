@@ -18,7 +18,9 @@ the projection **stops at it**. Its tracking record says where, which topic and 
 event that cannot be read an operator), the log has the whole message, and nothing after it is
 processed. The runner tries that event again after a back-off growing to 30 s: a transient failure
 heals by itself; a bug needs the code fixed and the runner restarted, which resumes at that event.
-Nothing it handles is ever skipped.
+Nothing it handles is ever skipped, unless an operator parks the event (``uwsgi-es park``:
+recorded, shown by ``uwsgi-es status``, replayable); the runner sees that within PARK_CHECK and
+goes on after it.
 
 Errors of the database itself (unreachable, locked, a table missing) are not the event's fault:
 the runner logs them and retries with the same back-off, without marking the projection stopped.
@@ -32,6 +34,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -60,6 +63,7 @@ from uwsgi_es.stores.sqlalchemy.engine import translate
 from uwsgi_es.stores.sqlalchemy.store import select_all_on
 
 MAX_BACKOFF = 30.0
+PARK_CHECK = 1.0  # seconds between a stopped runner's looks for its event parked
 _UNDEFINED_TABLE = "42P01"
 
 
@@ -174,13 +178,29 @@ class ProjectionRunner:
                             self._record_trouble(exc)
                     else:
                         failures = 0
-                    stop.wait(backoff)
+                    self._back_off(stop, backoff, stopped=isinstance(exc, ProjectionStoppedError))
                     continue
                 backoff, failures = 0.0, 0
                 if applied == 0:
                     waker.wait(stop)
         finally:
             waker.close()
+
+    def _back_off(self, stop: threading.Event, seconds: float, *, stopped: bool) -> None:
+        """Wait ``seconds`` (or until ``stop``). Stopped at an event, look every PARK_CHECK seconds
+        whether an operator parked it (``uwsgi-es park`` moves the position to it), and go on then."""
+        deadline = time.monotonic() + seconds
+        while not stop.wait(min(PARK_CHECK, max(0.0, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline or (stopped and self._parked()):
+                return
+
+    def _parked(self) -> bool:
+        try:
+            with self.store.engine.connect() as connection:
+                tracked = read(connection, [self.name])[self.name]
+        except SQLAlchemyError:
+            return False  # the retry that follows reports the database's trouble
+        return self.stopped_at is not None and tracked.position >= self.stopped_at
 
     def _pending(self) -> tuple[bool, bool]:
         """Whether the feed holds an event after the position, and whether the tracking record

@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # the contract names SQLAlchemy's types; only an SQL store im
 
 HEARTBEAT_TABLE = "uwsgi_es_heartbeat"
 TRACKING_TABLE = "uwsgi_es_tracking"  # the read side's positions (uwsgi_es.readside.tracking)
+PARKED_TABLE = "uwsgi_es_parked"  # events set aside for a stopped projection (uwsgi_es.readside.operations)
 SNAPSHOTS_TABLE = "uwsgi_es_snapshots"  # the latest snapshot of each aggregate (uwsgi_es.snapshots)
 IDEMPOTENCY_TABLE = "uwsgi_es_idempotency"  # answers of keyed requests (uwsgi_es.web.idempotency)
 FEED_CHANNEL = "uwsgi_es_events"  # PostgreSQL: NOTIFY'd by reads waiting for a projection; runners LISTEN
@@ -192,6 +193,10 @@ class ProjectionFeed(GlobalFeed, Protocol):
 
     def write_transaction(self) -> AbstractContextManager[Connection]:
         """A write transaction of its own, as the store's appends take theirs."""
+        ...
+
+    def last_position(self) -> int:
+        """The feed position of the last record the feed shows (0 when there is none)."""
         ...
 
     def count_after(self, position: int, cap: int) -> int:

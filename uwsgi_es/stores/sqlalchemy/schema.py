@@ -12,7 +12,8 @@ shows that the store accepts writes (a read-only file, a full disk, a standby se
 the same transaction as the request's events, and its digest (method, path, body), until it expires.
 ``uwsgi_es_tracking`` holds one row per projection: the feed position it has applied, written in
 the same transaction as its read model (and, when it stopped at an event or its runner cannot run,
-why: uwsgi_es.readside).
+why: uwsgi_es.readside). ``uwsgi_es_parked`` holds the events an operator set aside for a projection
+that had stopped at them (``uwsgi-es park``), until they are replayed.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from uwsgi_es.stores.base import (
     FEED_CHANNEL,
     HEARTBEAT_TABLE,
     IDEMPOTENCY_TABLE,
+    PARKED_TABLE,
     SNAPSHOTS_TABLE,
     TRACKING_TABLE,
 )
@@ -86,6 +88,18 @@ tracking_table = Table(
     # Why it stopped; or, with error_position NULL, why its runner cannot run (the database keeps
     # failing, a table is missing), cleared at the runner's next successful step.
     Column("error", Text(), nullable=True),
+)
+
+# An event a projection stopped at, set aside by an operator so that it goes on (its position then
+# passes it); replayed, the row goes. What the tracking record said about it is kept here.
+parked_table = Table(
+    PARKED_TABLE,
+    metadata,
+    Column("projection", String(200), primary_key=True),
+    Column("position", BigInteger(), primary_key=True),
+    Column("topic", String(255), nullable=False),
+    Column("error", Text(), nullable=False),
+    Column("parked_at", Float(), nullable=False),  # seconds since the epoch
 )
 
 snapshots_table = Table(
