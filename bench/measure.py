@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bench.contenders import PROJECT, Contender, open_accounts, start
 from bench.targets import ratio_target
-from bench.wrk import PinnedRun, deposit_script, pin_server, script, wrk, wrk_pinned, wrk_run
+from bench.wrk import CORES, Run, deposit_script, pin_server, script, wrk, wrk_pinned, wrk_run
 from uwsgi_es.testing import UwsgiServer, lifecycle_events
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
@@ -35,7 +35,8 @@ class Row:
     anchor_rps: list[float]
     ratios: list[float]
     target: float
-    evidence: str = ""  # how the run shows what its bottleneck was (the pinned ceiling row)
+    evidence: str = ""  # how busy each side was: what the bottleneck was
+    bottlenecks: tuple[str, str] = ("", "")  # ours', the anchor's (the side at its limit)
 
     @property
     def ratio(self) -> float:
@@ -56,18 +57,17 @@ def compare(
     """Warm both, then ROUNDS rounds of (ours, anchor) runs; ratios within each round."""
     for contender in (ours, anchor):
         wrk(contender.server, make_script(contender), WARMUP)
-    ours_rps, anchor_rps, ratios = [], [], []
+    runs: list[tuple[Run, Run]] = []
     for _ in range(ROUNDS):
-        a = wrk(ours.server, make_script(ours), SECONDS)
-        b = wrk(anchor.server, make_script(anchor), SECONDS)
-        ours_rps.append(a)
-        anchor_rps.append(b)
-        ratios.append(a / b)
+        runs.append(
+            (wrk(ours.server, make_script(ours), SECONDS), wrk(anchor.server, make_script(anchor), SECONDS))
+        )
     target = ratio_target(scenario, anchor.name.split(", ")[0], store)
-    row = Row(scenario, store, ours.name, anchor.name, ours_rps, anchor_rps, ratios, target)
+    row = _row(scenario, store, ours.name, anchor.name, runs, target)
     print(
-        f"{scenario:<28} {store:<11} {ours.name} vs {anchor.name}: {statistics.median(ours_rps):8.0f} / "
-        f"{statistics.median(anchor_rps):8.0f} req/s, ratio {row.ratio:.2f} (target >= {target})",
+        f"{scenario:<28} {store:<11} {ours.name} vs {anchor.name}: {statistics.median(row.ours_rps):8.0f} / "
+        f"{statistics.median(row.anchor_rps):8.0f} req/s, ratio {row.ratio:.2f} (target >= {target}); "
+        f"{row.evidence}",
         flush=True,
     )
     return row
@@ -81,36 +81,56 @@ def compare_pinned(scenario: str, ours: Contender, anchor: Contender, paths: tup
         pin_server(contender.server)
     for contender, path in zip((ours, anchor), paths, strict=True):
         wrk_pinned(contender.server, path, WARMUP)
-    runs: list[tuple[PinnedRun, PinnedRun]] = []
+    runs: list[tuple[Run, Run]] = []
     for _ in range(ROUNDS):
         runs.append(
             (wrk_pinned(ours.server, paths[0], SECONDS), wrk_pinned(anchor.server, paths[1], SECONDS))
         )
-    target = ratio_target(scenario, anchor.name)
-    busy = {
-        name: (
-            statistics.median(r[i].server_busy for r in runs),
-            statistics.median(r[i].wrk_busy for r in runs),
-        )
-        for i, name in enumerate((ours.name, anchor.name))
-    }
-    evidence = "; ".join(
-        f"{name}: server core busy {server:.2f}, wrk core busy {load:.2f}"
-        for name, (server, load) in busy.items()
-    )
-    row = Row(
+    row = _row(scenario, "-", ours.name, anchor.name, runs, ratio_target(scenario, anchor.name), pinned=True)
+    print(f"{scenario:<28} ratio {row.ratio:.2f} (target >= {row.target}); {row.evidence}", flush=True)
+    return row
+
+
+def _row(
+    scenario: str,
+    store: str,
+    ours: str,
+    anchor: str,
+    runs: list[tuple[Run, Run]],
+    target: float,
+    *,
+    pinned: bool = False,
+) -> Row:
+    """A row from its rounds, with the median busy figures of each side as its evidence. Pinned
+    (the server alone on one core): the server is the bottleneck when its core is near full."""
+    sides = []
+    for i, name in enumerate((ours, anchor)):
+        server = statistics.median(r[i].server_busy for r in runs)
+        load = statistics.median(r[i].wrk_busy for r in runs)
+        machine = statistics.median(r[i].machine_busy for r in runs)
+        if pinned:
+            bottleneck = "load generator" if load >= server else "server (CPU)"
+            figures = f"server core busy {server:.2f}, wrk core busy {load:.2f}"
+        else:
+            bottleneck = _most_common([r[i].bottleneck for r in runs])
+            figures = f"server {server:.2f}, wrk {load:.2f}, machine {machine:.2f} of {CORES} cores"
+        sides.append((name, figures, bottleneck))
+    return Row(
         scenario,
-        "-",
-        ours.name,
-        anchor.name,
+        store,
+        ours,
+        anchor,
         [a.rate for a, _ in runs],
         [b.rate for _, b in runs],
         [a.rate / b.rate for a, b in runs],
         target,
-        evidence,
+        "; ".join(f"{name}: {figures} ({bottleneck})" for name, figures, bottleneck in sides),
+        (sides[0][2], sides[1][2]),
     )
-    print(f"{scenario:<28} ratio {row.ratio:.2f} (target >= {target}); {evidence}", flush=True)
-    return row
+
+
+def _most_common(values: list[str]) -> str:
+    return max(set(values), key=values.count)
 
 
 def rss_mb(pid: int) -> float:

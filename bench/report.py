@@ -16,7 +16,7 @@ from bench.projection import SCENARIO as CATCH_UP
 from bench.sustained import HEAD_START, LOAD_SECONDS, SAMPLE_SECONDS
 from bench.sustained import SCENARIO as UNDER_LOAD
 from bench.targets import BOOT_TARGETS_MS, MEMORY_TARGET_MB
-from bench.wrk import CONNECTIONS
+from bench.wrk import CONNECTIONS, CORES, GENERATOR_BOUND, MACHINE_BOUND
 
 POSTGRES_DURABILITY = "fsync=on, synchronous_commit=on (PostgreSQL's durable defaults)"
 SQLITE_DURABILITY = "WAL, synchronous=FULL"
@@ -47,13 +47,20 @@ def write_report(
         f"Durability: SQLite {SQLITE_DURABILITY} for uwsgi_es and raw SQL (the eventsourcing library sets WAL and",
         f"keeps SQLite's default synchronous); PostgreSQL {POSTGRES_DURABILITY}.",
         "",
-        "| scenario | store | ours | anchor | ours req/s (median) | anchor req/s (median) | ratio | target | met |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "The last column says which side limited each contender's runs, from how busy each was (below):",
+        f"the **load generator** when wrk's one thread was busy ≥ {GENERATOR_BOUND:.0%} of its core (the ratio then",
+        f"compares wrk with itself, not the servers); the **server (CPU)** when the machine's {CORES} cores were",
+        f"≥ {MACHINE_BOUND:.0%} busy and wrk was not (the uWSGI processes, and for PostgreSQL its backends); the",
+        "**server (waits)** when neither was full: the server was waiting (an fsync, a lock, a round trip).",
+        "",
+        "| scenario | store | ours | anchor | ours req/s (median) | anchor req/s (median) | ratio | target | met | bottleneck (ours / anchor) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r.scenario} | {r.store} | {r.ours} | {r.anchor} | {statistics.median(r.ours_rps):.0f} | "
-            f"{statistics.median(r.anchor_rps):.0f} | {r.ratio:.2f} | ≥ {r.target} | {'yes' if r.met else '**no**'} |"
+            f"{statistics.median(r.anchor_rps):.0f} | {r.ratio:.2f} | ≥ {r.target} | {'yes' if r.met else '**no**'} | "
+            f"{' / '.join(r.bottlenecks)} |"
         )
     lines += [
         "",
@@ -63,7 +70,12 @@ def write_report(
         f"`{' '.join(CEILING)}` (keep-alive: a new connection per request costs wrk more than the",
         "server, and wrk's core was the one at 1.0); the CPU time of each side is recorded. The",
         "application is the bottleneck when its core is busy near 1.0 and wrk's is not:",
-        *(f"{r.evidence}." for r in rows if r.evidence),
+        *(f"{r.evidence}." for r in rows if r.store == "-"),
+        "",
+        "How busy each side was in every other row (medians of the rounds; server: the uWSGI master and",
+        "workers; machine: every process, a database server's too):",
+        "",
+        *(f"- {r.scenario}, {r.store}: {r.evidence}." for r in rows if r.store != "-"),
     ]
     lines += [
         "",

@@ -18,58 +18,76 @@ CONNECTIONS = 8
 WRK_CORE, SERVER_CORE = 0, 1  # the ceiling row: load generator and server never share a core
 
 
-def wrk(server: UwsgiServer, script: str, seconds: int) -> float:
-    """Requests per second of one wrk run; non-2xx answers make the run fail loudly."""
-    return wrk_run(server, script, seconds)[0]
+@dataclass
+class Run:
+    """One wrk run, and how busy each side was over it (in cores): the side near its limit is the
+    bottleneck. wrk runs one thread, so 1.0 is its limit; the machine's is its core count (the
+    server's processes, a database server's and wrk's together)."""
+
+    rate: float
+    requests: int
+    server_busy: float  # the uWSGI master and workers
+    wrk_busy: float
+    machine_busy: float  # every process of the machine (a database server's too)
+
+    @property
+    def bottleneck(self) -> str:
+        if self.wrk_busy >= GENERATOR_BOUND:
+            return "load generator"
+        if self.machine_busy >= MACHINE_BOUND * CORES:
+            return "server (CPU)"
+        return "server (waits)"  # neither side's cores full: fsync, locks, round trips
+
+
+CORES = os.cpu_count() or 1
+GENERATOR_BOUND = 0.9  # of wrk's one core
+MACHINE_BOUND = 0.9  # of all cores
+
+
+def wrk(server: UwsgiServer, script: str, seconds: int) -> Run:
+    """One wrk run with a Lua script; non-2xx answers make the run fail loudly."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as lua:
+        lua.write(script)
+    try:
+        command = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "-s", lua.name, server.url]
+        return _measured(server, command, seconds)
+    finally:
+        os.unlink(lua.name)
 
 
 def wrk_run(server: UwsgiServer, script: str, seconds: int) -> tuple[float, int]:
     """(requests per second, requests) of one wrk run."""
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as lua:
-        lua.write(script)
-    result = subprocess.run(
-        ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "-s", lua.name, server.url],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    os.unlink(lua.name)
-    return _parsed(result, server)
+    run = wrk(server, script, seconds)
+    return run.rate, run.requests
 
 
-@dataclass
-class PinnedRun:
-    """One wrk run with the server on one core and wrk on another, and how busy each was: the
-    side near 100% of its core is the bottleneck."""
-
-    rate: float
-    server_busy: float  # the server's processes, in cores (1.0: its core never idle)
-    wrk_busy: float
-
-
-def wrk_pinned(server: UwsgiServer, path: str, seconds: int) -> PinnedRun:
+def wrk_pinned(server: UwsgiServer, path: str, seconds: int) -> Run:
     """A run of one fixed path without a Lua script (a script's per-request call caps wrk near the
     rate of a bare WSGI app on this machine), wrk on core 0, the server already on core 1."""
+    command = ["taskset", "-c", str(WRK_CORE), "wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s"]
+    return _measured(server, [*command, server.url + path], seconds)
+
+
+def _measured(server: UwsgiServer, command: list[str], seconds: int) -> Run:
     pids = [server.pid, *server.worker_pids()]
-    before, children = _cpu_seconds(pids), resource.getrusage(resource.RUSAGE_CHILDREN)
-    result = subprocess.run(
-        [
-            "taskset",
-            "-c",
-            str(WRK_CORE),
-            "wrk",
-            "-t1",
-            f"-c{CONNECTIONS}",
-            f"-d{seconds}s",
-            server.url + path,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
+    before, children, machine = (
+        _cpu_seconds(pids),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+        _machine_busy_seconds(),
     )
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
     after, reaped = _cpu_seconds(pids), resource.getrusage(resource.RUSAGE_CHILDREN)
+    machine = _machine_busy_seconds() - machine
     wrk_cpu = (reaped.ru_utime + reaped.ru_stime) - (children.ru_utime + children.ru_stime)
-    return PinnedRun(_parsed(result, server)[0], (after - before) / seconds, wrk_cpu / seconds)
+    rate, requests = _parsed(result, server)
+    return Run(rate, requests, (after - before) / seconds, wrk_cpu / seconds, machine / seconds)
+
+
+def _machine_busy_seconds() -> float:
+    """CPU seconds every core spent on anything but idling or waiting for I/O, since boot."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, _steal = fields  # steal: the hypervisor's
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
 def pin_server(server: UwsgiServer) -> None:
