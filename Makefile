@@ -12,7 +12,7 @@ export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 # (pyenv's, else python3.X on PATH; see tests/support/interpreters.py).
 OTHER_PYTHONS := 3.12 3.13
 
-.PHONY: run test check lint format pytest interpreters dist migrate clean postgres-binaries java-and-maven pgbouncer redis nginx wrk cassandra-up cassandra-down cassandra-cluster-up cassandra-cluster-down reliability bench
+.PHONY: run test check lint format pytest interpreters dist migrate clean postgres-binaries java-and-maven pgbouncer redis nginx wrk cassandra-up cassandra-down cassandra-cluster-up cassandra-cluster-down reliability bench bench-scale
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -95,6 +95,11 @@ reliability: $(DEV_STAMP) postgres-binaries pgbouncer java-and-maven
 bench: $(DEV_STAMP) postgres-binaries java-and-maven wrk
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench.run
+
+## bench-scale: costs as the events table grows (10^4, 10^6, 10^7 events; BENCH_SCALE_SIZES), into BENCHMARKS.md
+bench-scale: $(DEV_STAMP) postgres-binaries wrk
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python -m bench.scale
 
 # A real Cassandra 5.0 node from Maven Central (cached in .cache/cassandra), for development;
 # `make test` starts and stops its own. The last line printed is host:port.

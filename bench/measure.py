@@ -109,7 +109,7 @@ def _row(
         load = statistics.median(r[i].wrk_busy for r in runs)
         machine = statistics.median(r[i].machine_busy for r in runs)
         if pinned:
-            bottleneck = "load generator" if load >= server else "server (CPU)"
+            bottleneck = "load generator" if load >= server else "server CPU"
             figures = f"server core busy {server:.2f}, wrk core busy {load:.2f}"
         else:
             bottleneck = _most_common([r[i].bottleneck for r in runs])

@@ -35,8 +35,8 @@ class Run:
         if self.wrk_busy >= GENERATOR_BOUND:
             return "load generator"
         if self.machine_busy >= MACHINE_BOUND * CORES:
-            return "server (CPU)"
-        return "server (waits)"  # neither side's cores full: fsync, locks, round trips
+            return "server CPU"
+        return "server waits"  # neither side's cores full: fsync, locks, round trips
 
 
 CORES = os.cpu_count() or 1
@@ -61,11 +61,16 @@ def wrk_run(server: UwsgiServer, script: str, seconds: int) -> tuple[float, int]
     return run.rate, run.requests
 
 
-def wrk_pinned(server: UwsgiServer, path: str, seconds: int) -> Run:
+def wrk_path(server: UwsgiServer, path: str, seconds: int, *, core: int | None = None) -> Run:
     """A run of one fixed path without a Lua script (a script's per-request call caps wrk near the
-    rate of a bare WSGI app on this machine), wrk on core 0, the server already on core 1."""
-    command = ["taskset", "-c", str(WRK_CORE), "wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s"]
-    return _measured(server, [*command, server.url + path], seconds)
+    rate of a bare WSGI app on this machine); on ``core`` only, when given."""
+    command = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", server.url + path]
+    return _measured(server, command if core is None else ["taskset", "-c", str(core), *command], seconds)
+
+
+def wrk_pinned(server: UwsgiServer, path: str, seconds: int) -> Run:
+    """``wrk_path`` on core 0, the server already on core 1 (``pin_server``)."""
+    return wrk_path(server, path, seconds, core=WRK_CORE)
 
 
 def _measured(server: UwsgiServer, command: list[str], seconds: int) -> Run:
