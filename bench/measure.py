@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench.contenders import PROJECT, Contender, open_accounts, start
 from bench.targets import ratio_target
@@ -267,3 +268,64 @@ def where_time_goes(url: str, requests: int = 400) -> list[tuple[str, float, flo
             figures.setdefault(name, []).append(total / requests * 1e6)
     registry.close_application()
     return [(name, values[0], values[1]) for name, values in figures.items()]
+
+
+def health_profile(requests: int = 20_000) -> dict[str, Any]:
+    """Microseconds per GET /health in one process, no uWSGI: ours whole, each part of it
+    (cProfile, inclusive), and the bare hello called the same way (timed without the profiler,
+    as ours is for the whole)."""
+    import cProfile
+    import pstats
+    import timeit
+
+    from bench.apps import hello
+    from uwsgi_es.wsgi import application
+
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/health",
+        "QUERY_STRING": "",
+        "REMOTE_ADDR": "127.0.0.1",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.input": None,
+        "wsgi.url_scheme": "http",
+    }
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
+        return None
+
+    def ours() -> None:
+        for _ in application(dict(environ), start_response):
+            pass
+
+    def bare() -> None:
+        for _ in hello.application(dict(environ), start_response):
+            pass
+
+    ours()
+    whole = min(timeit.repeat(ours, number=requests, repeat=3)) / requests * 1e6
+    anchor = min(timeit.repeat(bare, number=requests, repeat=3)) / requests * 1e6
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(requests):
+        ours()
+    profiler.disable()
+    stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+    own = sum(v[2] for v in stats.values())  # every function's own time: the profiled whole
+    top = sorted(stats.items(), key=lambda item: item[1][2], reverse=True)[:HEALTH_TOP]
+    parts = [(_function_name(key), value[2] / own * whole) for key, value in top]
+    return {"ours_us": whole, "hello_us": anchor, "parts": parts}
+
+
+HEALTH_TOP = 12  # functions shown, by their own time
+
+
+def _function_name(key: tuple[str, int, str]) -> str:
+    """``uwsgi_es/web/api.py:__call__`` (a path below site-packages or the project), or a builtin."""
+    file, _, function = key
+    if file == "~":
+        return function.strip("<>")
+    for marker in ("site-packages/", f"{PROJECT}/", "/lib/python"):
+        if marker in file:
+            file = file.split(marker, 1)[1]
+    return f"{file}:{function}"

@@ -34,6 +34,7 @@ def write_report(
     imports: list[tuple[str, float]],
     profile: list[tuple[str, float, float]],
     projections: list[Row],
+    health: dict[str, Any],
 ) -> None:
     lines = [
         "# Benchmarks",
@@ -75,6 +76,8 @@ def write_report(
         "server, and wrk's core was the one at 1.0); the CPU time of each side is recorded. The",
         "application is the bottleneck when its core is busy near 1.0 and wrk's is not:",
         *(f"{r.evidence}." for r in rows if r.store == "-"),
+        "",
+        *_health_lines(health, next((r for r in rows if r.store == "-"), None)),
         "",
         "How busy each side was in every other row (medians of the rounds; server: the uWSGI master and",
         "workers; machine: every process, a database server's too):",
@@ -284,3 +287,30 @@ def scale_chart(points: list[Any]) -> None:
     axes[0][-1].legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(PROJECT / "BENCHMARKS-scale.png", dpi=110)
+
+
+def _health_lines(health: dict[str, Any], ceiling: Row | None) -> list[str]:
+    """Where a GET /health's time goes, in one process without uWSGI, against the bare hello."""
+    lines = [
+        f"Where a `GET /health` goes, called in one process without uWSGI: {health['ours_us']:.1f} µs against",
+        f"{health['hello_us']:.1f} µs for the bare hello (bench/measure.py `health_profile`).",
+    ]
+    if ceiling is not None:
+        hello_rate = statistics.median(ceiling.anchor_rps)
+        per_request = 1e6 / hello_rate  # on its one core: uWSGI's own work plus the hello
+        extra = health["ours_us"] - health["hello_us"]
+        lines += [
+            f"On its one core the hello took {per_request:.1f} µs per request, almost all of it uWSGI's and the",
+            f"kernel's; adding our {extra:.1f} µs predicts a ceiling of {per_request / (per_request + extra):.2f}, "
+            f"against {ceiling.ratio:.2f} measured.",
+            f"A ceiling of 0.8 leaves {per_request / 0.8 - per_request:.1f} µs for everything a request does here.",
+        ]
+    lines += [
+        "The functions a `/health` spends its time in, by their own time (cProfile, scaled to the",
+        "unprofiled whole):",
+        "",
+        "| function | µs per request |",
+        "|---|---|",
+        *[f"| `{name}` | {us:.2f} |" for name, us in health["parts"]],
+    ]
+    return lines

@@ -24,6 +24,7 @@ from bench.measure import (
     boot_figures,
     compare,
     compare_pinned,
+    health_profile,
     import_costs,
     memory_figures,
     where_time_goes,
@@ -158,6 +159,7 @@ def main() -> None:
     profile_url = f"sqlite:///{sqlite_dir}/profile.sqlite3"
     migrate(Settings(database_url=profile_url))
     profile = where_time_goes(profile_url)
+    health = health_profile()
     rows.append(ceiling_row(logs, {"UWSGI_ES_DATABASE_URL": ours_sqlite}))
     rows += sql_rows(
         "SQLite",
@@ -220,7 +222,7 @@ def main() -> None:
         rows += cassandra_rows(env, logs)
         boot["Cassandra"] = boot_figures(env, logs, "cassandra")
 
-    write_report(rows, boot, memory, imports, profile, projections)
+    write_report(rows, boot, memory, imports, profile, projections, health)
     print(f"logs of every server: {logs}")
 
 
