@@ -9,7 +9,7 @@ from __future__ import annotations
 # (scenario, anchor) -> the lowest acceptable ratio; issue 15 set the write, short-read, library
 # and ceiling targets.
 RATIO_TARGETS: dict[tuple[str, str], float] = {
-    ("ceiling: GET /health", "bare WSGI hello"): 0.9,
+    ("ceiling: GET /health", "bare WSGI hello"): 0.8,  # issue 27 (issue 15 asked 0.9)
     ("write: deposit", "raw SQL"): 0.7,
     ("write: deposit", "eventsourcing"): 2.0,
     ("read: 10 events", "raw SQL"): 0.9,
