@@ -86,7 +86,7 @@ postgres-binaries:
 	fi
 
 ## reliability: the fault-injection scenarios alone, writing their figures to docs/RELIABILITY.md
-reliability: $(DEV_STAMP) postgres-binaries pgbouncer java-and-maven
+reliability: $(DEV_STAMP) postgres-binaries pgbouncer java-and-maven wrk
 	@mkdir -p .cache && rm -f .cache/reliability.jsonl
 	RELIABILITY_REPORT=$(CURDIR)/.cache/reliability.jsonl $(BIN)/pytest -m reliability -q -p no:cacheprovider
 	$(BIN)/python -m tests.support.reliability_report .cache/reliability.jsonl > docs/RELIABILITY.md
