@@ -48,9 +48,11 @@ IDLE_CHECK_SECONDS = 1.0  # how often an idle mule looks whether fail-fast stopp
 
 
 def main() -> None:
-    """The ``uwsgi-es-mule.py`` script: ``run()`` until uWSGI stops the mule."""
-    if signal.getsignal(signal.SIGINT) is process.exit_now:  # the import is over: Python's handler
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+    """The ``uwsgi-es-mule.py`` script: ``run()`` until uWSGI stops the mule. SIGINT (uWSGI's stop)
+    ends the process at once wherever it is, as during its imports: a KeyboardInterrupt raised
+    inside threading's lock code by a second SIGINT surfaces as a RuntimeError ("release unlocked
+    lock") that ``run`` cannot tell from a failure, and printed a traceback at a clean stop."""
+    signal.signal(signal.SIGINT, process.exit_now)
     run()
 
 

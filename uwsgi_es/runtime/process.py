@@ -23,10 +23,11 @@ except ImportError:
 
 def stop_at_once_while_importing() -> None:
     """In a uWSGI worker that imports the application itself (lazy-apps), or a mule: until its build
-    (or the mule's ``main``) takes Python's SIGINT handler back, a SIGINT (the master destroying
-    the instance, e.g. ``need-app`` or fail-fast after another worker failed) ends the process at
-    once, rather than as a KeyboardInterrupt traceback from the middle of an import. Run as this
-    module is imported, which ``import uwsgi_es`` does first, and by the mule's module."""
+    takes Python's SIGINT handler back (a runner mule's ``main`` keeps this one), a SIGINT (the
+    master destroying the instance, e.g. ``need-app`` or fail-fast after another worker failed)
+    ends the process at once, rather than as a KeyboardInterrupt traceback from the middle of an
+    import. Run as this module is imported, which ``import uwsgi_es`` does first, and by the mule's
+    module."""
     if uwsgi is None or not ((worker_id() and is_lazy()) or mule_id()):
         return
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
@@ -34,7 +35,7 @@ def stop_at_once_while_importing() -> None:
 
 
 def exit_now(signum: int, frame: object) -> None:
-    """The SIGINT handler of ``stop_at_once_while_importing``."""
+    """The SIGINT handler of ``stop_at_once_while_importing``, and of a runner mule's whole life."""
     os._exit(0)
 
 
