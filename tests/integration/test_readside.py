@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import pytest
 from sqlalchemy import create_engine, func, select
@@ -445,6 +446,65 @@ def test_an_operator_parks_a_poison_event_replays_it_and_rebuilds_a_read_model_u
     assert model == balances
     assert positions == {"balances": last, "effects": last}
     assert effects == (events, events), "an event applied twice, or the parked one never"
+
+
+def test_a_rebuild_switches_the_read_model_under_reads_and_writes_in_one_step(
+    uwsgi_server: StartServer, database_url: str
+) -> None:
+    """uwsgi.ini as shipped, 8 writers depositing, a reader polling one account whose live balance
+    was made wrong on purpose: `uwsgi-es rebuild balances` fills a new read model beside the live
+    one and switches. The reader sees the wrong balance, then the right one, never back, never
+    an error or a missing row; the mule is never restarted and goes on from the new position;
+    nothing acknowledged is lost and the model equals the events."""
+    server = uwsgi_server(INI, env=env_for(database_url))
+    account = server.post("/accounts", {"owner": "made wrong"}).json()["id"]
+    written = server.post(f"/accounts/{account}/deposits", {"amount": 100})
+    position = written.headers["x-event-position"]
+    assert server.get(f"/balances/{account}", headers={"X-Min-Position": position}).status == 200
+    engine = create_engine(database_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                balances_table.update().where(balances_table.c.account_id == UUID(account)).values(balance=-1)
+            )
+    finally:
+        engine.dispose()
+    load = DepositLoad(server).start()
+    seen: list[tuple[int, int | None]] = []
+    reading = threading.Event()
+    reading.set()
+
+    def read() -> None:
+        while reading.is_set():
+            answer = server.get(f"/balances/{account}")
+            seen.append((answer.status, answer.json().get("balance") if answer.status == 200 else None))
+
+    reader = threading.Thread(target=read)
+    try:
+        time.sleep(3)  # some thousands of events for the rebuild to fill from
+        reader.start()
+        time.sleep(0.5)
+        status, output = operator(database_url, "rebuild", "balances")
+        time.sleep(0.5)
+    finally:
+        reading.clear()
+        if reader.is_alive():
+            reader.join(10)
+        load.stop()
+    assert status == 0, output
+    assert "switched in" in output
+    assert [s for s in seen if s[0] != 200] == []
+    balances = [b for _, b in seen]
+    switch = balances.index(100)
+    assert set(balances[:switch]) == {-1}, "the new model was seen before the switch"
+    assert set(balances[switch:]) == {100}, "the old model was seen after the switch"
+    load.audit().check()
+    caught_up(server)
+    model, positions, _ = read_models(database_url, effects=False)
+    folded, _, last = fold(database_url)
+    assert model == folded
+    assert positions["balances"] == last
+    assert len(list(lifecycle_events(server.log(), "projection_runner"))) == 1, "the mule restarted"
 
 
 @pytest.mark.reliability

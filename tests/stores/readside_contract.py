@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from uuid import UUID
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text, update
 
 from uwsgi_es.domain import resolve_topic
 from uwsgi_es.errors import (
@@ -30,6 +30,7 @@ from uwsgi_es.example.balances import Balances, balances_table
 from uwsgi_es.example.domain import BankAccount, BankAccounts
 from uwsgi_es.readside import ProjectionRunner, operations, projected
 from uwsgi_es.readside import status as readside
+from uwsgi_es.readside.rebuild import rebuild
 from uwsgi_es.readside.waking import waker_for
 from uwsgi_es.settings import Settings
 from uwsgi_es.stores import unit_of_work
@@ -71,6 +72,19 @@ def effects(app: BankAccounts) -> tuple[int, int]:
         return tuple(  # type: ignore[return-value]
             connection.execute(select(func.count(), func.count(effects_table.c.position.distinct()))).one()
         )
+
+
+def rebuild_leftovers(app: BankAccounts) -> list[str]:
+    """What a rebuild left of its new read model's place: PostgreSQL schemas, SQLite files."""
+    engine = app.records.engine  # type: ignore[attr-defined]
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as connection:
+            found = connection.execute(
+                text("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'uwsgi_es_rebuild%'")
+            )
+            return [str(name) for name in found.scalars()]
+    database = app.records.path  # type: ignore[attr-defined]
+    return [p.name for p in database.parent.glob(f"{database.name}.rebuild-*") if p.suffix != ".lock"]
 
 
 class ReadSideContract:
@@ -172,6 +186,59 @@ class ReadSideContract:
         assert operations.status(app)[0].lag == 3
         ProjectionRunner(app, Balances()).catch_up()
         assert read_model(app) == fold(app)
+
+    def test_a_rebuild_fills_a_new_read_model_beside_the_live_one_and_switches_when_caught_up(
+        self, app: Bank
+    ) -> None:
+        """The live balances, one made wrong on purpose (a bug's work), are what readers see all
+        through the fill, while deposits and the live runner go on between its batches; a second
+        rebuild is refused meanwhile; the switch applies what was stored after the fill's last
+        batch and leaves the model equal to the fold and the live runner going on from its
+        position; nothing of the new model's place is left behind."""
+        accounts = [app.open_account(f"rebuilt {i}").id for i in range(5)]
+        for i in range(40):
+            app.deposit(accounts[i % 5], 1)
+        live = ProjectionRunner(app, Balances())
+        live.catch_up()
+        with app.records.engine.begin() as connection:  # type: ignore[attr-defined]
+            connection.execute(
+                update(balances_table).where(balances_table.c.account_id == accounts[0]).values(balance=-1)
+            )
+        seen: list[dict[str, int]] = []
+
+        def progress(applied: int, position: int) -> None:
+            seen.append(read_model(app))
+            with pytest.raises(ProjectionOperationError, match="'balances' is being rebuilt already"):
+                rebuild(app, "balances")
+            app.deposit(accounts[1], 1)  # after the fill's last batch too: the switch applies it
+            live.catch_up()
+
+        done = rebuild(app, "balances", progress)
+        assert len(seen) > 3
+        assert all(len(model) == 5 and model[str(accounts[0])] == -1 for model in seen)
+        assert read_model(app) == fold(app)
+        assert (done.rows, done.position) == (5, app.records.last_position())  # type: ignore[attr-defined]
+        assert done.events == 45 + len(seen)
+        assert operations.status(app)[0].lag == 0
+        app.deposit(accounts[0], 5)
+        assert live.catch_up() == 1
+        assert read_model(app) == fold(app)
+        assert rebuild_leftovers(app) == []
+
+    def test_a_rebuild_that_fails_leaves_the_live_read_model_as_it_was(self, app: Bank) -> None:
+        """The projection fails on an event in the rebuild: the command says where and why, the
+        live read model and position are untouched, nothing of the new one is left behind."""
+        app.open_account("poison")
+        app.open_account("fine")
+        ProjectionRunner(app, Effects()).catch_up()
+        before = (effects(app), operations.status(app)[1].position)
+        Effects.poisoned = True
+        with pytest.raises(
+            ProjectionOperationError, match=r"The rebuild of 'effects' stopped: .* at position"
+        ):
+            rebuild(app, "effects")
+        assert (effects(app), operations.status(app)[1].position) == before
+        assert rebuild_leftovers(app) == []
 
     def test_writes_answer_their_feed_position(self, app: Bank) -> None:
         account = app.open_account("ann")

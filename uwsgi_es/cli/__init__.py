@@ -9,10 +9,11 @@
   script can stop before uWSGI starts with a bad configuration.
 - ``uwsgi-es project NAME [--ini FILE]`` runs the projection NAME until SIGTERM/SIGINT: the runner
   a uWSGI mule runs, for deployments that run the read side under systemd or in a container.
-- ``uwsgi-es status [--json]``, ``park NAME``, ``replay NAME POSITION``, ``reset NAME --yes``: the
-  day-2 operations on projections (``uwsgi_es.readside.operations``): what each projection is
-  doing (exit 1 when one is stopped or cannot run), set aside the event one is stopped at, apply a
-  parked event after the fix, rebuild a read model from the first event.
+- ``uwsgi-es status [--json]``, ``park NAME``, ``replay NAME POSITION``, ``reset NAME --yes``,
+  ``rebuild NAME``: the day-2 operations on projections (``uwsgi_es.readside.operations``,
+  ``.rebuild``): what each projection is doing (exit 1 when one is stopped or cannot run), set
+  aside the event one is stopped at, apply a parked event after the fix, empty a read model for
+  its runner to refill, or fill a new one beside the live one and switch to it (blue-green).
 - ``uwsgi-es init MODULE`` writes a commented uwsgi.ini for your WSGI module (``cli.ini``).
 - ``uwsgi-es doctor INI`` boots the ini under uWSGI as production would, with a probe, and
   reports connections, threads and applications made before the fork, risky options, and the
@@ -34,7 +35,9 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
+from typing import Any
 
 from uwsgi_es import __version__
 from uwsgi_es.cli.ini import init
@@ -42,13 +45,16 @@ from uwsgi_es.cli.steps import check, migrate, operations, project
 from uwsgi_es.cli.target import Target, locate
 from uwsgi_es.errors import ProjectionOperationError, UwsgiEsError
 from uwsgi_es.readside import operations as readside_operations
+from uwsgi_es.readside.rebuild import rebuild
 from uwsgi_es.redaction import scrub, secrets_of
+from uwsgi_es.runtime.log import configure_logging
 from uwsgi_es.settings import render_ini, render_markdown
 
 __all__ = ["check", "main", "migrate", "project"]
 
 STORE_COMMANDS = {"migrate": migrate, "check": check}
-OPERATIONS = ("status", "park", "replay", "reset")
+OPERATIONS = ("status", "park", "replay", "reset", "rebuild")
+PROGRESS_EVERY = 5.0  # seconds between a rebuild's progress lines
 
 
 def _one_line(error: BaseException, secrets: tuple[str, ...]) -> str:
@@ -101,6 +107,11 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("name", help="the projection's name")
     replay_command.add_argument("position", type=int, help="the parked event's position (uwsgi-es status)")
     reset_command.add_argument("--yes", action="store_true", help="do it (readers see the model fill up)")
+    rebuild_command = commands.add_parser(
+        "rebuild",
+        help="fill a new read model beside the live one and switch to it when caught up (blue-green)",
+    )
+    rebuild_command.add_argument("name", help="the projection's name")
     for command in (
         migrate_command,
         check_command,
@@ -109,6 +120,7 @@ def _parser() -> argparse.ArgumentParser:
         park_command,
         replay_command,
         reset_command,
+        rebuild_command,
     ):
         command.add_argument("--ini", metavar="FILE", help=ini_help)
     init_command = commands.add_parser("init", help="write a commented uwsgi.ini for your WSGI module")
@@ -153,6 +165,8 @@ def _operate(arguments: argparse.Namespace, target: Target) -> tuple[str, int]:
         if arguments.command == "replay":
             readside_operations.replay(app, arguments.name, arguments.position)
             return f"{arguments.name}: applied the parked event at position {arguments.position}", 0
+        if arguments.command == "rebuild":
+            return _rebuild(app, arguments.name), 0
         deleted = readside_operations.reset(app, arguments.name)
         return (
             f"{arguments.name}: {deleted} row(s) of its read model deleted, its position back at 0; "
@@ -160,6 +174,25 @@ def _operate(arguments: argparse.Namespace, target: Target) -> tuple[str, int]:
         ), 0
     finally:
         close()
+
+
+def _rebuild(app: Any, name: str) -> str:
+    configure_logging()  # the runner's own lines (a stop, with its traceback for the author)
+    last = time.monotonic()
+
+    def progress(applied: int, position: int) -> None:
+        nonlocal last
+        if time.monotonic() - last >= PROGRESS_EVERY:
+            last = time.monotonic()
+            line = f"uwsgi-es rebuild: {name}: {applied:,} events applied, at position {position}"
+            print(line, file=sys.stderr)
+
+    done = rebuild(app, name, progress)
+    return (
+        f"{name}: a new read model filled from {done.events:,} events in {done.fill_seconds:.1f} s "
+        f"beside the live one, switched in {done.switch_seconds * 1000:.0f} ms (the live runner "
+        f"waited that long); {done.rows:,} row(s), at position {done.position}"
+    )
 
 
 def _status_line(status: readside_operations.ProjectionStatus) -> str:

@@ -131,7 +131,7 @@ def operations(settings: Settings, factory: Any | None) -> tuple[Any, Callable[[
     if _library_kind(factory) is not None:
         raise ProjectionOperationError(
             f"{getattr(factory, '__qualname__', factory)} is an eventsourcing library application: "
-            "status, park, replay and reset act on uwsgi_es projections (uwsgi_es.readside); the "
+            "status, park, replay, reset and rebuild act on uwsgi_es projections (uwsgi_es.readside); the "
             "library's projections keep their positions in their views' tracking tables, and "
             "/worker reports them."
         )

@@ -13,6 +13,8 @@ uWSGI mules (``mule = %b-es-mule.py``) or by ``uwsgi-es project NAME``.
   500 for the database;
 - ``operations``: the operators' day-2 commands (``uwsgi-es status``, ``park``, ``replay``,
   ``reset``), each under the tracking record's lock, so it falls between two of a runner's batches;
+- ``rebuild``: ``uwsgi-es rebuild``, a new read model filled beside the live one and switched in
+  one transaction when it has caught up (blue-green);
 - ``mule``: the uWSGI entry point.
 
 The rule: projections and their runner sit on the core and the stores (a global feed, a

@@ -67,9 +67,9 @@ PARK_CHECK = 1.0  # seconds between a stopped runner's looks for its event parke
 _UNDEFINED_TABLE = "42P01"
 
 
-class _Stopped(Exception):
+class StoppedAtEvent(Exception):
     """``record`` cannot be decoded or ``process`` raised on it (inside the transaction; handled
-    after its rollback)."""
+    after its rollback; a rebuild's switch turns it into its own error)."""
 
     def __init__(self, record: StoredRecord, cause: BaseException) -> None:
         super().__init__(str(cause))
@@ -93,11 +93,20 @@ def feed_store(app: Application, what: str) -> ProjectionFeed:
 class ProjectionRunner:
     """Runs one projection over one application's feed, in this process."""
 
-    def __init__(self, app: Application, projection: Projection, settings: Settings | None = None) -> None:
+    def __init__(
+        self,
+        app: Application,
+        projection: Projection,
+        settings: Settings | None = None,
+        *,
+        feed: ProjectionFeed | None = None,
+    ) -> None:
+        """``feed``: where the tracking record and the read model are written, when not the
+        application's store (a rebuild's new read model, ``readside.rebuild``)."""
         self.app = app
         self.projection = projection
         self.name = projection.name
-        self.store = feed_store(app, f"The projection {self.name!r}")
+        self.store = feed or feed_store(app, f"The projection {self.name!r}")
         settings = settings or app.settings
         self.batch = settings.readside_batch
         self.poll_interval = settings.readside_poll_interval
@@ -107,6 +116,7 @@ class ProjectionRunner:
         self.handles = _handled(projection)
         self._classes: dict[str, type | None] = {}  # topic -> its class here (None: no class)
         self._full = False  # the last step applied a whole batch: more are likely waiting
+        self.position = 0  # where its last step left the tracking record
 
     def step(self) -> int:
         """Apply the next events after the tracked position (a batch, in one transaction); return
@@ -122,12 +132,8 @@ class ProjectionRunner:
                 return 0
             try:
                 with self.store.write_transaction() as connection:
-                    position = lock(connection, self.name)
-                    records = select_all_on(connection, position, self.limit)
-                    self._apply(records, connection)
-                    if records:
-                        advance(connection, self.name, records[-1].id or position)
-            except _Stopped as stopped:
+                    records = self.step_in(connection)
+            except StoppedAtEvent as stopped:
                 return self._stopped(stopped)
         recorder.projected(self.name, len(records))
         self._full = len(records) == self.limit
@@ -136,6 +142,20 @@ class ProjectionRunner:
                 log.emit("projection_resumed", projection=self.name, position=records[-1].id)
             self.limit, self.stopped_at = self.batch, None
         return len(records)
+
+    def step_in(self, connection: Connection) -> list[StoredRecord]:
+        """The step's work in ``connection``'s transaction: lock the tracking record, apply the next
+        batch, advance; the records applied. ``StoppedAtEvent`` (an event failed) leaves the
+        transaction for the caller to roll back."""
+        position = lock(connection, self.name)
+        records = select_all_on(connection, position, self.limit)
+        self._apply(records, connection)
+        if records:
+            self.position = records[-1].id or position
+            advance(connection, self.name, self.position)
+        else:
+            self.position = position
+        return records
 
     def catch_up(self) -> int:
         """Apply every event stored now; return how many."""
@@ -212,7 +232,7 @@ class ProjectionRunner:
 
     def _apply(self, records: list[StoredRecord], connection: Connection) -> None:
         """Hand the events of ``records`` this projection handles to ``process_batch`` at once.
-        ``_Stopped`` names the record whose event failed when the batch holds one (else the
+        ``StoppedAtEvent`` names the record whose event failed when the batch holds one (else the
         first: the runner then replays the batch one event at a time to find it)."""
         batch = [(event, record) for record in records if (event := self._decoded(record)) is not None]
         if not batch:
@@ -222,18 +242,18 @@ class ProjectionRunner:
         except Exception as exc:
             if is_database_error(exc):
                 raise
-            raise _Stopped(batch[0][1], exc) from exc
+            raise StoppedAtEvent(batch[0][1], exc) from exc
 
     def _decoded(self, record: StoredRecord) -> DomainEvent | None:
         """The event ``record`` stores; None to pass it over (a class this projection does not
-        handle, or no class of this process). ``_Stopped`` when a handled one cannot be read."""
+        handle, or no class of this process). ``StoppedAtEvent`` when a handled one cannot be read."""
         cls = self._class_of(record)
         if cls is None or (self.handles and not issubclass(cls, self.handles)):
             return None
         try:
             return EventStore.from_record(record)
         except UnreadableEventError as exc:
-            raise _Stopped(record, exc) from exc
+            raise StoppedAtEvent(record, exc) from exc
 
     def _class_of(self, record: StoredRecord) -> type | None:
         """The class ``record``'s topic names in this process, or None (said once per topic when
@@ -271,7 +291,7 @@ class ProjectionRunner:
                 error=f"{type(exc).__name__}: {exc}",
             )
 
-    def _stopped(self, stopped: _Stopped) -> int:
+    def _stopped(self, stopped: StoppedAtEvent) -> int:
         """After the rollback: replay the batch one event per transaction, so the projection stops
         exactly at the failing event; there, record why and raise."""
         if self.limit > 1:
