@@ -8,12 +8,17 @@ reload: test_reliability.py; the store contract: tests/stores/test_postgres.py.)
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, select, text
 
+from uwsgi_es.example.balances import balances_table
 from uwsgi_es.testing import UwsgiServer, lifecycle_events
 
 from ..support.checks import fan_out
@@ -109,3 +114,56 @@ def test_a_lock_held_elsewhere_is_waited_for_within_the_bound(
         holder.dispose()
     assert server.post(f"/accounts/{account}/deposits", {"amount": 5}).status == 200
     assert server.get(f"/accounts/{account}").json()["balance"] == 5
+
+
+def uwsgi_es_command(*arguments: str, env: dict[str, str]) -> tuple[int, str]:
+    """`uwsgi-es ARGUMENTS` beside the service, as an operator runs it: (exit status, output)."""
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "uwsgi-es"), *arguments, "--ini", str(POSTGRES_INI)],
+        check=False,
+        cwd=PROJECT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_a_rebuild_through_pgbouncer_holds_its_lock_on_the_direct_url(
+    uwsgi_server: StartServer, pgbouncer_url: str, postgres_url: str
+) -> None:
+    """The shipped launch through the pooler: `uwsgi-es rebuild balances` runs its transactions
+    through PgBouncer (its search_path set in each), but its one-at-a-time lock is a session's:
+    without UWSGI_ES_LISTEN_URL it refuses and names the fix, with it the new model is switched in
+    and equals the balances the accounts answer; no traceback in the service's log."""
+    pooled = {"UWSGI_ES_DATABASE_URL": pgbouncer_url}
+    server = uwsgi_server(POSTGRES_INI, env={**pooled, "UWSGI_ES_LISTEN_URL": postgres_url})
+    status, output = uwsgi_es_command("migrate", env=pooled)
+    assert status == 0, output
+    statuses, _ = deposit_and_read_back(server)
+    assert statuses.count(200) >= 190, statuses
+    status, output = uwsgi_es_command("rebuild", "balances", env=pooled)
+    assert status == 1, output
+    assert "set UWSGI_ES_LISTEN_URL to a direct connection" in output
+    status, output = uwsgi_es_command(
+        "rebuild", "balances", env={**pooled, "UWSGI_ES_LISTEN_URL": postgres_url}
+    )
+    assert status == 0, output
+    assert "switched in" in output
+    engine = create_engine(postgres_url)
+    try:
+        with engine.connect() as connection:
+            model = dict(
+                connection.execute(select(balances_table.c.account_id, balances_table.c.balance)).all()
+            )
+            shadows = connection.execute(
+                text("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'uwsgi_es_rebuild%'")
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    assert len(model) == 4
+    for account, balance in model.items():
+        assert server.get(f"/accounts/{account}").json()["balance"] == balance
+    assert shadows == 0
+    assert "Traceback" not in server.log()

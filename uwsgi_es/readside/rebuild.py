@@ -18,7 +18,8 @@ unqualified table names) reach it unchanged:
   in the write transaction, so writers wait for it).
 
 **The switch** is one transaction that holds the live tracking record's lock (the live runner waits
-between two of its batches): it applies the events stored since the fill's last batch, drops the
+between two of its batches): it applies the events stored since the fill's last batch (up to a
+batch that is not full: it never chases writers while it holds the lock), drops the
 old tables, puts the new ones in their place, moves the live position to the new model's, and
 forgets the projection's parked events (the rebuild applied them like the others). Readers see the
 old model until the commit and the new one after it, never an empty or half-filled one; the live
@@ -105,13 +106,12 @@ def rebuild(app: Application, name: str, progress: Callable[[int, int], None] | 
             applied = _fill(runner, progress)
             filled = time.monotonic()
             applied += shadow.switch(runner, projection)
-            switched = time.monotonic()
         except BaseException:
             with suppress(Exception):  # the error that stopped it says more than a failed cleanup
                 shadow.drop()
             raise
         shadow.drop()
-    return Rebuilt(name, runner.position, applied, shadow.rows, filled - started, switched - filled)
+    return Rebuilt(name, runner.position, applied, shadow.rows, filled - started, shadow.held)
 
 
 def _fill(runner: ProjectionRunner, progress: Callable[[int, int], None] | None) -> int:
@@ -155,6 +155,7 @@ class _Shadow(abc.ABC):
         self.settings = settings
         self.name = name
         self.rows = 0
+        self.held = 0.0  # seconds the switch held the live tracking record (SQLite: the writers too)
         self._engine: Engine | None = None
 
     # What the runner asks of its feed: the events are the live store's.
@@ -207,10 +208,14 @@ class _Shadow(abc.ABC):
             with self.engine.connect() as connection:
                 connection.execution_options(**{WRITE: True})  # SQLite: both files' write lock
                 with connection.begin():
+                    locked = time.monotonic()
                     with _on_live(connection, self.live_schema):
                         lock(connection, self.name)
-                    while records := runner.step_in(connection):
+                    # Up to a batch that is not full: the feed's end then. Later events are the
+                    # live runner's, after the switch; chasing them here would hold its lock.
+                    while len(records := runner.step_in(connection)) == runner.limit:
                         applied += len(records)
+                    applied += len(records)
                     position = read(connection, [self.name])[self.name].position
                     with _on_live(connection, self.live_schema):
                         for table in reversed(projection.metadata.sorted_tables):
@@ -219,10 +224,12 @@ class _Shadow(abc.ABC):
                     with _on_live(connection, self.live_schema):
                         advance(connection, self.name, position)
                         connection.execute(delete(parked_table).where(parked_table.c.projection == self.name))
-                        self.rows = sum(
-                            int(connection.execute(select(func.count()).select_from(t)).scalar_one())
-                            for t in projection.metadata.sorted_tables
-                        )
+                self.held = time.monotonic() - locked
+            with self.store.engine.connect() as connection:  # counted after: the switch holds no longer
+                self.rows = sum(
+                    int(connection.execute(select(func.count()).select_from(t)).scalar_one())
+                    for t in projection.metadata.sorted_tables
+                )
         except StoppedAtEvent as stopped:
             record = stopped.record
             message = stopped_message(self.name, record.id or 0, record.topic, type(stopped.cause).__name__)
