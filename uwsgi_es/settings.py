@@ -362,6 +362,12 @@ class Settings:
     )
     pool_size: int = setting(5, _integer(1, 1000), "server databases: pooled connections per worker")
     max_overflow: int = setting(10, _integer(0, 1000), "server databases: extra connections per worker")
+    asgi_threads: int = setting(
+        8,
+        _integer(1, 1000),
+        "ASGI servers (uvicorn, granian, gunicorn's ASGI worker): the threads of a worker that run "
+        "requests (the commands are synchronous); at most the pool's size plus its overflow",
+    )
     pool_timeout: float = setting(
         10.0, _number(0.1, 600.0), "seconds to wait for a pooled connection, then 503"
     )

@@ -12,6 +12,7 @@ answered, so every deposit must end acknowledged and stored exactly once.
 
 from __future__ import annotations
 
+import http.client
 import itertools
 import os
 import threading
@@ -148,7 +149,7 @@ class DepositLoad:
                 error = "" if result.status == 200 else result.body.decode(errors="replace")[:200]
                 outcome = Outcome(account, amount, result.status, error)
                 replayed = result.headers.get("idempotent-replayed") == "true"
-            except OSError as exc:
+            except (OSError, http.client.HTTPException) as exc:  # no whole answer: not acknowledged
                 outcome = Outcome(account, amount, 0, f"{type(exc).__name__}: {exc}")
             outcome.finished = time.monotonic()
             outcome.elapsed = outcome.finished - started

@@ -147,7 +147,10 @@ def get_application_lazily(
                 failure = _failures.get(name)
                 if failure is not None and time.monotonic() < failure.retry_at:
                     raise _failed(failure)
-                return _build(factory, settings, name)
+                started = time.perf_counter()
+                app = _build(factory, settings, name)
+                _log_lazy_build(_slots[name], started)
+                return app
     if isinstance(factory, type) and not isinstance(slot.app, factory):
         raise ConfigurationError(
             f"This process's application {name!r} is a {type(slot.app).__name__}, not the "
@@ -155,6 +158,23 @@ def get_application_lazily(
             "(init_application(..., name=...)), or ask for the one that was built."
         )
     return slot.app
+
+
+def _log_lazy_build(slot: Slot, started: float) -> None:
+    """Say a build made by a request, as ``lifecycle.build`` says the hooks' (a server without a
+    post-fork hook, such as granian's WSGI interface, builds on a worker's first request)."""
+    log.configure_logging(slot.settings.log_format)
+    log.emit(
+        "build",
+        worker=process.worker_id(),
+        mule=process.mule_id() or None,
+        pid=os.getpid(),
+        name=slot.name,
+        application=type(slot.app).__qualname__,
+        store=slot.hosting.describe(),
+        ms=(time.perf_counter() - started) * 1000,
+        lazy=True,
+    )
 
 
 def close_application(name: str | None = None) -> None:

@@ -81,8 +81,17 @@ def process_count() -> int:
     return int(uwsgi.numproc) if uwsgi is not None else 1
 
 
+_declared_threads = 0  # outside uWSGI: the request threads a server integration said it runs
+
+
+def declare_threads(count: int) -> None:
+    """Say how many threads serve requests in this process, outside uWSGI (an ASGI server's pool)."""
+    global _declared_threads
+    _declared_threads = count
+
+
 def thread_count() -> int:
-    return int(option("threads") or 1)
+    return int(option("threads") or _declared_threads or 1)
 
 
 def is_forked() -> bool:
