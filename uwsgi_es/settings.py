@@ -173,6 +173,14 @@ def with_driver(raw: str) -> str:
     return raw
 
 
+def _directory(name: str, raw: str) -> str:
+    """A directory's path, or empty."""
+    text = raw.strip()
+    if "\x00" in text:
+        raise ConfigurationError(f"{name} holds a NUL byte: give a directory's path, or leave it empty.")
+    return text
+
+
 def _listen_url(name: str, raw: str) -> str:
     """A PostgreSQL URL (``parse_database_url``), or empty: LISTEN on ``UWSGI_ES_DATABASE_URL``."""
     if not raw.strip():
@@ -430,6 +438,14 @@ class Settings:
         _integer(0, 255),
         "the uWSGI sharedarea (its id) where every worker and mule keeps its numbers for `/metrics`; "
         "the ini needs `sharedarea = PAGES`, 16 pages (64 KiB) per worker and mule, plus 16",
+    )
+    metrics_dir: str = setting(
+        "",
+        _directory,
+        "servers without uWSGI's sharedarea (uvicorn, granian, gunicorn): a directory every worker "
+        "may write, where each process keeps its numbers for `/metrics` in a file of its own (a dead "
+        "worker's stay counted); empty: `/metrics` answers only under a single-process server",
+        shown="(none)",
     )
     init_retry_seconds: float = setting(1.0, _number(0.01, 3600.0), "first back-off after a failed build")
     init_retry_max_seconds: float = setting(30.0, _number(0.01, 3600.0), "longest back-off between builds")

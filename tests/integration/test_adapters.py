@@ -95,7 +95,7 @@ def test_gunicorn_metrics_answer_only_for_a_single_process(
     app_env: dict[str, str], tmp_path: Path, workers: int
 ) -> None:
     """gunicorn has no uWSGI sharedarea: with 2 workers each counts alone, so /metrics answers 503
-    from every worker (naming the sharedarea, and that other servers are not supported yet) rather
+    from every worker (naming UWSGI_ES_METRICS_DIR and the sharedarea) rather
     than one worker's numbers; with 1 worker (wsgi.multiprocess false) its numbers are the whole
     truth, and it answers 200 with them."""
     log = tmp_path / "gunicorn.log"
@@ -109,7 +109,7 @@ def test_gunicorn_metrics_answer_only_for_a_single_process(
         assert {scrape.status for scrape in scrapes} == {503}, log.read_text()
         error = scrapes[0].json()["error"]
         assert "sharedarea = 160" in error
-        assert "other servers are not supported for /metrics yet" in error
+        assert "Set UWSGI_ES_METRICS_DIR" in error
     else:
         assert {scrape.status for scrape in scrapes} == {200}, log.read_text()
         body = scrapes[-1].body.decode()

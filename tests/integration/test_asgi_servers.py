@@ -172,3 +172,43 @@ def test_a_graceful_reload_under_load_fails_no_request(
         audit = load.audit()
     audit.check()
     assert audit.failed == 0, audit.line()
+
+
+DEPOSITS = 'uwsgi_es_requests_total{method="POST",route="/accounts/<account_id>/deposits",status="200"}'
+
+
+def deposits_counted(served: Served) -> set[float]:
+    """The deposits /metrics counts, as each of 12 scrapes (spread over the workers) says."""
+    counted = set()
+    for scrape in fan_out(12, lambda _: served.client.get("/metrics"), concurrency=4):
+        assert scrape.status == 200, (scrape.body, served.text()[-4000:])
+        lines = [line for line in scrape.body.decode().splitlines() if line.startswith(DEPOSITS)]
+        assert len(lines) == 1, scrape.body.decode()[:3000]
+        counted.add(float(lines[0].split()[-1]))
+    return counted
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_metrics_add_up_every_worker_even_a_killed_one(
+    server: str, app_env: dict[str, str], tmp_path: Path
+) -> None:
+    """UWSGI_ES_METRICS_DIR set: 40 deposits over 4 workers, every scrape counts 40; a worker
+    SIGKILLed and replaced, 20 more: every scrape counts 60 (the dead worker's counts kept, its
+    file merged by its replacement); a second run in the same directory starts from 0."""
+    env = {**app_env, "UWSGI_ES_METRICS_DIR": str(tmp_path / "metrics")}
+    with serving(server, env, tmp_path / "server.log") as served:
+        account = served.client.post("/accounts", {"owner": "counted"}).json()["id"]
+        deposit = lambda _: served.client.post(f"/accounts/{account}/deposits", {"amount": 1}).status  # noqa: E731
+        assert set(fan_out(40, deposit, concurrency=8)) == {200}
+        assert deposits_counted(served) == {40.0}
+        before = assert_built_in_each(served, worker_reports(served))
+        os.kill(min(before), signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while not (assert_built_in_each(served, worker_reports(served, timeout=5)) - before):
+            assert time.monotonic() < deadline, "no worker replaced the killed one"
+        assert set(fan_out(20, deposit, concurrency=8)) == {200}
+        assert deposits_counted(served) == {60.0}
+    with serving(server, env, tmp_path / "again.log") as served:
+        account = served.client.post("/accounts", {"owner": "again"}).json()["id"]
+        assert served.client.post(f"/accounts/{account}/deposits", {"amount": 1}).status == 200
+        assert deposits_counted(served) == {1.0}

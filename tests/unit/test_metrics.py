@@ -131,7 +131,8 @@ def test_metrics_outside_uwsgi_refuse_to_speak_for_several_processes(
     client: Client, multiprocess: bool | str
 ) -> None:
     """A server that runs the application in several processes (``wsgi.multiprocess`` true, or
-    not said) gets 503 naming uWSGI's sharedarea: one process's numbers would pass for all of them.
+    not said) gets 503 naming UWSGI_ES_METRICS_DIR and uWSGI's sharedarea: one process's numbers
+    would pass for all of them.
     The other routes go on; a single-process server (the flag false) still gets the numbers."""
     if multiprocess == "unsaid":
         scraper = Client(from_address(without_the_multiprocess_flag, "127.0.0.1"))
@@ -145,7 +146,7 @@ def test_metrics_outside_uwsgi_refuse_to_speak_for_several_processes(
     error = answer.json["error"]
     assert "sharedarea = 160" in error
     assert "uwsgi.ini" in error
-    assert "other servers are not supported for /metrics yet" in error
+    assert "Set UWSGI_ES_METRICS_DIR" in error
     assert recorder.problem(multiprocess=True) == error
     assert client.get("/metrics", environ_overrides={"wsgi.multiprocess": False}).status_code == 200
 

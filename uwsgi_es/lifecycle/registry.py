@@ -234,7 +234,7 @@ def _build(factory: ApplicationFactory | None, settings: Settings | None, name: 
     try:
         if settings is None:
             settings = Settings.from_environ()
-        recorder.configure(settings.metrics_sharedarea)
+        recorder.configure(settings.metrics_sharedarea, settings.metrics_dir)
         _check_deployment(settings)
         factory = factory or _declared.get(name)
         kind = kinds.kind_of(factory or kinds.load_factory(settings.application))

@@ -8,11 +8,29 @@ by the caller, and handed in.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from uwsgi_es.metrics import recorder
 from uwsgi_es.metrics.recorder import BUCKETS, DURATION, DURATION_SUM, FAMILIES, SEPARATOR
+
+_importing = threading.Lock()
+_imported = False
+
+
+def _import_prometheus_client() -> None:
+    """Import prometheus_client once, one thread at a time: its package and its ``metrics`` module
+    import each other, and two threads importing them at once (two first scrapes on an ASGI
+    server's thread pool) can each get the other's half-initialised module (ImportError)."""
+    global _imported
+    if _imported:  # a flag, not sys.modules: a module is there before its import has finished
+        return
+    with _importing:
+        import prometheus_client.core
+        import prometheus_client.exposition  # noqa: F401
+
+        _imported = True
 
 
 def render(
@@ -20,11 +38,11 @@ def render(
 ) -> tuple[bytes, str]:
     """(body, content type) of a scrape, in the format the scraper's ``Accept`` asks for (the
     Prometheus text format, or OpenMetrics). ``gauges``: name -> (help, label name, {labels: value})."""
+    _import_prometheus_client()
     from prometheus_client.exposition import choose_encoder
     from prometheus_client.registry import Collector, CollectorRegistry
 
-    table = recorder.table()
-    totals, dropped = table.totals(), table.dropped()
+    totals, dropped = recorder.totals()
 
     class Numbers(Collector):
         def collect(self) -> Iterator[Any]:

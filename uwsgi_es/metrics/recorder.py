@@ -4,11 +4,13 @@ Under uWSGI every worker and mule counts into its own slot of a uWSGI sharedarea
 master from the ini's ``sharedarea = PAGES``, so it exists in every mode, lazy-apps included):
 worker ``w`` in slot ``w``, mule ``m`` in slot ``processes + m``. ``/metrics``, served by any
 worker, sums the slots: numbers for the whole instance, kept across a worker's death and respawn.
-Anywhere else (the master, a spooler, gunicorn, a test) a process counts into a private table,
-which is the whole truth only where no other process serves the same application: ``/metrics``
-answers there only when the server says so (``wsgi.multiprocess`` false, PEP 3333: a plain
-single-process server, gunicorn with one worker), and 503 under any server that runs several
-(``problem()`` says why).
+Under another server (uvicorn, granian, gunicorn) with ``UWSGI_ES_METRICS_DIR`` set, each process
+counts into a slot of its own in a memory-mapped file there, and ``/metrics`` sums the files of its
+server (``files``). Anywhere else (the master, a spooler, a test) a process counts into a private
+table, which is the whole truth only where no other process serves the same application:
+``/metrics`` answers there only when the server says so (``wsgi.multiprocess`` false, PEP 3333: a
+plain single-process server, gunicorn with one worker), and 503 under any server that runs
+several (``problem()`` says why).
 
 Recording never raises and never touches a database; a request costs three additions under one
 process-local lock (about 1 µs).
@@ -29,6 +31,7 @@ import bisect
 import os
 from dataclasses import dataclass, field
 
+from uwsgi_es.metrics import files
 from uwsgi_es.metrics.table import SLOT_BYTES, SlotTable
 from uwsgi_es.runtime import process
 
@@ -112,13 +115,24 @@ class _Attached:
 
 _attached: _Attached | None = None
 _sharedarea = 0
+_directory = ""
 
 
-def configure(sharedarea: int) -> None:
-    """Use sharedarea ``sharedarea`` (``UWSGI_ES_METRICS_SHAREDAREA``); called by each build."""
-    global _sharedarea, _attached
-    if sharedarea != _sharedarea:
-        _sharedarea, _attached = sharedarea, None
+def configure(sharedarea: int, directory: str = "") -> None:
+    """Use sharedarea ``sharedarea`` (``UWSGI_ES_METRICS_SHAREDAREA``) under uWSGI, the files of
+    ``directory`` (``UWSGI_ES_METRICS_DIR``) elsewhere; called by each build."""
+    global _sharedarea, _directory, _attached
+    if (sharedarea, directory) != (_sharedarea, _directory):
+        _sharedarea, _directory, _attached = sharedarea, directory, None
+
+
+def totals() -> tuple[dict[str, float], float]:
+    """What every process of this instance counted, summed, and the numbers they could not keep."""
+    if not process.in_uwsgi() and _directory:
+        _here()  # this process's file exists before the sum is read
+        return files.server_totals(_directory)
+    here = table()
+    return here.totals(), here.dropped()
 
 
 def table() -> SlotTable:
@@ -141,15 +155,15 @@ def problem(*, multiprocess: bool) -> str | None:
     Under uWSGI the sharedarea decides; elsewhere each process counts alone, so the numbers are
     the instance's only where the server runs one process."""
     here = _here()
-    if process.in_uwsgi() or not multiprocess:
+    if process.in_uwsgi() or not multiprocess or _directory:
         return here.problem
     return (
-        "/metrics needs uWSGI's sharedarea to add up the numbers of every process, and this server "
-        "runs the application in several processes (wsgi.multiprocess is true): each counts on its "
-        "own, so an answer would be one process's numbers passed off as the whole instance's. Serve "
-        "it under uWSGI with `sharedarea = 160` in the [uwsgi] section (as uwsgi.ini does: 16 pages "
-        "per worker and mule, plus 16); other servers are not supported for /metrics yet, except "
-        "one that runs a single process (wsgi.multiprocess false, e.g. gunicorn with workers = 1)"
+        "/metrics must add up the numbers of every process, and this server runs the application "
+        "in several processes (wsgi.multiprocess is true): each counts on its own, so an answer "
+        "would be one process's numbers passed off as the whole instance's. Set UWSGI_ES_METRICS_DIR "
+        "to a directory every worker may write (uvicorn, granian, gunicorn: one file per process, "
+        "summed by /metrics), or serve it under uWSGI with `sharedarea = 160` in the [uwsgi] section "
+        "(as uwsgi.ini does: 16 pages per worker and mule, plus 16)"
     )
 
 
@@ -162,7 +176,7 @@ def _attach() -> _Attached:
 def _shared_table() -> tuple[SlotTable, str | None]:
     uwsgi = process.uwsgi
     if uwsgi is None:
-        return _private(), None
+        return (files.own_table(_directory) if _directory else _private()), None
     workers, mule = process.process_count(), process.mule_id()
     slot = process.worker_id() or (workers + mule if mule else 0)
     share = getattr(uwsgi, "sharedarea_memoryview", None)

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from uwsgi_es.lifecycle import registry
 from uwsgi_es.metrics import exposition, recorder
 from uwsgi_es.runtime.log import request_id
-from uwsgi_es.settings import Settings
+from uwsgi_es.settings import Settings, resolve
 from uwsgi_es.stores import deadlines, unit_of_work
 from uwsgi_es.stores.base import IdempotentWrites, RequestScope
 from uwsgi_es.web.bodies import BadRequestError, answered, read_body, read_json_object
@@ -234,6 +234,8 @@ class JsonApi:
         when the numbers would be one process's out of several (no uWSGI sharedarea)."""
         if not self.is_operator(request):
             return self.not_found(request)
+        settings = self.settings()  # where the numbers are, also before this worker has built
+        recorder.configure(settings.metrics_sharedarea, settings.metrics_dir)
         # PEP 3333: true when other processes may serve this application too; unsaid counts as true.
         problem = recorder.problem(multiprocess=bool(request.environ.get("wsgi.multiprocess", True)))
         if problem is not None:
@@ -245,8 +247,9 @@ class JsonApi:
 
 @functools.cache
 def _defaults() -> Settings:
-    """The settings before any build (read from the environment once)."""
-    return Settings()
+    """The settings before any build (read from the environment once; the valid ones when some
+    value is bad: the build reports that)."""
+    return resolve(None)[0]
 
 
 _request_scoped: dict[type, bool] = {}
