@@ -7,23 +7,36 @@ writers, and SIGKILLed workers under load lose nothing acknowledged."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
+import shutil
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from uwsgi_es.testing import lifecycle_events
+from uwsgi_es.cli import migrate
+from uwsgi_es.settings import Settings
+from uwsgi_es.testing import UwsgiServer, free_port, lifecycle_events
 
-from ..support.asgi_servers import SERVERS, WORKERS, Served, serving
+from ..support.asgi_servers import BIN, SERVERS, WORKERS, Served, serving
 from ..support.checks import fan_out, move_money_concurrently
+from ..support.hostile import (
+    check_only_accepted_writes_changed_the_store,
+    events_of,
+    feed_length,
+    send_hostile_requests,
+)
 from ..support.load import DepositLoad
+from ..support.paths import PROJECT
 
 pytestmark = pytest.mark.integration
 ASGI_SERVERS = [s for s in SERVERS if s != "granian wsgi"]
+BANK = "uwsgi_es.example.domain:BankAccounts"
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -212,3 +225,124 @@ def test_metrics_add_up_every_worker_even_a_killed_one(
         account = served.client.post("/accounts", {"owner": "again"}).json()["id"]
         assert served.client.post(f"/accounts/{account}/deposits", {"amount": 1}).status == 200
         assert deposits_counted(served) == {1.0}
+
+
+HOSTILE_EXAMPLES = int(os.environ.get("HOSTILE_EXAMPLES_PER_SERVER", "3000"))
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("server", SERVERS)
+def test_hostile_requests_get_the_answers_they_get_under_uwsgi(
+    server: str, app_env: dict[str, str], tmp_path: Path, report: Any
+) -> None:
+    """The hostile requests of tests/support/hostile.py (hypothesis, byte for byte): no 5xx, an
+    answer to each whose length does not lie, no worker dies, and only the accepted writes are
+    stored (once each)."""
+    with serving(server, app_env, tmp_path / "server.log") as served:
+        client = served.client
+        account = client.post("/accounts", {"owner": "witness"}).json()["id"]
+        before_feed, before_witness = feed_length(client), events_of(client, account)
+        workers = assert_built_in_each(served, worker_reports(served))
+        outcome = send_hostile_requests(client, account, HOSTILE_EXAMPLES)
+        assert assert_built_in_each(served, worker_reports(served)) == workers, "a worker died"
+        check_only_accepted_writes_changed_the_store(client, account, outcome, before_witness, before_feed)
+    assert "Traceback" not in served.text(), served.text()[-3000:]
+    report(
+        f"hostile input under {server}",
+        app_env,
+        f"{sum(outcome.statuses.values())} requests, statuses {dict(sorted(outcome.statuses.items()))}, "
+        f"5xx 0, worker deaths 0, {len(outcome.accepted_writes)} accepted writes stored once each",
+    )
+
+
+@pytest.fixture
+def readside_env(request: pytest.FixtureRequest, store_env: dict[str, str]) -> dict[str, str]:
+    """``store_env`` with the example's read model created (uwsgi-es migrate)."""
+    migrate(Settings(database_url=store_env["UWSGI_ES_DATABASE_URL"], application=BANK))
+    return store_env
+
+
+def group_gone(group: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return
+        assert time.monotonic() < deadline, f"process group {group} still runs"
+        time.sleep(0.05)
+
+
+def procfile() -> dict[str, str]:
+    """deploy/Procfile's processes: name -> command line."""
+    lines = (PROJECT / "deploy" / "Procfile").read_text().splitlines()
+    return dict(line.split(": ", 1) for line in lines if line and not line.startswith("#"))
+
+
+def test_the_read_side_beside_a_server_without_mules_as_the_procfile_runs_it(
+    readside_env: dict[str, str], tmp_path: Path
+) -> None:
+    """deploy/Procfile's two processes exactly as shipped (granian's 4 workers, and `uwsgi-es
+    project balances` beside them): 200 write-then-read pairs, 8 at a time, each read asking for
+    its write's position (X-Min-Position) on whichever worker, and each showing its write; the
+    runner ends cleanly on SIGTERM; and the shipped systemd unit for such a runner passes
+    systemd-analyze verify."""
+    processes = procfile()
+    port = free_port()
+    env = {**os.environ, **readside_env, "PORT": str(port), "PATH": f"{BIN}:{os.environ['PATH']}"}
+    logs = {name: (tmp_path / f"{name}.log").open("wb") for name in processes}
+    started = {
+        name: subprocess.Popen(
+            ["/bin/sh", "-c", line],
+            cwd=PROJECT,
+            env=env,
+            stdout=logs[name],
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        for name, line in processes.items()
+    }
+    client = UwsgiServer(options=[], log_dir=tmp_path, wait_for="nothing")
+    client.port = port
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(OSError):
+                if client.get("/health", timeout=2).status == 200:
+                    break
+            assert time.monotonic() < deadline, (tmp_path / "web.log").read_text()
+            time.sleep(0.1)
+        accounts = [client.post("/accounts", {"owner": f"sidecar {i}"}).json()["id"] for i in range(8)]
+
+        def pair(i: int) -> bool:
+            account = accounts[i % 8]
+            written = client.post(f"/accounts/{account}/deposits", {"amount": 1})
+            assert written.status == 200, written.body
+            read = client.get(
+                f"/balances/{account}", headers={"X-Min-Position": written.headers["x-event-position"]}
+            )
+            return read.status == 200 and read.json()["version"] >= written.json()["version"]
+
+        assert all(fan_out(200, pair, concurrency=8))
+    finally:
+        for process in started.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in started.values():
+            process.wait(30)
+            group_gone(process.pid)  # sh ends at once; what it started, when it has finished
+        for out in logs.values():
+            out.close()
+    runner_log = (tmp_path / "balances.log").read_text()
+    assert "event=projection_runner" in runner_log, runner_log
+    assert "uwsgi-es project: balances stopped" in runner_log, runner_log
+    assert "Traceback" not in runner_log + (tmp_path / "web.log").read_text()
+    unit = (PROJECT / "deploy" / "uwsgi-es-project@.service").read_text()
+    instance = tmp_path / "uwsgi-es-project@balances.service"
+    instance.write_text(
+        unit.replace("/srv/uwsgi-es/.venv/bin/", f"{BIN}/").replace("/srv/uwsgi-es", str(PROJECT))
+    )
+    analyze = shutil.which("systemd-analyze")
+    assert analyze, "systemd-analyze is missing: apt-get install systemd"
+    verified = subprocess.run([analyze, "verify", str(instance)], capture_output=True, text=True, check=False)
+    assert verified.returncode == 0, verified.stderr
