@@ -346,3 +346,34 @@ def test_the_read_side_beside_a_server_without_mules_as_the_procfile_runs_it(
     assert analyze, "systemd-analyze is missing: apt-get install systemd"
     verified = subprocess.run([analyze, "verify", str(instance)], capture_output=True, text=True, check=False)
     assert verified.returncode == 0, verified.stderr
+
+
+def test_the_starlette_example_builds_once_in_each_uvicorn_worker(
+    app_env: dict[str, str], tmp_path: Path
+) -> None:
+    """examples/starlette_bank.py under uvicorn --workers 4: one build in each worker (none in the
+    parent, nothing forgotten), commands on the bounded pool, and the JSON API's statuses: 201,
+    200, 400 for a bad amount, 404 for an unknown account or movement, 409 for an overdraft."""
+    target = "examples.starlette_bank:app"
+    with serving("uvicorn", app_env, tmp_path / "server.log", target=target) as served:
+        client = served.client
+        opened = client.post("/accounts", {"owner": "starlette"})
+        assert opened.status == 201, opened.body
+        account = opened.json()["id"]
+        deposits = fan_out(40, lambda _: client.post(f"/accounts/{account}/deposits", {"amount": 5}).status)
+        assert set(deposits) == {200}
+        assert client.get(f"/accounts/{account}").json()["balance"] == 200
+        assert client.post(f"/accounts/{account}/deposits", {"amount": 0}).status == 400
+        assert client.post(f"/accounts/{account}/deposits", {"amount": "5"}).status == 400
+        assert client.post(f"/accounts/{account}/gifts", {"amount": 5}).status == 404
+        unknown = client.get("/accounts/00000000-0000-0000-0000-000000000001")
+        assert unknown.status == 404, unknown.body
+        overdraft = client.post(f"/accounts/{account}/withdrawals", {"amount": 201})
+        assert overdraft.status == 409, overdraft.body
+        assert "insufficient" in overdraft.json()["error"].lower(), overdraft.body
+    log = served.text()
+    built = [int(e["pid"]) for e in lifecycle_events(log, "build")]
+    assert len(built) == len(set(built)) == WORKERS, log[-3000:]
+    assert served.pid not in built
+    assert not list(lifecycle_events(log, "forgot_inherited"))
+    assert "Traceback" not in log, log[-3000:]

@@ -25,9 +25,10 @@ thread, and a body too large or without a length is answered (413, 411) from its
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
 from uwsgi_es.lifecycle import build, registry
@@ -141,6 +142,38 @@ def _replay(messages: list[Message]) -> Receive:
         return dict(_EMPTY)
 
     return receive
+
+
+def lifespan(
+    factory: registry.ApplicationFactory | None = None,
+) -> Callable[[Any], contextlib.AbstractAsyncContextManager[None]]:
+    """For an ASGI framework's own routes (Starlette, FastAPI: ``Starlette(lifespan=lifespan(App))``):
+    build ``factory``'s application once in each worker's lifespan startup, in a thread, and close
+    it at shutdown; the framework's thread pool for synchronous work (anyio's default limiter,
+    which Starlette's ``run_in_threadpool`` and synchronous endpoints use) is set to
+    ``UWSGI_ES_ASGI_THREADS``, the bound the pool budget counts on. A failed build fails the
+    startup only with ``UWSGI_ES_FAIL_FAST``; otherwise ``get_application()`` raises a 503-mapped
+    error (``uwsgi_es.web.status``) until a retry succeeds."""
+    if factory is not None:
+        registry.declare(factory)
+
+    @contextlib.asynccontextmanager
+    async def run(_: Any) -> AsyncIterator[None]:
+        import anyio.to_thread  # the frameworks' own dependency; imported where it is used
+
+        configure_logging()
+        settings = resolve(None)[0]
+        process.declare_threads(settings.asgi_threads)
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.asgi_threads
+        outcome = await asyncio.to_thread(build.build_in_this_process, factory)
+        if outcome.error is not None and outcome.settings.fail_fast:
+            raise outcome.error
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(build.close_in_this_process)
+
+    return run
 
 
 def asgi(
