@@ -12,7 +12,7 @@ export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 # (pyenv's, else python3.X on PATH; see tests/support/interpreters.py).
 OTHER_PYTHONS := 3.12 3.13
 
-.PHONY: run test check lint format pytest interpreters dist migrate clean postgres-binaries java-and-maven pgbouncer redis nginx wrk cassandra-up cassandra-down cassandra-cluster-up cassandra-cluster-down reliability bench bench-scale bench-rebuild
+.PHONY: run test check lint format pytest interpreters dist migrate clean postgres-binaries java-and-maven pgbouncer redis nginx wrk cassandra-up cassandra-down cassandra-cluster-up cassandra-cluster-down reliability bench bench-scale bench-rebuild bench-servers
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -100,6 +100,11 @@ bench: $(DEV_STAMP) postgres-binaries java-and-maven wrk
 bench-scale: $(DEV_STAMP) postgres-binaries wrk
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench.scale
+
+## bench-servers: the deposit and read rows under granian, gunicorn's ASGI worker and uvicorn against uWSGI, into BENCHMARKS.md
+bench-servers: $(DEV_STAMP) postgres-binaries wrk
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python -m bench.servers
 
 ## bench-rebuild: what `uwsgi-es rebuild` costs at 10^6 events (BENCH_REBUILD_EVENTS), with writes going on
 bench-rebuild: $(DEV_STAMP) postgres-binaries

@@ -54,8 +54,11 @@ def compare(
     ours: Contender,
     anchor: Contender,
     make_script: Callable[[Contender], str],
+    *,
+    target: float | None = None,
 ) -> Row:
-    """Warm both, then ROUNDS rounds of (ours, anchor) runs; ratios within each round."""
+    """Warm both, then ROUNDS rounds of (ours, anchor) runs; ratios within each round. ``target``:
+    the row's own (default: bench/targets.py's for the scenario and anchor)."""
     for contender in (ours, anchor):
         wrk(contender.server, make_script(contender), WARMUP)
     runs: list[tuple[Run, Run]] = []
@@ -63,7 +66,8 @@ def compare(
         runs.append(
             (wrk(ours.server, make_script(ours), SECONDS), wrk(anchor.server, make_script(anchor), SECONDS))
         )
-    target = ratio_target(scenario, anchor.name.split(", ")[0], store)
+    if target is None:
+        target = ratio_target(scenario, anchor.name.split(", ")[0], store)
     row = _row(scenario, store, ours.name, anchor.name, runs, target)
     print(
         f"{scenario:<28} {store:<11} {ours.name} vs {anchor.name}: {statistics.median(row.ours_rps):8.0f} / "
