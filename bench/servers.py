@@ -1,10 +1,10 @@
-"""`make bench-servers`: the example's deposit and 10-event read rows served by granian (ASGI),
-gunicorn's ASGI worker and uvicorn against uWSGI, on the same store, side by side, so users can
-choose with figures (issue #28).
+"""`make bench-servers`: the example's deposit and 10-event read rows served by granian (its WSGI
+and ASGI interfaces), gunicorn's ASGI worker and uvicorn against uWSGI, on the same store, side by
+side, so users can choose with figures (issue #28).
 
 Every server runs the example with 2 workers (uWSGI with the bench's options, bench/contenders.py:
-2 processes; the ASGI servers through ``uwsgi_es.asgi:application``: the same WSGI application on
-a2wsgi's thread pool). Each row is ROUNDS rounds of (server, uWSGI) wrk runs, the ratio taken
+2 processes; granian's WSGI interface ``uwsgi_es.wsgi:application`` as uWSGI does; the ASGI
+servers ``uwsgi_es.asgi:application``: the same WSGI application on a pool of threads). Each row is ROUNDS rounds of (server, uWSGI) wrk runs, the ratio taken
 within each round, with how busy each side was. No target: these rows inform a choice; the
 section they fill in BENCHMARKS.md sits between markers that `make bench` keeps.
 """
@@ -20,7 +20,7 @@ from bench.scale import databases
 from bench.wrk import deposit_script, read_script
 from uwsgi_es.testing.asgi_servers import AsgiServer
 
-SERVERS = ("granian asgi", "gunicorn asgi", "uvicorn")
+SERVERS = ("granian wsgi", "granian asgi", "gunicorn asgi", "uvicorn")
 WORKERS = 2
 
 
