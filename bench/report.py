@@ -215,6 +215,13 @@ def _kept_block(start: str, end: str, title: str, command: str) -> str:
     return f"{start}\n## {title}\n\nNot measured yet: `{command}`.\n{end}"
 
 
+def _replace_block(block: str, lines: list[str]) -> None:
+    """BENCHMARKS.md with ``block`` (a kept section) replaced by ``lines``, or them appended."""
+    current = REPORT.read_text()
+    written = "\n".join(lines)
+    REPORT.write_text(current.replace(block, written) if block in current else f"{current}\n\n{written}")
+
+
 def _scale_block() -> str:
     return _kept_block(SCALE_START, SCALE_END, "Costs as the data grows", "make bench-scale")
 
@@ -254,11 +261,7 @@ def write_servers(rows: list[Row]) -> None:
         SERVERS_EXPLAINED.read_text().strip(),
         SERVERS_END,
     ]
-    current = REPORT.read_text()
-    block = _servers_block()
-    REPORT.write_text(
-        current.replace(block, "\n".join(lines)) if block in current else current + "\n\n" + "\n".join(lines)
-    )
+    _replace_block(_servers_block(), lines)
 
 
 def write_scale(points: list[Any], long: dict[str, dict[str, float]]) -> None:
@@ -298,11 +301,7 @@ def write_scale(points: list[Any], long: dict[str, dict[str, float]]) -> None:
         SCALE_EXPLAINED.read_text().strip(),
         SCALE_END,
     ]
-    current = REPORT.read_text()
-    block = _scale_block()
-    REPORT.write_text(
-        current.replace(block, "\n".join(lines)) if block in current else current + "\n".join(lines)
-    )
+    _replace_block(_scale_block(), lines)
     scale_chart(points)
 
 

@@ -7,10 +7,8 @@ runs the lifespan's shutdown).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -69,6 +67,8 @@ def server_command(
 class AsgiServer(UwsgiServer):
     """One real ``server`` (uvicorn, granian, gunicorn's ASGI worker) with ``workers`` workers."""
 
+    stop_signal = signal.SIGTERM  # each server's graceful stop, which runs the lifespan's shutdown
+
     def __init__(
         self,
         server: str,
@@ -98,20 +98,6 @@ class AsgiServer(UwsgiServer):
 
     def command(self) -> list[str]:
         return server_command(self.server, self.port, self.target, workers=self.workers, extra=self.extra)
-
-    def stop(self) -> int | None:
-        """SIGTERM to the whole group (the graceful stop), then SIGKILL after ``stop_timeout``."""
-        process = self.process
-        if process is None:
-            return None
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(self.stop_timeout)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        return process.wait()
 
     def worker_pids(self) -> list[int]:
         """Every process below the server's parent (its workers, and any helper it started)."""

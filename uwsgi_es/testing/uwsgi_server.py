@@ -95,6 +95,8 @@ def find_uwsgi() -> str:
 class UwsgiServer(StartStop):
     """One real uWSGI instance. Use as a context manager, or call ``start()`` and ``stop()``."""
 
+    stop_signal = signal.SIGINT  # to the whole group first; SIGKILL after ``stop_timeout``
+
     def __init__(
         self,
         ini: str | os.PathLike[str] | None = None,
@@ -202,13 +204,14 @@ class UwsgiServer(StartStop):
             raise UwsgiStartError(f"{' '.join(command)} failed: {(done.stderr or done.stdout).strip()}")
 
     def stop(self) -> int | None:
-        """Stop the whole instance (SIGINT, then SIGKILL to the group); return the exit code."""
+        """Stop the whole instance (``stop_signal``, then SIGKILL to the group); return the exit
+        code."""
         process = self.process
         if process is None:
             return None
         if process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGINT)
+                os.killpg(process.pid, self.stop_signal)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(self.stop_timeout)
         with contextlib.suppress(ProcessLookupError):
