@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,9 +37,7 @@ class Outcome:
     settings: Settings
 
 
-def where() -> dict[str, Any]:
-    """The fields that say which process an event is about."""
-    return {"worker": process.worker_id(), "mule": process.mule_id() or None, "pid": os.getpid()}
+where = process.where  # the fields that say which process an event is about
 
 
 def build_in_this_process(

@@ -166,9 +166,7 @@ def _log_lazy_build(slot: Slot, started: float) -> None:
     log.configure_logging(slot.settings.log_format)
     log.emit(
         "build",
-        worker=process.worker_id(),
-        mule=process.mule_id() or None,
-        pid=os.getpid(),
+        **process.where(),
         name=slot.name,
         application=type(slot.app).__qualname__,
         store=slot.hosting.describe(),

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from types import ModuleType
+from typing import Any
 
 uwsgi: ModuleType | None
 try:
@@ -102,6 +103,11 @@ def is_forked() -> bool:
 def is_lazy() -> bool:
     """Whether each worker imports the application itself (lazy-apps), instead of the master."""
     return bool(option("lazy-apps") or option("lazy"))
+
+
+def where() -> dict[str, Any]:
+    """The fields that say which process a log event is about."""
+    return {"worker": worker_id(), "mule": mule_id() or None, "pid": os.getpid()}
 
 
 def role() -> str:

@@ -114,8 +114,7 @@ class AsgiHost:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                configure_logging()
-                outcome = await asyncio.to_thread(build.build_in_this_process, self.factory)
+                outcome = await _build_here(self.factory)
                 if outcome.error is not None and outcome.settings.fail_fast:
                     error = f"{type(outcome.error).__name__}: {outcome.error}"
                     await send({"type": "lifespan.startup.failed", "message": error})
@@ -174,6 +173,12 @@ def _declared_length(scope: Scope) -> int | None:
     return int(text) if text.isdigit() and len(text) < 19 else None
 
 
+async def _build_here(factory: registry.ApplicationFactory | None) -> build.Outcome:
+    """This worker's build, in a thread (it connects and pings), with its log set up first."""
+    configure_logging()
+    return await asyncio.to_thread(build.build_in_this_process, factory)
+
+
 def lifespan(
     factory: registry.ApplicationFactory | None = None,
 ) -> Callable[[Any], contextlib.AbstractAsyncContextManager[None]]:
@@ -191,11 +196,10 @@ def lifespan(
     async def run(_: Any) -> AsyncIterator[None]:
         import anyio.to_thread  # the frameworks' own dependency; imported where it is used
 
-        configure_logging()
         settings = resolve(None)[0]
         process.declare_threads(settings.asgi_threads)
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.asgi_threads
-        outcome = await asyncio.to_thread(build.build_in_this_process, factory)
+        outcome = await _build_here(factory)
         if outcome.error is not None and outcome.settings.fail_fast:
             raise outcome.error
         try:
