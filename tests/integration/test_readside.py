@@ -422,7 +422,10 @@ def test_an_operator_parks_a_poison_event_replays_it_and_rebuilds_a_read_model_u
         assert f"uwsgi-es replay effects {poison}" in output
         running = wait_for_state(database_url, "effects", lambda s: s["state"] == "running", timeout=10)
         assert [p["position"] for p in running["parked"]] == [poison]
-        assert "projection_resumed" in server.log()
+        deadline = time.monotonic() + 5  # the stopped runner looks each PARK_CHECK (1 s)
+        while "projection_resumed" not in server.log():
+            assert time.monotonic() < deadline, "the mule did not go on after the parked event"
+            time.sleep(0.1)
         assert len(list(lifecycle_events(server.log(), "projection_runner"))) == runners_before
 
         status, output = operator(database_url, "replay", "effects", str(poison), READSIDE_POISON="1")
