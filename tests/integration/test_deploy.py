@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -70,6 +72,62 @@ def get(
         return refused.code, dict(refused.headers), json.loads(refused.read())
 
 
+class Nginx:
+    """A real nginx serving deploy/nginx-uwsgi-es.conf as shipped, but for its socket path and
+    listen address, in front of the uWSGI socket at ``socket_path``."""
+
+    def __init__(self, folder: Path, socket_path: Path) -> None:
+        self.folder, self.socket_path = folder, socket_path
+        self.port = free_port()
+        self.log = folder / "nginx-error.log"
+        self.output = (folder / "nginx.out").open("wb")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        assert Path(nginx).exists(), "nginx is missing: make test installs it (apt-get install nginx-light)"
+        site = (DEPLOY / "nginx-uwsgi-es.conf").read_text()
+        assert "unix:/run/uwsgi-es/uwsgi.sock" in site
+        site = site.replace("unix:/run/uwsgi-es/uwsgi.sock", f"unix:{self.socket_path}")
+        site = site.replace("listen 80;", f"listen 127.0.0.1:{self.port};")
+        (self.folder / "site.conf").write_text(site)
+        shutil.copy("/etc/nginx/uwsgi_params", self.folder / "uwsgi_params")
+        temp = {kind: self.folder / kind for kind in ("body", "proxy", "fastcgi", "uwsgi", "scgi")}
+        (self.folder / "nginx.conf").write_text(
+            ("user root;\n" if os.geteuid() == 0 else "")
+            + f"pid {self.folder}/nginx.pid;\nerror_log {self.log};\nworker_processes 1;\n"
+            + "events { worker_connections 256; }\n"
+            + "http {\n  access_log off;\n"
+            + f"  client_body_temp_path {temp['body']};\n  proxy_temp_path {temp['proxy']};\n"
+            + f"  fastcgi_temp_path {temp['fastcgi']};\n  uwsgi_temp_path {temp['uwsgi']};\n"
+            + f"  scgi_temp_path {temp['scgi']};\n  include {self.folder}/site.conf;\n}}\n"
+        )
+        self.process = subprocess.Popen(
+            [nginx, "-p", str(self.folder), "-c", str(self.folder / "nginx.conf"), "-g", "daemon off;"],
+            stdout=subprocess.DEVNULL,
+            stderr=self.output,
+        )
+        deadline = time.monotonic() + 20
+        while get_status(f"http://127.0.0.1:{self.port}/health") != 200:
+            assert self.process.poll() is None, (self.folder / "nginx.out").read_text() + self.log.read_text()
+            assert time.monotonic() < deadline, self.log.read_text()
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        stop_process(self.process, signal.SIGQUIT)
+        self.output.close()
+
+
+def stop_process(process: subprocess.Popen[bytes] | None, sig: signal.Signals) -> None:
+    if process is not None and process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 class Deployment:
     """uWSGI from deploy/uwsgi-nginx.ini (unix sockets in a runtime directory, plus an HTTP
     socket for the test to reach it directly) and nginx from deploy/nginx-uwsgi-es.conf."""
@@ -78,8 +136,8 @@ class Deployment:
         self.folder = folder
         self.runtime = folder / "run"
         self.runtime.mkdir()
-        self.direct_port, self.nginx_port = free_port(), free_port()
-        self.uwsgi_log, self.nginx_log = folder / "uwsgi.log", folder / "nginx-error.log"
+        self.direct_port = free_port()
+        self.uwsgi_log = folder / "uwsgi.log"
         command = [
             str(BIN / "uwsgi"),
             "--ini",
@@ -88,14 +146,15 @@ class Deployment:
             f"127.0.0.1:{self.direct_port}",
             "--chmod-socket=666",  # nginx's workers run as another user here
         ]
-        self.outputs = [self.uwsgi_log.open("wb"), (folder / "nginx.out").open("wb")]
+        self.output = self.uwsgi_log.open("wb")
         self.uwsgi = subprocess.Popen(
             command,
             env={**os.environ, **env, "RUNTIME_DIRECTORY": str(self.runtime)},
-            stdout=self.outputs[0],
+            stdout=self.output,
             stderr=subprocess.STDOUT,
         )
-        self.nginx: subprocess.Popen[bytes] | None = None
+        self.nginx = Nginx(folder, self.runtime / "uwsgi.sock")
+        self.nginx_port = self.nginx.port
 
     def start(self) -> None:
         deadline = time.monotonic() + 60
@@ -103,47 +162,12 @@ class Deployment:
             assert self.uwsgi.poll() is None, self.uwsgi_log.read_text()[-3000:]
             assert time.monotonic() < deadline, self.uwsgi_log.read_text()[-3000:]
             time.sleep(0.2)
-        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-        assert Path(nginx).exists(), "nginx is missing: make test installs it (apt-get install nginx-light)"
-        site = (DEPLOY / "nginx-uwsgi-es.conf").read_text()
-        site = site.replace("unix:/run/uwsgi-es/uwsgi.sock", f"unix:{self.runtime}/uwsgi.sock")
-        site = site.replace("listen 80;", f"listen 127.0.0.1:{self.nginx_port};")
-        (self.folder / "site.conf").write_text(site)
-        shutil.copy("/etc/nginx/uwsgi_params", self.folder / "uwsgi_params")
-        temp = {kind: self.folder / kind for kind in ("body", "proxy", "fastcgi", "uwsgi", "scgi")}
-        (self.folder / "nginx.conf").write_text(
-            ("user root;\n" if os.geteuid() == 0 else "")
-            + f"pid {self.folder}/nginx.pid;\nerror_log {self.nginx_log};\nworker_processes 1;\n"
-            + "events { worker_connections 256; }\n"
-            + "http {\n  access_log off;\n"
-            + f"  client_body_temp_path {temp['body']};\n  proxy_temp_path {temp['proxy']};\n"
-            + f"  fastcgi_temp_path {temp['fastcgi']};\n  uwsgi_temp_path {temp['uwsgi']};\n"
-            + f"  scgi_temp_path {temp['scgi']};\n  include {self.folder}/site.conf;\n}}\n"
-        )
-        self.nginx = subprocess.Popen(
-            [nginx, "-p", str(self.folder), "-c", str(self.folder / "nginx.conf"), "-g", "daemon off;"],
-            stdout=subprocess.DEVNULL,
-            stderr=self.outputs[1],
-        )
-        deadline = time.monotonic() + 20
-        while get_status(f"http://127.0.0.1:{self.nginx_port}/health") != 200:
-            assert self.nginx.poll() is None, (
-                self.folder / "nginx.out"
-            ).read_text() + self.nginx_log.read_text()
-            assert time.monotonic() < deadline, self.nginx_log.read_text()
-            time.sleep(0.1)
+        self.nginx.start()
 
     def stop(self) -> None:
-        for process, sig in ((self.nginx, signal.SIGQUIT), (self.uwsgi, signal.SIGTERM)):
-            if process is not None and process.poll() is None:
-                process.send_signal(sig)
-                try:
-                    process.wait(15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
-        for output in self.outputs:
-            output.close()
+        self.nginx.stop()
+        stop_process(self.uwsgi, signal.SIGTERM)
+        self.output.close()
 
 
 def get_status(url: str) -> int | None:
@@ -209,16 +233,18 @@ def test_the_bank_api_through_nginx_over_the_uwsgi_socket(deployment: Deployment
 def test_an_emperor_vassal_reloads_under_load_without_a_failed_request(
     tmp_path: Path, app_env: dict[str, str]
 ) -> None:
-    """A real `uwsgi --emperor` directory: the vassal (deploy/uwsgi-nginx.ini plus an HTTP socket
-    for this test) starts; touching it reloads it gracefully while requests keep coming, and every
-    one of them is answered; removing it stops it."""
+    """A real `uwsgi --emperor` directory whose vassal is deploy/uwsgi-nginx.ini as shipped, behind
+    a real nginx with deploy/nginx-uwsgi-es.conf: touching the vassal reloads it gracefully while
+    reads keep coming through nginx, and every one of them is answered 200 (a read whose connection
+    uWSGI reset as its worker left is passed again by nginx: the conf lists the socket twice);
+    removing the vassal stops it."""
     vassals, runtime = tmp_path / "vassals", tmp_path / "run"
     vassals.mkdir()
     runtime.mkdir()
-    port = free_port()
     vassal = vassals / "bank.ini"
-    vassal.write_text(f"[uwsgi]\nini = {DEPLOY / 'uwsgi-nginx.ini'}\nhttp-socket = 127.0.0.1:{port}\n")
+    vassal.write_text(f"[uwsgi]\nini = {DEPLOY / 'uwsgi-nginx.ini'}\n")
     log = tmp_path / "emperor.log"
+    nginx = Nginx(tmp_path, runtime / "uwsgi.sock")
     with log.open("wb") as output:
         emperor = subprocess.Popen(
             [str(BIN / "uwsgi"), "--emperor", str(vassals), "--emperor-stats", f"127.0.0.1:{free_port()}"],
@@ -227,10 +253,14 @@ def test_an_emperor_vassal_reloads_under_load_without_a_failed_request(
             stderr=subprocess.STDOUT,
         )
         try:
-            base = f"http://127.0.0.1:{port}"
             deadline = time.monotonic() + 60
-            while get_status(f"{base}/ready") != 200:
+            while not (runtime / "uwsgi.sock").exists():
                 assert emperor.poll() is None, log.read_text()[-3000:]
+                assert time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(0.2)
+            nginx.start()
+            base = f"http://127.0.0.1:{nginx.port}"
+            while get_status(f"{base}/ready") != 200:
                 assert time.monotonic() < deadline, log.read_text()[-3000:]
                 time.sleep(0.2)
             account = get(f"{base}/accounts", b'{"owner": "vassal"}', {"Content-Type": "application/json"})[2]
@@ -261,18 +291,74 @@ def test_an_emperor_vassal_reloads_under_load_without_a_failed_request(
                 reader.join(30)
             assert set(outcomes) == {200}, [o for o in outcomes if o != 200][:5]
             assert len(outcomes) > answered_before + 10, "the load stopped during the reload"
+            passed_again = nginx.log.read_text().count("while reading response header from upstream")
 
             vassal.unlink()  # the Emperor stops a vassal whose file is gone
             deadline = time.monotonic() + 30
-            while get_status(f"{base}/health") is not None:
+            while get_status(f"{base}/health") == 200:
                 assert time.monotonic() < deadline, log.read_text()[-3000:]
                 time.sleep(0.2)
             assert emperor.poll() is None, "the Emperor itself stopped"
         finally:
-            emperor.send_signal(signal.SIGINT)
+            nginx.stop()
+            stop_process(emperor, signal.SIGINT)
+    print(
+        f"emperor: {len(outcomes)} reads through nginx during a graceful vassal reload, all answered"
+        f" 200; {passed_again} of them passed again by nginx after uWSGI reset their connection"
+    )
+
+
+class ResetFirstConnection:
+    """What uWSGI's graceful reload can do to one connection, on demand: a unix socket whose first
+    connection is closed with a reset once its request has arrived (a worker that accepted it and
+    left without reading it); every later one is answered 200 (a worker that took over)."""
+
+    def __init__(self, path: Path) -> None:
+        self.listener = socket.socket(socket.AF_UNIX)
+        self.listener.bind(str(path))
+        self.listener.listen(8)
+        self.connections = 0
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self) -> None:
+        while True:
             try:
-                emperor.wait(20)
-            except subprocess.TimeoutExpired:
-                emperor.kill()
-                emperor.wait()
-    print(f"emperor: {len(outcomes)} reads during a graceful vassal reload, all answered 200")
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            with connection:
+                self.connections += 1
+                if self.connections == 1:
+                    select.select([connection], [], [], 5)  # the request is there, unread
+                    connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    continue
+                connection.recv(65536)
+                connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{}")
+
+
+@pytest.mark.parametrize(("method", "status", "connections"), [("GET", 200, 2), ("POST", 502, 1)])
+def test_nginx_passes_a_reset_read_again_and_never_a_write(
+    tmp_path: Path, method: str, status: int, connections: int
+) -> None:
+    """deploy/nginx-uwsgi-es.conf lists the uWSGI socket twice, so a GET whose connection was reset
+    before an answer (uWSGI's graceful reload, above) is passed once more and answered; a POST is
+    never passed twice (it could have been applied): its client gets 502 and retries with its key."""
+    upstream = ResetFirstConnection(tmp_path / "uwsgi.sock")
+    nginx = Nginx(tmp_path, tmp_path / "uwsgi.sock")
+    upstream.connections = 1  # nginx.start()'s own /health check is answered at once
+    try:
+        nginx.start()
+        upstream.connections = 0
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{nginx.port}/accounts", data=b"{}" if method == "POST" else None, method=method
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 (http://127.0.0.1 only)
+                answered = answer.status
+        except urllib.error.HTTPError as refused:
+            answered = refused.code
+        assert (answered, upstream.connections) == (status, connections)
+        assert "Connection reset by peer" in nginx.log.read_text()
+    finally:
+        nginx.stop()
+        upstream.listener.close()
