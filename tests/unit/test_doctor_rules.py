@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from uwsgi_es.doctor import library, logs, mules, options
-from uwsgi_es.doctor.examination import Examination
+from uwsgi_es.doctor.examination import Examination, workers_of
 from uwsgi_es.doctor.findings import diagnose
 from uwsgi_es.doctor.observed import Finding, Observed, mule_kind
 from uwsgi_es.doctor.probe import _findable, _look_at_mule
@@ -245,3 +245,42 @@ def test_a_mule_that_crashed_before_its_spawn_was_logged_is_still_the_mules() ->
     worker = [*late, "!!! uWSGI process 11 got Segmentation Fault !!!"]
     (found,) = logs.crashes(observed(worker, mule=["uwsgi_es.readside.mule:run"]))
     assert "uWSGI process 11 got Segmentation Fault" in found.detail
+
+
+@pytest.mark.parametrize(
+    ("command", "workers"),
+    [
+        (["granian", "--interface", "asgi", "--workers", "4", "app:application"], 4),
+        (["uvicorn", "app:application", "--workers=3"], 3),
+        (["gunicorn", "-w", "2", "-k", "asgi", "app:application"], 2),
+        (["gunicorn", "app:application"], 1),
+    ],
+)
+def test_the_workers_a_server_command_asks_for(command: list[str], workers: int) -> None:
+    assert workers_of(command) == workers
+
+
+def server_seen(*events: dict[str, Any], built: int = 0) -> Observed:
+    seen = Observed({"workers": ["2"]}, {}, list(events), [], server="gunicorn")
+    seen.workers = [{"worker": pid, "pid": pid, "inherited": []} for pid in range(100, 100 + built)]
+    return seen
+
+
+def test_under_another_server_the_parent_is_named_and_the_fix_is_the_lifespan() -> None:
+    build = {
+        "record": "uwsgi_es.build",
+        "where": "myapp/asgi.py:3",
+        "importing": True,
+        "application": "Carts",
+    }
+    found = [f for f in diagnose(server_seen(build, built=2)) if f.problem]
+    assert titles(found) == ["an application (Carts) was built in the parent at import"]
+    assert found[0].fix.startswith("build it in each worker: serve uwsgi_es.servers.asgi.asgi(...)")
+
+
+def test_workers_that_build_on_first_request_are_a_note_and_missing_builds_a_problem() -> None:
+    lazy = {"record": "declared", "pid": 1, "parent": True, "lifespan": False}
+    assert [f.problem for f in diagnose(server_seen(lazy)) if "built" in f.title] == [False]
+    waiting = {"record": "declared", "pid": 101, "parent": False, "lifespan": True}
+    found = [f for f in diagnose(server_seen(waiting, built=1)) if f.problem]
+    assert titles(found) == ["only 1 of 2 workers built their application"]

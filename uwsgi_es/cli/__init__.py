@@ -61,13 +61,16 @@ def _one_line(error: BaseException, secrets: tuple[str, ...]) -> str:
     return " ".join(scrub(str(error), secrets).split())
 
 
-def doctor(ini: str, timeout: float) -> int:
+def doctor(ini: str, command: list[str], timeout: float) -> int:
     """0: clean; 1: problems found; 2: the instance did not boot (or the doctor could not run)."""
-    from uwsgi_es.doctor.examination import examine  # the doctor's modules only when asked for
+    from uwsgi_es.doctor.examination import examine, examine_command  # only when asked for
 
     raw_url = os.environ.get("UWSGI_ES_DATABASE_URL")
     try:
-        examination = examine(ini, timeout=timeout)
+        if ini == "--" or command:
+            examination = examine_command([part for part in [ini, *command] if part != "--"], timeout=timeout)
+        else:
+            examination = examine(ini, timeout=timeout)
     except UwsgiEsError as exc:
         print(
             f"uwsgi-es doctor: error: {_one_line(exc, secrets_of(raw_url) if raw_url else ())}",
@@ -132,9 +135,14 @@ def _parser() -> argparse.ArgumentParser:
     form.add_argument("--markdown", action="store_true", help="the README's table")
     form.add_argument("--ini", action="store_true", help="deploy/uwsgi-es-settings.ini")
     doctor_command = commands.add_parser(
-        "doctor", help="boot an ini under uWSGI and report what breaks under forking, with fixes"
+        "doctor",
+        help="boot an ini under uWSGI (or, after --, another server's command line: granian, gunicorn, "
+        "uvicorn) and report what breaks under forking, with fixes",
     )
-    doctor_command.add_argument("ini", help="the uWSGI ini production runs")
+    doctor_command.add_argument(
+        "ini", help="the uWSGI ini production runs, or -- and a server's command line"
+    )
+    doctor_command.add_argument("server_command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     doctor_command.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the workers")
     return parser
 
@@ -227,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(render_markdown() if arguments.markdown else render_ini())
         return 0
     if arguments.command == "doctor":
-        return doctor(arguments.ini, arguments.timeout)
+        return doctor(arguments.ini, arguments.server_command, arguments.timeout)
     raw_url = os.environ.get("UWSGI_ES_DATABASE_URL")
     secrets = secrets_of(raw_url) if raw_url else ()
     try:

@@ -1,8 +1,10 @@
-"""``uwsgi-es doctor INI``: boots an ini under real uWSGI and reports what breaks under forking
-servers, with the fix for each.
+"""``uwsgi-es doctor INI``: boots an ini under real uWSGI (or ``-- COMMAND``, another server's
+command line) and reports what breaks under forking servers, with the fix for each.
 
 - ``examination``: boot, wait for every worker (and watch the mules), stop, and the report;
 - ``probe``: what runs inside uWSGI (an audit hook in the master, a look from each worker);
+- ``server_probe``: the same eyes inside another server (granian, gunicorn, uvicorn), for
+  ``uwsgi-es doctor -- COMMAND``;
 - ``sockets``: a process's sockets and threads, read from /proc;
 - ``observed``: what was seen (the probe's records, uWSGI's log) and the shape of a finding;
 - ``findings``: the rules on what the master made before the fork (shared connections, threads,

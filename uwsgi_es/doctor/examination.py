@@ -19,10 +19,12 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,7 @@ from typing import Any
 from uwsgi_es.doctor.budget import connection_budget
 from uwsgi_es.doctor.findings import diagnose
 from uwsgi_es.doctor.logs import configuration, worker_deaths
-from uwsgi_es.doctor.observed import Finding, Observed
+from uwsgi_es.doctor.observed import Finding, Observed, lazy
 from uwsgi_es.doctor.probe import ACCEPTING_RPC, LOG_VARIABLE, REPORT_VARIABLE
 from uwsgi_es.errors import ConfigurationError
 from uwsgi_es.servers.uwsgi_ini import find_uwsgi
@@ -51,22 +53,26 @@ class Examination:
     exit_code: int | None  # uWSGI's, when it stopped by itself
     log_tail: str
     findings: list[Finding] = field(default_factory=list)
+    server: str = "uWSGI"
 
     @property
     def problems(self) -> list[Finding]:
         return [finding for finding in self.findings if finding.problem]
 
     def report(self) -> str:
+        ready = "accepted requests" if self.server == "uWSGI" else "built their applications"
         if self.booted:
-            head = f"uwsgi-es doctor {self.ini}: booted uWSGI in {self.seconds:.1f}s, looked, stopped it"
+            head = (
+                f"uwsgi-es doctor {self.ini}: booted {self.server} in {self.seconds:.1f}s, looked, stopped it"
+            )
         elif self.exit_code is not None:
             head = (
-                f"uwsgi-es doctor {self.ini}: uWSGI stopped by itself (exit code {self.exit_code}) "
-                "before its workers accepted requests"
+                f"uwsgi-es doctor {self.ini}: {self.server} stopped by itself (exit code {self.exit_code}) "
+                f"before its workers {ready}"
             )
         else:
             head = (
-                f"uwsgi-es doctor {self.ini}: uWSGI's workers did not all accept requests in "
+                f"uwsgi-es doctor {self.ini}: {self.server}'s workers had not all {ready} in "
                 f"{self.seconds:.1f}s; looked, stopped it"
             )
         lines = [head, ""]
@@ -77,7 +83,7 @@ class Examination:
             if finding.fix:
                 lines.append(f"    fix: {finding.fix}")
         if not self.booted:
-            lines += ["", "--- the end of uWSGI's log ---", self.log_tail]
+            lines += ["", f"--- the end of {self.server}'s log ---", self.log_tail]
         count = len(self.problems) or (0 if self.booted else 1)  # not booting is one, if nothing says why
         lines += ["", f"{count} problem(s)" if count else "no problems found"]
         return "\n".join(lines)
@@ -127,6 +133,64 @@ def examine(ini: str | os.PathLike[str], *, timeout: float = 60.0) -> Examinatio
         tail = "\n".join(_log_lines(log)[-40:])
     findings = diagnose(seen) + (list(connection_budget(seen)) if seen.options else [])
     return Examination(path, booted, seconds, exit_code, tail, findings)
+
+
+def examine_command(command: Sequence[str], *, timeout: float = 60.0) -> Examination:
+    """Run another server's command line (granian, gunicorn, uvicorn ...) with the server probe
+    (``uwsgi_es.doctor.server_probe``, loaded through a ``sitecustomize`` first on ``PYTHONPATH``),
+    wait until as many processes as its ``--workers`` (``-w``) built their application, stop it,
+    judge. The command must stay in the foreground (no ``--daemon``)."""
+    if not command:
+        raise ConfigurationError("uwsgi-es doctor: name an ini, or a server's command line after --")
+    if shutil.which(command[0]) is None:
+        raise ConfigurationError(f"uwsgi-es doctor: no program {command[0]!r} on PATH")
+    workers = workers_of(command)
+    with tempfile.TemporaryDirectory(prefix="uwsgi-es-doctor-") as scratch:
+        report, log = Path(scratch) / "report.jsonl", Path(scratch) / "server.log"
+        (Path(scratch) / "sitecustomize.py").write_text(
+            "import uwsgi_es.doctor.server_probe  # uwsgi-es doctor\n"
+        )
+        path = os.pathsep.join(filter(None, [scratch, os.environ.get("PYTHONPATH", "")]))
+        env = {**os.environ, REPORT_VARIABLE: str(report), "PYTHONPATH": path}
+        started = time.monotonic()
+        booted = False
+        with log.open("wb") as output:
+            instance = subprocess.Popen(
+                list(command), stdout=output, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+            try:
+                while time.monotonic() < started + timeout and instance.poll() is None:
+                    seen = _look(report, log, options=False)
+                    if len(seen.workers) >= workers or lazy(seen, workers):
+                        booted = True
+                        time.sleep(SETTLE_SECONDS)
+                        break
+                    time.sleep(0.1)
+                seconds = time.monotonic() - started
+                seen = _look(report, log, options=False)
+            finally:
+                exit_code = instance.poll()
+                _stop(instance)
+        tail = "\n".join(_log_lines(log, options=False)[-40:])
+    threads = max([int(worker.get("threads", 1)) for worker in seen.workers] + [1])
+    seen.options = {"workers": [str(workers)], "threads": [str(threads)]}
+    seen.server = seen.server or os.path.basename(command[0])
+    findings = diagnose(seen) + list(connection_budget(seen))
+    return Examination(Path(" ".join(command)), booted, seconds, exit_code, tail, findings, seen.server)
+
+
+def workers_of(command: Sequence[str]) -> int:
+    """The worker processes a command line asks for: ``--workers N``, ``--workers=N`` or ``-w N``
+    (granian, uvicorn and gunicorn spell it so), else 1."""
+    for index, word in enumerate(command):
+        value = None
+        if word in ("--workers", "-w") and index + 1 < len(command):
+            value = command[index + 1]
+        elif word.startswith("--workers="):
+            value = word.split("=", 1)[1]
+        if value is not None and value.isdigit():
+            return int(value)
+    return 1
 
 
 def _daemonizing(ini: Path, how: str) -> str:
@@ -211,13 +275,14 @@ def _records(report: Path) -> list[dict[str, Any]]:
     return records
 
 
-def _look(report: Path, log: Path) -> Observed:
-    return Observed.from_records(_records(report), _log_lines(log))
+def _look(report: Path, log: Path, *, options: bool = True) -> Observed:
+    return Observed.from_records(_records(report), _log_lines(log, options=options))
 
 
-def _log_lines(log: Path) -> list[str]:
-    """uWSGI's log, without the options it printed first."""
-    return configuration(log.read_text(errors="replace").splitlines())[1]
+def _log_lines(log: Path, *, options: bool = True) -> list[str]:
+    """The server's log; uWSGI's without the options it printed first."""
+    lines = log.read_text(errors="replace").splitlines()
+    return configuration(lines)[1] if options else lines
 
 
 def _wait_for_workers(

@@ -12,11 +12,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from uwsgi_es.doctor import library, logs, mules, options
-from uwsgi_es.doctor.observed import Finding, Observed, listed
+from uwsgi_es.doctor.observed import Finding, Observed, lazy, listed
 from uwsgi_es.doctor.sockets import Socket
 
 __all__ = ["RULES", "Finding", "Observed", "diagnose"]
 
+IN_EACH_WORKER = (
+    "build it in each worker: serve uwsgi_es.servers.asgi.asgi(...) (or its lifespan()), which builds in "
+    "every worker's ASGI lifespan; never in granian's on_startup, at import under gunicorn's --preload, "
+    "or at import of a module the server's parent loads"
+)
 AFTER_THE_FORK = (
     "open it after the fork: in a post-fork hook (uwsgi_es.install() builds a uwsgi_es or "
     "eventsourcing application there), lazily on first use in the worker, or under `lazy-apps = true`"
@@ -39,56 +44,63 @@ def shared_connections(seen: Observed) -> Iterator[Finding]:
         )
         yield Finding(
             True,
-            f"a connection to {found.what} opened in the master is shared by {len(workers)} workers",
+            f"a connection to {found.what} opened in the {'parent' if seen.server else 'master'} is shared"
+            f" by {len(workers)} workers",
             f"the same socket ({found.local} -> {remote}) is open in the master and in workers "
             f"{listed(workers)}: their queries and answers interleave on it, and one worker closing it "
             f"breaks the others{origin}",
-            AFTER_THE_FORK,
+            _after_the_fork(seen),
         )
 
 
 def connections_in_the_master(seen: Observed) -> Iterator[Finding]:
     """Connections and applications made in the master (by import or a hook before the fork)."""
     shared = {raw["remote"] for w in seen.workers for raw in w.get("inherited", [])}
+    master = "parent" if seen.server else "master"
     for event in seen.events:
         when = "at import" if event.get("importing") else "before the fork"
         if event["record"] == "sqlite3.connect":
             yield Finding(
                 True,
-                f"a SQLite database was opened in the master {when}",
+                f"a SQLite database was opened in the {master} {when}",
                 f"{event['database']} was opened at {event['where']}: a SQLite connection must never "
                 "cross a fork (the workers would share its file locks and cache)",
-                AFTER_THE_FORK,
+                _after_the_fork(seen),
             )
         elif event["record"] == "socket.connect" and _port_of(event["address"]) not in map(_port_of, shared):
             yield Finding(
                 True,
-                f"a connection was made in the master {when}",
+                f"a connection was made in the {master} {when}",
                 f"to {event['address']} at {event['where']} (closed before the fork, so not shared): "
                 "a connection at import makes the start fail whenever that server is down, with no retry",
-                AFTER_THE_FORK,
+                _after_the_fork(seen),
             )
         elif event["record"] == "uwsgi_es.build":
             yield Finding(
                 True,
-                f"an application ({event['application']}) was built in the master {when}",
+                f"an application ({event['application']}) was built in the {master} {when}",
                 f"at {event['where']}: built before the fork, every worker would share its connections",
-                "call uwsgi_es.install() at import, never init_application(): it builds in each worker",
+                IN_EACH_WORKER
+                if seen.server
+                else "call uwsgi_es.install() at import, never init_application(): it builds in each worker",
             )
 
 
 def threads_in_the_master(seen: Observed) -> Iterator[Finding]:
     started = _threads_started(seen)
-    if seen.workers:  # what the workers counted in their master once they accepted
-        count = max(int(w.get("master_threads", 0)) for w in seen.workers) - 1
+    counted = [int(w["master_threads"]) - 1 for w in seen.workers if "master_threads" in w]
+    if counted:  # what uWSGI's workers counted in their master once they accepted
+        count = max(counted)
         title = f"{count} thread(s) running in the master"
-    else:  # no worker looked: what the master started
+    else:  # no worker looked (or another server, whose parent runs threads of its own): what Python started
         count = len(started)
-        title = f"{count} thread(s) started in the master"
+        title = f"{count} thread(s) started in the {'parent' if seen.server else 'master'}"
     if count <= 0:
         return
     named = "; ".join(f"{e['thread']!r} running {e['runs']} ({e['where']})" for e in started)
-    if seen.enabled("py-call-uwsgi-fork-hooks"):
+    if seen.server:
+        fix = "start threads in each worker (in the ASGI lifespan, or on first use), never in the parent"
+    elif seen.enabled("py-call-uwsgi-fork-hooks"):
         fix = (
             "start threads after the fork (in a post-fork hook or on first use in the worker): "
             "py-call-uwsgi-fork-hooks keeps the GIL safe across the fork, not the thread's own locks"
@@ -102,14 +114,24 @@ def threads_in_the_master(seen: Observed) -> Iterator[Finding]:
     yield Finding(
         True,
         title,
-        "a thread in the master does not exist in the workers, and a lock it holds at the moment of "
-        f"a fork (the GIL too) stays locked in them forever{': ' + named if named else ''}",
+        f"a thread in the {'parent' if seen.server else 'master'} does not exist in the workers, and a "
+        f"lock it holds at the moment of a fork (the GIL too) stays locked in them forever"
+        f"{': ' + named if named else ''}",
         fix,
     )
 
 
 def workers_accepting(seen: Observed) -> Iterator[Finding]:
     if len(seen.accepting) >= seen.processes:
+        return
+    if seen.server and not seen.accepting and lazy(seen, seen.processes):
+        yield Finding(
+            False,
+            "no worker built an application while starting: they build on their first request",
+            f"a WSGI interface ({seen.server} without an ASGI lifespan) builds lazily, so only what the "
+            "parent made was checked; serve uwsgi_es.servers.asgi.asgi(...) to have each worker build "
+            "(and be checked) as it starts",
+        )
         return
     why = "the others did not reach uWSGI's accepting phase (see the uWSGI log below)"
     if logs.worker_deaths(seen.log):
@@ -119,9 +141,16 @@ def workers_accepting(seen: Observed) -> Iterator[Finding]:
             "the others hang before their first request: a thread of the master held the GIL or "
             "another lock at their fork (see the thread below)"
         )
-    yield Finding(
-        True, f"only {len(seen.accepting)} of {seen.processes} workers started accepting requests", why
-    )
+    if seen.server:
+        why = f"the others did not build their application (see the {seen.server} log below)"
+        title = f"only {len(seen.accepting)} of {seen.processes} workers built their application"
+    else:
+        title = f"only {len(seen.accepting)} of {seen.processes} workers started accepting requests"
+    yield Finding(True, title, why)
+
+
+def _after_the_fork(seen: Observed) -> str:
+    return IN_EACH_WORKER if seen.server else AFTER_THE_FORK
 
 
 def _threads_started(seen: Observed) -> list[dict[str, str]]:
@@ -167,13 +196,22 @@ RULES: tuple[tuple[Rule, str], ...] = (
         "no eventsourcing library runner in the master, nor a stale aggregate cache across workers",
     ),
 )
+# Under a server other than uWSGI (uwsgi-es doctor -- COMMAND): what its parent made, what its
+# workers built and hold, what it printed.
+SERVER_RULES: tuple[tuple[Rule, str], ...] = (
+    (workers_accepting, "every worker built its own application"),
+    (logs.server_failures, "no traceback or crash in the server's log"),
+    (shared_connections, "no worker shares a connection with its parent"),
+    (connections_in_the_master, "no connection, SQLite database or application made in the parent"),
+    (threads_in_the_master, "no Python thread started in the parent"),
+)
 # What the log alone tells, when uWSGI stopped before its master wrote a record.
 LOG_RULES: tuple[tuple[Rule, str], ...] = ((logs.address_in_use, ""), (logs.crashes, ""))
 
 
 def diagnose(seen: Observed) -> list[Finding]:
     findings = []
-    for rule, clean in RULES if seen.options else LOG_RULES:
+    for rule, clean in SERVER_RULES if seen.server else RULES if seen.options else LOG_RULES:
         found = list(rule(seen))
         findings += found or ([Finding(False, clean, "")] if clean else [])
     return findings

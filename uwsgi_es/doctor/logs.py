@@ -103,3 +103,18 @@ def address_in_use(seen: Observed) -> Iterator[Finding]:
                 "the deploy inis read it (another ini: change its address)",
             )
             return
+
+
+def server_failures(seen: Observed) -> Iterator[Finding]:
+    """A server other than uWSGI: a Python traceback or a crash in what it printed while starting."""
+    tracebacks = sum(1 for line in seen.log if line.startswith("Traceback (most recent call last)"))
+    crashed = crash_lines(seen.log) + [line for line in seen.log if "build_failed" in line]
+    if tracebacks or crashed:
+        first = first_exception(seen.log) or (crashed[0].strip() if crashed else "")
+        yield Finding(
+            True,
+            f"a {seen.server} process failed while starting",
+            f"its log shows {tracebacks} traceback(s) and {len(crashed)} crash or failed build line(s); "
+            f"the first: {first!r}",
+            "a finding above may name the cause; else read the server's log around that line",
+        )

@@ -5,6 +5,7 @@ function of one ``Observed`` that yields ``Finding``s.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,7 @@ class Observed:
     python: tuple[int, ...] = ()  # the version of the Python uWSGI runs; () before the master wrote
     mules: list[dict[str, str]] = field(default_factory=list)  # each `mule =` line, mule 1 first
     log: list[str] = field(default_factory=list)
+    server: str = ""  # the program of a server other than uWSGI (granian, gunicorn, uvicorn), else ""
 
     @classmethod
     def from_records(cls, records: Iterable[dict[str, Any]], log: Iterable[str] = ()) -> Observed:
@@ -38,6 +40,7 @@ class Observed:
                 observed.options, observed.environment = record["options"], record["environment"]
                 observed.python = tuple(record.get("python", ()))
                 observed.mules = record.get("mules", [])
+                observed.server = os.path.basename(str((record.get("command") or [""])[0]))
             elif record.get("record") == "worker":
                 observed.workers.append(record)
             else:
@@ -83,3 +86,10 @@ def mule_kind(value: str) -> str:
 def listed(numbers: Iterable[int]) -> str:
     """``[2, 1, 2]`` -> ``"1, 2"``."""
     return ", ".join(str(n) for n in sorted(set(numbers)))
+
+
+def lazy(seen: Observed, workers: int) -> bool:
+    """Whether the workers build on their first request (a WSGI interface, no lifespan): the parent
+    loaded the target (gunicorn's --preload: its workers are forks of it), or ``workers`` did."""
+    declared = [e for e in seen.events if e["record"] == "declared" and not e["lifespan"]]
+    return any(e["parent"] for e in declared) or len({e["pid"] for e in declared}) >= workers

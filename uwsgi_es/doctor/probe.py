@@ -33,13 +33,13 @@ from typing import Any
 from uwsgi_es.doctor.logs import configuration
 from uwsgi_es.doctor.observed import mule_kind
 from uwsgi_es.doctor.sockets import inet_sockets, socket_inodes, thread_count
+from uwsgi_es.lifecycle.registry import BUILD_EVENT
 from uwsgi_es.runtime import process
 
 REPORT_VARIABLE = "UWSGIES_DOCTOR_REPORT"  # not UWSGI_*: uWSGI reads those as its options
 LOG_VARIABLE = "UWSGIES_DOCTOR_LOG"  # uWSGI's log, which begins with its options (--show-config)
 ACCEPTING_RPC = "uwsgi_es_doctor_accepting"
-BUILD_EVENT = "uwsgi_es.build"  # raised by the registry when it builds an application
-_WATCHED = frozenset({"socket.connect", "sqlite3.connect", BUILD_EVENT})
+WATCHED = frozenset({"socket.connect", "sqlite3.connect", BUILD_EVENT})
 _STDLIB = tuple(dict.fromkeys(sysconfig.get_paths()[name] for name in ("stdlib", "platstdlib")))
 _LIBRARIES = _STDLIB + tuple(dict.fromkeys(sysconfig.get_paths()[name] for name in ("purelib", "platlib")))
 _OURS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,11 +60,11 @@ def write(record: dict[str, Any]) -> None:
         os.close(fd)
 
 
-def _caller() -> tuple[str, bool]:
+def caller(depth: int = 2) -> tuple[str, bool]:
     """Where the application's code asked for it (the innermost frame outside the standard
     library, site-packages and uwsgi_es, else the innermost outside the standard library), and
     whether a module was being imported at the time."""
-    frame: FrameType | None = sys._getframe(2)
+    frame: FrameType | None = sys._getframe(depth)
     importing, application, library = False, None, None
     while frame is not None:
         filename = frame.f_code.co_filename
@@ -81,25 +81,41 @@ def _caller() -> tuple[str, bool]:
     return application or library or "?", importing
 
 
+def audit_record(event: str, arguments: Sequence[Any]) -> dict[str, Any]:
+    """The record of one watched audit event, with where the application's code asked for it.
+    Called from an audit hook (the caller's frame is two above this one's caller)."""
+    where, importing = caller(3)
+    record: dict[str, Any] = {"record": event, "where": where, "importing": importing}
+    if event == "socket.connect":
+        address = arguments[1]
+        if isinstance(address, tuple) and len(address) >= 2:
+            host = str(address[0])
+            address = f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
+        record["address"] = str(address)
+    elif event == "sqlite3.connect":
+        record["database"] = str(arguments[0])
+    else:
+        record["application"] = str(arguments[0])
+    return record
+
+
 def _audit(event: str, arguments: Sequence[Any]) -> None:
-    if event not in _WATCHED or os.getpid() != _master_pid:
+    if event not in WATCHED or os.getpid() != _master_pid:
         return
     try:
-        where, importing = _caller()
-        record: dict[str, Any] = {"record": event, "where": where, "importing": importing}
-        if event == "socket.connect":
-            address = arguments[1]
-            if isinstance(address, tuple) and len(address) >= 2:
-                host = str(address[0])
-                address = f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
-            record["address"] = str(address)
-        elif event == "sqlite3.connect":
-            record["database"] = str(arguments[0])
-        else:
-            record["application"] = str(arguments[0])
-        write(record)
+        write(audit_record(event, arguments))
     except Exception:  # an audit hook that raises would fail the audited operation
         return
+
+
+def thread_record() -> dict[str, Any]:
+    """The record of the thread calling it (from ``threading.setprofile``, its first step)."""
+    thread = threading.current_thread()
+    target = getattr(thread, "_target", None)
+    code = getattr(target, "__code__", None)
+    runs = getattr(target, "__qualname__", type(thread).__qualname__)
+    where = f"{code.co_filename}:{code.co_firstlineno}" if code is not None else "?"
+    return {"record": "thread", "thread": thread.name, "runs": runs, "where": where}
 
 
 def _thread_started(frame: FrameType, event: str, argument: Any) -> None:
@@ -108,12 +124,7 @@ def _thread_started(frame: FrameType, event: str, argument: Any) -> None:
     if os.getpid() != _master_pid:
         return
     try:
-        thread = threading.current_thread()
-        target = getattr(thread, "_target", None)
-        code = getattr(target, "__code__", None)
-        runs = getattr(target, "__qualname__", type(thread).__qualname__)
-        where = f"{code.co_filename}:{code.co_firstlineno}" if code is not None else "?"
-        write({"record": "thread", "thread": thread.name, "runs": runs, "where": where})
+        write(thread_record())
     except Exception:
         return
 

@@ -40,6 +40,9 @@ from uwsgi_es.runtime import fork, log, process
 from uwsgi_es.settings import Settings
 
 DEFAULT = "default"
+# Audit events (PEP 578) `uwsgi-es doctor` listens to: an application built, a factory named.
+BUILD_EVENT = "uwsgi_es.build"
+DECLARE_EVENT = "uwsgi_es.declare"
 ApplicationFactory = type | Callable[[Settings], Any]
 
 
@@ -79,6 +82,7 @@ def declare(factory: ApplicationFactory, name: str = DEFAULT) -> None:
     a later build given no factory (a retry, a mule's projection runner) builds this one."""
     with _lock:
         _declared[name] = factory
+    sys.audit(DECLARE_EVENT, name)  # uwsgi-es doctor listens (PEP 578)
 
 
 def init_application(
@@ -249,7 +253,7 @@ def _build(factory: ApplicationFactory | None, settings: Settings | None, name: 
     _slots[name] = Slot(name, app, hosting, os.getpid(), settings)
     _failures.pop(name, None)
     recorder.built(ok=True)
-    sys.audit("uwsgi_es.build", type(app).__qualname__)  # uwsgi-es doctor listens (PEP 578)
+    sys.audit(BUILD_EVENT, type(app).__qualname__)  # uwsgi-es doctor listens (PEP 578)
     return app
 
 
