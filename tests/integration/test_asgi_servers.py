@@ -139,9 +139,10 @@ def test_the_bank_invariant_holds_with_concurrent_writers(
     assert "Traceback" not in served.log(), served.log()[-3000:]
 
 
+@pytest.mark.reliability
 @pytest.mark.parametrize("server", ASGI_SERVERS)
 def test_sigkilled_workers_under_load_lose_nothing_acknowledged(
-    server: str, store_env: dict[str, str], tmp_path: Path
+    server: str, store_env: dict[str, str], tmp_path: Path, report: Any
 ) -> None:
     """8 clients depositing while a worker is SIGKILLed every second for 5 s: every acknowledged
     deposit is stored once, nothing refused is stored, versions stay contiguous."""
@@ -157,6 +158,7 @@ def test_sigkilled_workers_under_load_lose_nothing_acknowledged(
             load.stop()
         audit = load.audit()
     audit.check()
+    report(f"killed workers, {server}", store_env, f"5 workers SIGKILLed over 5s; {audit.line()}")
 
 
 @pytest.mark.reliability

@@ -53,6 +53,17 @@ ORDER = [
     "a stale snapshot refused",
     "clean stop (SIGINT)",
     "clean stop (SIGTERM)",
+    "killed workers, uvicorn",
+    "killed workers, granian asgi",
+    "killed workers, gunicorn asgi",
+    "graceful reload under load, uvicorn",
+    "graceful reload under load, granian asgi",
+    "graceful reload under load, granian wsgi",
+    "graceful reload under load, gunicorn asgi",
+    "hostile input under uvicorn",
+    "hostile input under granian asgi",
+    "hostile input under granian wsgi",
+    "hostile input under gunicorn asgi",
 ]
 
 INTRO = """# Reliability
@@ -153,6 +164,13 @@ test_hostile_clients.py, test_sick_storage.py):
   and after the release the stored deposits are exactly the acknowledged ones.
 - **Clean stop**: SIGINT and SIGTERM stop the instance within 5 s; each worker closes its
   application (engine disposed, Cassandra cluster shut down) and logs it.
+- **Under granian, uvicorn and gunicorn's ASGI worker** (tests/integration/test_asgi_servers.py, 4
+  workers, SQLite and PostgreSQL): 8 clients depositing while a worker is SIGKILLed every second
+  for 5 s (each server replaces it; granian with `--respawn-failed-workers`): every acknowledged
+  deposit stored once, versions contiguous. A graceful reload (SIGHUP) under 8 writers whose
+  clients retry an unanswered deposit with its `Idempotency-Key`: every deposit acknowledged, each
+  stored once, the retries counted. The hostile requests of the uWSGI suite: no 5xx, only
+  accepted writes stored.
 
 Hardening checked by the unit and store suites rather than a timed scenario: ids are plain UUIDs
 (`1_1_…` is a 400); owner names refuse control and bidirectional-override characters; compressed
