@@ -13,6 +13,7 @@ import pytest
 
 from uwsgi_es.cli import main
 from uwsgi_es.settings import declared, render_ini, render_markdown, uwsgi_option_name
+from uwsgi_es.testing.asgi_servers import SERVERS, server_command
 
 from ..support.paths import PROJECT
 
@@ -112,3 +113,11 @@ def test_no_shipped_ini_uses_a_fork_option_fatal_on_some_python_or_to_mules() ->
                     assert "ini" not in options or not options["ini"].endswith("uwsgi.ini"), (
                         f"{where} includes uwsgi.ini whole, with its mule"
                     )
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_the_readme_gives_the_command_line_the_tests_start(server: str) -> None:
+    """Each server's section shows the command line uwsgi_es.testing.asgi_servers starts."""
+    command = server_command(server, 8080)
+    line = " ".join([Path(command[0]).name, *command[1:]])
+    assert f"\n{line}\n" in (PROJECT / "README.md").read_text(), line
