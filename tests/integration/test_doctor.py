@@ -35,9 +35,14 @@ UWSGI_ES = str(Path(sys.executable).parent / "uwsgi-es")
 def doctor(ini: Path, env: dict[str, str]) -> tuple[int, str]:
     """The command's exit status and its whole output (the broken apps listen on port 0, the
     project's inis on UWSGI_ES_HTTP)."""
+    return run_doctor([str(ini)], env)
+
+
+def run_doctor(arguments: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """``uwsgi-es doctor ARGUMENTS``: its exit status and its whole output."""
     environment = {**os.environ, "UWSGI_ES_HTTP": f"127.0.0.1:{free_port()}", **env}
     done = subprocess.run(
-        [UWSGI_ES, "doctor", str(ini)],
+        [UWSGI_ES, "doctor", *arguments],
         cwd=PROJECT,
         env=environment,
         capture_output=True,

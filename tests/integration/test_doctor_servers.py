@@ -7,10 +7,7 @@ cannot run is refused, naming why."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -18,24 +15,14 @@ from uwsgi_es.testing import free_port
 from uwsgi_es.testing.asgi_servers import server_command
 
 from ..support.paths import PROJECT
-from .test_doctor import problems
+from .test_doctor import problems, run_doctor
 
 pytestmark = pytest.mark.integration
-UWSGI_ES = str(Path(sys.executable).parent / "uwsgi-es")
 BUILT_AT_IMPORT = "tests.apps.asgi_built_at_import:application"
 
 
 def doctor(command: list[str], env: dict[str, str]) -> tuple[int, str]:
-    done = subprocess.run(
-        [UWSGI_ES, "doctor", "--", *command],
-        cwd=PROJECT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    return done.returncode, done.stdout + done.stderr
+    return run_doctor(["--", *command], env)
 
 
 @pytest.mark.parametrize("server", ["uvicorn", "granian asgi", "gunicorn asgi"])
