@@ -70,9 +70,9 @@ def cassandra_cluster() -> Iterator[CassandraCluster]:
 
 
 @pytest.fixture
-def cluster(cassandra_cluster: CassandraCluster) -> Iterator[CassandraCluster]:
-    """This module's cluster, whole again after each test (a node killed or paused is brought back)."""
-    yield cassandra_cluster
+def cluster(cassandra_cluster: CassandraCluster) -> CassandraCluster:
+    """This module's cluster, whole before each test (a node an earlier test killed or paused is
+    brought back first: after the last, nothing is restarted only to be stopped)."""
     for index, node in enumerate(cassandra_cluster.nodes):
         if node.process is not None and node.process.poll() is None:
             cassandra_cluster.resume(index)
@@ -85,6 +85,7 @@ def cluster(cassandra_cluster: CassandraCluster) -> Iterator[CassandraCluster]:
         cassandra_cluster.nodes[index].start_process()
     if down:
         cassandra_cluster.wait_until_up()
+    return cassandra_cluster
 
 
 @pytest.fixture
@@ -222,6 +223,40 @@ def test_a_node_killed_under_load_loses_nothing_and_rejoins_consistent(
     )
 
 
+def test_a_paused_node_loses_nothing_and_latency_stays_bounded(
+    hosts: Hosts, cluster: CassandraCluster, cluster_env: dict[str, str], report: Any
+) -> None:
+    """SIGSTOP: the node's connections stay open and silent. Writes it coordinates wait for the
+    request timeout (5 s here) and are settled by sending them again; reads it would answer are
+    sent to another replica after the speculative delay (0.5 s), so no read fails. (A worker waiting
+    on Cassandra holds the other requests it accepted: they wait with it.)"""
+    accounts = [hosts.post("/accounts", {"owner": f"read {i}"}).json()["id"] for i in range(6)]
+    with Reader(hosts, accounts) as reader:
+        load, paused_at, resumed_at = fault_under_load(
+            hosts, lambda: cluster.pause(1), seconds=8, recover=lambda: cluster.resume(1), then=3
+        )
+    audit = load.audit()
+    audit.check()
+    balances_match(load)
+    during = [o for o in load.outcomes if paused_at <= o.finished <= resumed_at]
+    assert [o for o in during if o.status == 200], "nothing succeeded while the node was paused"
+    slowest = max(o.elapsed for o in load.outcomes)
+    assert slowest < 12, f"a request took {slowest:.1f}s"
+    # A read that overlapped the pause; it may have waited in uWSGI's queue behind stalled writes.
+    reads_during = [(s, t - b) for s, b, t in reader.answers if b <= resumed_at and t >= paused_at]
+    assert reads_during, "no read was in flight while the node was paused"
+    assert {s for s, _, _ in reader.answers} == {200}, Counter(s for s, _, _ in reader.answers)
+    read_times = sorted(e for _, e in reads_during)
+    report(
+        "one of three nodes paused (SIGSTOP) for 8 s under load (two hosts)",
+        cluster_env,
+        f"{audit.line()}; while paused: {sum(o.status == 200 for o in during)} acknowledged, latency "
+        f"{latencies(during)}; overall {latencies(load.outcomes)}; a reader alongside: "
+        f"{len(reader.answers)} reads all 200, {len(read_times)} during the pause (median "
+        f"{statistics.median(read_times) * 1000:.0f} ms, max {read_times[-1] * 1000:.0f} ms)",
+    )
+
+
 def test_two_nodes_down_writes_answer_503_naming_the_quorum_then_recover(
     hosts: Hosts, cluster: CassandraCluster, cluster_env: dict[str, str], report: Any
 ) -> None:
@@ -299,40 +334,6 @@ class Reader:
             started = time.monotonic()
             result = self.hosts.get(f"/accounts/{account}", timeout=20)
             self.answers.append((result.status, started, time.monotonic()))
-
-
-def test_a_paused_node_loses_nothing_and_latency_stays_bounded(
-    hosts: Hosts, cluster: CassandraCluster, cluster_env: dict[str, str], report: Any
-) -> None:
-    """SIGSTOP: the node's connections stay open and silent. Writes it coordinates wait for the
-    request timeout (5 s here) and are settled by sending them again; reads it would answer are
-    sent to another replica after the speculative delay (0.5 s), so no read fails. (A worker waiting
-    on Cassandra holds the other requests it accepted: they wait with it.)"""
-    accounts = [hosts.post("/accounts", {"owner": f"read {i}"}).json()["id"] for i in range(6)]
-    with Reader(hosts, accounts) as reader:
-        load, paused_at, resumed_at = fault_under_load(
-            hosts, lambda: cluster.pause(1), seconds=8, recover=lambda: cluster.resume(1), then=3
-        )
-    audit = load.audit()
-    audit.check()
-    balances_match(load)
-    during = [o for o in load.outcomes if paused_at <= o.finished <= resumed_at]
-    assert [o for o in during if o.status == 200], "nothing succeeded while the node was paused"
-    slowest = max(o.elapsed for o in load.outcomes)
-    assert slowest < 12, f"a request took {slowest:.1f}s"
-    # A read that overlapped the pause; it may have waited in uWSGI's queue behind stalled writes.
-    reads_during = [(s, t - b) for s, b, t in reader.answers if b <= resumed_at and t >= paused_at]
-    assert reads_during, "no read was in flight while the node was paused"
-    assert {s for s, _, _ in reader.answers} == {200}, Counter(s for s, _, _ in reader.answers)
-    read_times = sorted(e for _, e in reads_during)
-    report(
-        "one of three nodes paused (SIGSTOP) for 8 s under load (two hosts)",
-        cluster_env,
-        f"{audit.line()}; while paused: {sum(o.status == 200 for o in during)} acknowledged, latency "
-        f"{latencies(during)}; overall {latencies(load.outcomes)}; a reader alongside: "
-        f"{len(reader.answers)} reads all 200, {len(read_times)} during the pause (median "
-        f"{statistics.median(read_times) * 1000:.0f} ms, max {read_times[-1] * 1000:.0f} ms)",
-    )
 
 
 def test_postgres_two_instances_tailing_see_every_event_once_in_one_order(
