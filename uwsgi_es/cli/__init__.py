@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -67,7 +68,7 @@ def doctor(ini: str, command: list[str], timeout: float) -> int:
 
     raw_url = os.environ.get("UWSGI_ES_DATABASE_URL")
     try:
-        if ini == "--" or command:
+        if ini == "--" or command or (not os.path.isfile(ini) and shutil.which(ini)):  # `-- granian`
             examination = examine_command([part for part in [ini, *command] if part != "--"], timeout=timeout)
         else:
             examination = examine(ini, timeout=timeout)

@@ -100,7 +100,7 @@ def examine(ini: str | os.PathLike[str], *, timeout: float = 60.0) -> Examinatio
     """Boot ``ini``, look, stop, judge."""
     path = Path(ini)
     if not path.is_file():
-        raise ConfigurationError(f"uwsgi-es doctor: no ini file at {path}")
+        raise ConfigurationError(f"no ini file at {path}")
     _refuse_to_daemonize(path)
     with tempfile.TemporaryDirectory(prefix="uwsgi-es-doctor-") as scratch:
         report, log = Path(scratch) / "report.jsonl", Path(scratch) / "uwsgi.log"
@@ -141,9 +141,9 @@ def examine_command(command: Sequence[str], *, timeout: float = 60.0) -> Examina
     wait until as many processes as its ``--workers`` (``-w``) built their application, stop it,
     judge. The command must stay in the foreground (no ``--daemon``)."""
     if not command:
-        raise ConfigurationError("uwsgi-es doctor: name an ini, or a server's command line after --")
+        raise ConfigurationError("name an ini, or a server's command line after --")
     if shutil.which(command[0]) is None:
-        raise ConfigurationError(f"uwsgi-es doctor: no program {command[0]!r} on PATH")
+        raise ConfigurationError(f"no program {command[0]!r} on PATH")
     workers = workers_of(command)
     with tempfile.TemporaryDirectory(prefix="uwsgi-es-doctor-") as scratch:
         report, log = Path(scratch) / "report.jsonl", Path(scratch) / "server.log"
