@@ -186,7 +186,9 @@ tests/stores/test_sqlite.py, test_postgres.py).
 "Failed" counts requests that got no 200 (connection errors during a kill or reload, 503 during
 an outage). "Stored though failed" are deposits whose request failed in flight after the write
 committed: allowed, never duplicated. "Lost" (acknowledged but not stored) and "duplicated" must
-be 0, and are.
+be 0, and are, but "lost" in the asynchronous-replication failover: a write the old primary
+acknowledged before its standby received it is gone when the standby takes over (what asynchronous
+replication means; the row counts it; synchronous replication loses none).
 """
 
 
