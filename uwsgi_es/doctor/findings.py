@@ -44,9 +44,8 @@ def shared_connections(seen: Observed) -> Iterator[Finding]:
         )
         yield Finding(
             True,
-            f"a connection to {found.what} opened in the {'parent' if seen.server else 'master'} is shared"
-            f" by {len(workers)} workers",
-            f"the same socket ({found.local} -> {remote}) is open in the master and in workers "
+            f"a connection to {found.what} opened in the {seen.parent} is shared by {len(workers)} workers",
+            f"the same socket ({found.local} -> {remote}) is open in the {seen.parent} and in workers "
             f"{listed(workers)}: their queries and answers interleave on it, and one worker closing it "
             f"breaks the others{origin}",
             _after_the_fork(seen),
@@ -56,13 +55,12 @@ def shared_connections(seen: Observed) -> Iterator[Finding]:
 def connections_in_the_master(seen: Observed) -> Iterator[Finding]:
     """Connections and applications made in the master (by import or a hook before the fork)."""
     shared = {raw["remote"] for w in seen.workers for raw in w.get("inherited", [])}
-    master = "parent" if seen.server else "master"
     for event in seen.events:
         when = "at import" if event.get("importing") else "before the fork"
         if event["record"] == "sqlite3.connect":
             yield Finding(
                 True,
-                f"a SQLite database was opened in the {master} {when}",
+                f"a SQLite database was opened in the {seen.parent} {when}",
                 f"{event['database']} was opened at {event['where']}: a SQLite connection must never "
                 "cross a fork (the workers would share its file locks and cache)",
                 _after_the_fork(seen),
@@ -70,7 +68,7 @@ def connections_in_the_master(seen: Observed) -> Iterator[Finding]:
         elif event["record"] == "socket.connect" and _port_of(event["address"]) not in map(_port_of, shared):
             yield Finding(
                 True,
-                f"a connection was made in the {master} {when}",
+                f"a connection was made in the {seen.parent} {when}",
                 f"to {event['address']} at {event['where']} (closed before the fork, so not shared): "
                 "a connection at import makes the start fail whenever that server is down, with no retry",
                 _after_the_fork(seen),
@@ -78,7 +76,7 @@ def connections_in_the_master(seen: Observed) -> Iterator[Finding]:
         elif event["record"] == "uwsgi_es.build":
             yield Finding(
                 True,
-                f"an application ({event['application']}) was built in the {master} {when}",
+                f"an application ({event['application']}) was built in the {seen.parent} {when}",
                 f"at {event['where']}: built before the fork, every worker would share its connections",
                 IN_EACH_WORKER
                 if seen.server
@@ -94,7 +92,7 @@ def threads_in_the_master(seen: Observed) -> Iterator[Finding]:
         title = f"{count} thread(s) running in the master"
     else:  # no worker looked (or another server, whose parent runs threads of its own): what Python started
         count = len(started)
-        title = f"{count} thread(s) started in the {'parent' if seen.server else 'master'}"
+        title = f"{count} thread(s) started in the {seen.parent}"
     if count <= 0:
         return
     named = "; ".join(f"{e['thread']!r} running {e['runs']} ({e['where']})" for e in started)
@@ -114,9 +112,8 @@ def threads_in_the_master(seen: Observed) -> Iterator[Finding]:
     yield Finding(
         True,
         title,
-        f"a thread in the {'parent' if seen.server else 'master'} does not exist in the workers, and a "
-        f"lock it holds at the moment of a fork (the GIL too) stays locked in them forever"
-        f"{': ' + named if named else ''}",
+        f"a thread in the {seen.parent} does not exist in the workers, and a lock it holds at the moment "
+        f"of a fork (the GIL too) stays locked in them forever{': ' + named if named else ''}",
         fix,
     )
 
@@ -124,14 +121,8 @@ def threads_in_the_master(seen: Observed) -> Iterator[Finding]:
 def workers_accepting(seen: Observed) -> Iterator[Finding]:
     if len(seen.accepting) >= seen.processes:
         return
-    if seen.server and not seen.accepting and lazy(seen, seen.processes):
-        yield Finding(
-            False,
-            "no worker built an application while starting: they build on their first request",
-            f"a WSGI interface ({seen.server} without an ASGI lifespan) builds lazily, so only what the "
-            "parent made was checked; serve uwsgi_es.servers.asgi.asgi(...) to have each worker build "
-            "(and be checked) as it starts",
-        )
+    if seen.server:
+        yield from _workers_building(seen)
         return
     why = "the others did not reach uWSGI's accepting phase (see the uWSGI log below)"
     if logs.worker_deaths(seen.log):
@@ -141,12 +132,28 @@ def workers_accepting(seen: Observed) -> Iterator[Finding]:
             "the others hang before their first request: a thread of the master held the GIL or "
             "another lock at their fork (see the thread below)"
         )
-    if seen.server:
-        why = f"the others did not build their application (see the {seen.server} log below)"
-        title = f"only {len(seen.accepting)} of {seen.processes} workers built their application"
+    yield Finding(
+        True, f"only {len(seen.accepting)} of {seen.processes} workers started accepting requests", why
+    )
+
+
+def _workers_building(seen: Observed) -> Iterator[Finding]:
+    """Under another server: a worker is ready once it built its application, unless its target
+    builds on the first request (a WSGI interface), where only the parent could be checked."""
+    if not seen.accepting and lazy(seen, seen.processes):
+        yield Finding(
+            False,
+            "no worker built an application while starting: they build on their first request",
+            f"a WSGI interface ({seen.server} without an ASGI lifespan) builds lazily, so only what the "
+            "parent made was checked; serve uwsgi_es.servers.asgi.asgi(...) to have each worker build "
+            "(and be checked) as it starts",
+        )
     else:
-        title = f"only {len(seen.accepting)} of {seen.processes} workers started accepting requests"
-    yield Finding(True, title, why)
+        yield Finding(
+            True,
+            f"only {len(seen.accepting)} of {seen.processes} workers built their application",
+            f"the others did not build their application (see the {seen.server} log below)",
+        )
 
 
 def _after_the_fork(seen: Observed) -> str:

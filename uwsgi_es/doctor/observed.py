@@ -60,6 +60,11 @@ class Observed:
         return str(values[-1]) if values else None
 
     @property
+    def parent(self) -> str:
+        """What the process that forks the workers is called: uWSGI's master, another server's parent."""
+        return "parent" if self.server else "master"
+
+    @property
     def processes(self) -> int:
         raw = self.first("processes") or self.first("workers") or "1"
         return int(raw) if raw.isdigit() else 1

@@ -37,9 +37,6 @@ class Outcome:
     settings: Settings
 
 
-where = process.where  # the fields that say which process an event is about
-
-
 def build_in_this_process(
     factory: registry.ApplicationFactory | None = None,
     *,
@@ -65,7 +62,7 @@ def build_in_this_process(
             "build_failed",
             logging.ERROR,
             exc_info=not isinstance(exc, EXPECTED_FAILURES),
-            **where(),
+            **process.where(),
             name=name,
             error=f"{type(exc).__name__}: {exc}",
             consequence=_consequence(fail_fast),
@@ -76,7 +73,7 @@ def build_in_this_process(
     slot = next(h for h in registry.slots() if h.name == name)
     log.emit(
         "build",
-        **where(),
+        **process.where(),
         name=name,
         application=type(app).__qualname__,
         store=slot.hosting.describe(),
@@ -102,9 +99,9 @@ def close_in_this_process() -> None:
         try:
             registry.close_application(slot.name)
         except Exception as exc:  # closing is best effort: say so, and go on with the others
-            log.emit("close_failed", logging.WARNING, **where(), name=slot.name, error=repr(exc))
+            log.emit("close_failed", logging.WARNING, **process.where(), name=slot.name, error=repr(exc))
             continue
-        log.emit("close", **where(), name=slot.name, released=released)
+        log.emit("close", **process.where(), name=slot.name, released=released)
 
 
 def freeze_inherited_objects() -> None:
